@@ -1,0 +1,46 @@
+"""The oracle: plain torch math in float32, masks built from absolute positions.
+
+Shapes: B batch, Hq query heads, Hkv key/value heads, Tq queries, Tk keys, D head dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def visible(qpos: torch.Tensor, kpos: torch.Tensor, causal: bool, chunk_size: int | None,
+            window: int | None) -> torch.Tensor:
+    """[Tq, Tk] bool: may query at qpos attend to key at kpos."""
+    qp, kp = qpos[:, None], kpos[None, :]
+    ok = torch.ones(qp.shape[0], kp.shape[1], dtype=torch.bool, device=qpos.device)
+    if causal:
+        ok &= kp <= qp
+    if chunk_size is not None:
+        ok &= torch.div(kp, chunk_size, rounding_mode="floor") == torch.div(qp, chunk_size, rounding_mode="floor")
+    if window is not None:
+        ok &= (qp - kp) < window
+    return ok
+
+
+def attend_reference(q, k, v, *, scale=None, causal=True, q_start=None, k_start=0,
+                     chunk_size=None, window=None):
+    """-> out [B, Hq, Tq, D] in q's dtype, lse [B, Hq, Tq] float32 (-inf where no key is visible)."""
+    B, Hq, Tq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    assert Hq % Hkv == 0, "query heads must be a multiple of key/value heads"
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    if q_start is None:
+        q_start = k_start + Tk - Tq
+    qpos = torch.arange(q_start, q_start + Tq, device=q.device)
+    kpos = torch.arange(k_start, k_start + Tk, device=q.device)
+    mask = visible(qpos, kpos, causal, chunk_size, window)
+    qf = q.float().reshape(B, Hkv, Hq // Hkv, Tq, D)
+    s = torch.einsum("bhgqd,bhkd->bhgqk", qf, k.float()) * scale
+    s = s.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.exp(s - lse.unsqueeze(-1).clamp_min(torch.finfo(torch.float32).min))
+    p = torch.nan_to_num(p, nan=0.0)
+    out = torch.einsum("bhgqk,bhkd->bhgqd", p, v.float())
+    return out.reshape(B, Hq, Tq, D).to(q.dtype), lse.reshape(B, Hq, Tq)

@@ -1,0 +1,3 @@
+from ctxprobe.cli import main
+
+main()
