@@ -3,6 +3,7 @@
 `attend(q, k, v, ...) -> (out, lse)` is the one kernel signature; blocks merge with `merge`.
 """
 
+from attention.merge import merge
 from attention.reference import attend_reference
 
 
@@ -13,4 +14,4 @@ def attend(q, k, v, *, scale=None, causal=True, q_start=None, k_start=0, chunk_s
                             k_start=k_start, chunk_size=chunk_size, window=window)
 
 
-__all__ = ["attend", "attend_reference"]
+__all__ = ["attend", "attend_reference", "merge"]

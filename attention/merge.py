@@ -1,0 +1,28 @@
+"""The online-softmax merge of two partial attention results over disjoint key sets.
+
+Naive form: lse = log(exp(lse_a) + exp(lse_b)); out = (exp(lse_a) out_a + exp(lse_b) out_b) / exp(lse).
+Stable form used here (fp32):
+    out <- out_a - sigmoid(lse_b - lse_a) * (out_a - out_b)
+    lse <- lse_a - logsigmoid(lse_a - lse_b)
+An empty side (lse = -inf) contributes nothing; two empty sides stay empty (out 0, lse -inf).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor):
+    """out_* [B, H, T, D], lse_* [B, H, T] (float32, natural log) -> (out float32, lse float32)."""
+    out_a, out_b = out_a.float(), out_b.float()
+    lse_a, lse_b = lse_a.float(), lse_b.float()
+    a_empty, b_empty = torch.isneginf(lse_a), torch.isneginf(lse_b)
+    # Substitute finite values where a side is empty so that no inf - inf = nan appears.
+    la = torch.where(a_empty, torch.zeros_like(lse_a), lse_a)
+    lb = torch.where(b_empty, torch.zeros_like(lse_b), lse_b)
+    w_b = torch.sigmoid(lb - la)
+    w_b = torch.where(b_empty, torch.zeros_like(w_b), torch.where(a_empty, torch.ones_like(w_b), w_b))
+    out = out_a - w_b.unsqueeze(-1) * (out_a - out_b)
+    lse = la - torch.nn.functional.logsigmoid(la - lb)
+    lse = torch.where(a_empty, lse_b, torch.where(b_empty, lse_a, lse))
+    return out, lse
