@@ -1,17 +1,18 @@
 """Exact attention over contexts far larger than GPU memory.
 
-`attend(q, k, v, ...) -> (out, lse)` is the one kernel signature; blocks merge with `merge`.
+`attend(q, k, v, ...) -> (out, lse)` is the one kernel signature; blocks merge with `merge`;
+`KVStore` keeps one layer's K/V in a tier (device, pinned host, disk); `chunked_attention`
+attends a query chunk over a whole store block by block, prefetching the next block.
 """
 
+from attention.blockwise import attend
+from attention.backends import BACKENDS, available_backends
+from attention.chunked import chunked_attention
+from attention.kv_store import TIERS, KVStore
 from attention.merge import merge
 from attention.reference import attend_reference
+from attention.ring import ring_attend; from attention.shard import gather, shard, shard_positions, shard_ranges, unshard  # noqa: E702 (ring attention, issue 9)
+from attention.stream import BlockStream
 
-
-def attend(q, k, v, *, scale=None, causal=True, q_start=None, k_start=0, chunk_size=None,
-           window=None, backend="auto"):
-    """q [B, Hq, Tq, D], k/v [B, Hkv, Tk, D] -> out [B, Hq, Tq, D], lse [B, Hq, Tq] float32."""
-    return attend_reference(q, k, v, scale=scale, causal=causal, q_start=q_start,
-                            k_start=k_start, chunk_size=chunk_size, window=window)
-
-
-__all__ = ["attend", "attend_reference", "merge"]
+__all__ = ["attend", "attend_reference", "merge", "KVStore", "TIERS", "chunked_attention",
+           "BlockStream", "BACKENDS", "available_backends"]

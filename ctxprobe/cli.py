@@ -39,6 +39,11 @@ def main():
 
 def _register():
     # Each command module adds its commands here, one import per line.
+    from ctxprobe.commands.probes import probes  # probes list / show / export
+    main.add_command(probes)
+    from ctxprobe.commands.run import COMMANDS as run_commands  # run, runs, export, merge
+    for command in run_commands:
+        main.add_command(command)
     pass
 
 

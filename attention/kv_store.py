@@ -1,0 +1,172 @@
+"""One layer's K/V in a storage tier, kept block-contiguous so that moving a block is one copy.
+
+Tiers: "device" (tensors on the compute device), "host" (CPU memory, pinned when CUDA is
+present), "disk" (one memory-mapped file in a directory the user names). Each block is a
+buffer [2, Hkv, block_size, D] holding K then V for block_size consecutive positions; the
+last block may be partly filled. Optional fp8 (e4m3) storage in the host and disk tiers halves
+the traffic: each block keeps one float32 scale per (K or V, head), scale = amax / 448, and is
+upcast on the compute device (attention/stream.py).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+TIERS = ("device", "host", "disk")
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0  # largest finite e4m3fn value
+
+
+def quantize_fp8(x_2HTD: torch.Tensor):
+    """[2, H, T, D] -> (fp8 [2, H, T, D], scale [2, H] float32) with x ~= fp8 * scale."""
+    amax = x_2HTD.float().abs().amax(dim=(2, 3))
+    scale = (amax / FP8_MAX).clamp_min(1e-12)
+    q = (x_2HTD.float() / scale[:, :, None, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return q, scale
+
+
+def dequantize_fp8(q_2HTD: torch.Tensor, scale_2H: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (q_2HTD.float() * scale_2H[:, :, None, None].float()).to(dtype)
+
+
+class KVStore:
+    """append(k, v) with k/v [Hkv, T, D] or [1, Hkv, T, D]; blocks are read by `attention.BlockStream`."""
+
+    def __init__(self, n_kv_heads: int, head_dim: int, *, tier: str = "device", block_size: int = 16384,
+                 dtype: torch.dtype = torch.bfloat16, device=None, path=None, fp8: bool = False):
+        if tier not in TIERS:
+            raise ValueError(f"unknown KV tier {tier!r}; choose one of {', '.join(TIERS)}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be a positive number of tokens, got {block_size}")
+        if fp8 and tier == "device":
+            raise ValueError("fp8 KV storage is for the 'host' and 'disk' tiers (it halves copy traffic); "
+                             "use tier='host' or fp8=False")
+        if tier == "disk" and path is None:
+            raise ValueError("the 'disk' KV tier needs path= (a directory for its memory-mapped file)")
+        self.n_kv_heads, self.head_dim, self.block_size = n_kv_heads, head_dim, block_size
+        self.tier, self.dtype, self.fp8 = tier, dtype, fp8
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.storage_dtype = FP8 if fp8 else dtype
+        self.pinned = tier == "host" and torch.cuda.is_available()
+        self.length = 0
+        self._blocks: list[torch.Tensor] = []  # [2, Hkv, block_size, D] each, storage_dtype
+        self._scales: list[torch.Tensor] = []  # fp8 only: [2, Hkv] float32 per committed block
+        self._tail = None  # fp8 only: the unfilled last block in full precision, quantized when full
+        self._file = None
+        if tier == "disk":
+            os.makedirs(path, exist_ok=True)
+            fd, self.file_path = tempfile.mkstemp(prefix="kv-", suffix=".bin", dir=path)
+            self._file = os.fdopen(fd, "r+b")
+
+    # ------------------------------------------------------------ layout
+    @property
+    def block_shape(self) -> tuple[int, int, int, int]:
+        return (2, self.n_kv_heads, self.block_size, self.head_dim)
+
+    @property
+    def block_bytes(self) -> int:
+        n = 2 * self.n_kv_heads * self.block_size * self.head_dim
+        return n * torch.empty((), dtype=self.storage_dtype).element_size()
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.length // self.block_size)
+
+    def block_range(self, i: int) -> tuple[int, int]:
+        """Absolute positions [start, end) of block i (positions count from 0 at the first append)."""
+        start = i * self.block_size
+        return start, min(start + self.block_size, self.length)
+
+    # ------------------------------------------------------------ writing
+    def _new_block(self) -> torch.Tensor:
+        if self.tier == "device":
+            return torch.empty(self.block_shape, dtype=self.storage_dtype, device=self.device)
+        if self.tier == "host":
+            return torch.empty(self.block_shape, dtype=self.storage_dtype, pin_memory=self.pinned)
+        i = len(self._blocks)
+        self._file.truncate((i + 1) * self.block_bytes)
+        mm = np.memmap(self.file_path, dtype=np.uint8, mode="r+", offset=i * self.block_bytes,
+                       shape=(self.block_bytes,))
+        return torch.from_numpy(mm).view(self.storage_dtype).view(self.block_shape)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        if k.dim() == 4:
+            if k.shape[0] != 1:
+                raise ValueError(f"KVStore holds one sequence; got a batch of {k.shape[0]} in k {tuple(k.shape)}")
+            k, v = k[0], v[0]
+        if k.shape != v.shape or k.dim() != 3 or k.shape[0] != self.n_kv_heads or k.shape[2] != self.head_dim:
+            raise ValueError(f"KVStore.append expects k and v of shape [{self.n_kv_heads}, T, {self.head_dim}], "
+                             f"got k {tuple(k.shape)}, v {tuple(v.shape)}")
+        T, done = k.shape[1], 0
+        while done < T:
+            offset = self.length % self.block_size
+            if offset == 0:
+                self._open_block()
+            n = min(T - done, self.block_size - offset)
+            dst = self._tail if self.fp8 else self._blocks[-1]
+            dst[0, :, offset:offset + n].copy_(k[:, done:done + n])
+            dst[1, :, offset:offset + n].copy_(v[:, done:done + n])
+            done += n
+            self.length += n
+            if self.fp8 and self.length % self.block_size == 0:
+                self._commit_fp8_tail()
+
+    def _open_block(self):
+        if self.fp8:
+            self._tail = torch.zeros(self.block_shape, dtype=self.dtype)
+        else:
+            self._blocks.append(self._new_block())
+
+    def _commit_fp8_tail(self):
+        q, scale = quantize_fp8(self._tail)
+        block = self._new_block()
+        block.copy_(q)
+        self._blocks.append(block)
+        self._scales.append(scale)
+        self._tail = None
+
+    # ------------------------------------------------------------ reading
+    def raw_block(self, i: int):
+        """(buffer [2, Hkv, block_size, D] in storage dtype, scale [2, Hkv] float32 or None, valid tokens).
+
+        The buffer is the stored block itself (no copy), except for an unfilled fp8 block,
+        which is quantized on the fly from its full-precision staging copy.
+        """
+        start, end = self.block_range(i)
+        if not 0 <= i < self.n_blocks:
+            raise IndexError(f"block {i} out of range: the store has {self.n_blocks} blocks")
+        if self.fp8 and i == len(self._blocks):
+            q, scale = quantize_fp8(self._tail)
+            return q, scale, end - start
+        scale = self._scales[i] if self.fp8 else None
+        return self._blocks[i], scale, end - start
+
+    def scales(self) -> torch.Tensor | None:
+        """[n_blocks, 2, Hkv] float32 scales of every block (fp8 only), for one upload to the device."""
+        if not self.fp8:
+            return None
+        all_scales = list(self._scales)
+        if self._tail is not None:
+            all_scales.append(quantize_fp8(self._tail)[1])
+        return torch.stack(all_scales) if all_scales else torch.empty(0, 2, self.n_kv_heads)
+
+    def close(self) -> None:
+        """Release the disk tier's file (the store is empty afterwards)."""
+        self._blocks, self._scales, self._tail, self.length = [], [], None, 0
+        if self._file is not None:
+            self._file.close()
+            os.unlink(self.file_path)
+            self._file = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,130 @@
+"""Mask rules on absolute positions, decided per block so that no T x T mask is ever built.
+
+Rules (they combine): causal (kpos <= qpos), chunk_size C (kpos // C == qpos // C, Llama 4's
+chunked local attention), window W (qpos - kpos < W, sliding window).
+
+For a query block [q0, q1) against keys [k0, k1), `plan_spans` returns the key spans the block
+must attend to, each tagged with how to compute it:
+    "full"   every query sees every key of the span: the fast kernel without a mask
+    "diag"   the causal diagonal, starting at key q0: the fast kernel with is_causal (top-left
+             alignment is exact here because the span's first key sits at the first query)
+    "masked" a partial span: a small explicit [q1 - q0, span] mask for this pair only
+Keys outside every span are invisible to the whole block and are skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attention.reference import visible
+
+
+@dataclass(frozen=True)
+class Rules:
+    causal: bool = True
+    chunk_size: int | None = None
+    window: int | None = None
+
+    def __post_init__(self):
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {self.chunk_size}")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"window must be a positive integer, got {self.window}")
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int  # absolute key positions [start, end)
+    end: int
+    kind: str  # "full" | "diag" | "masked"
+
+
+def visible_key_range(q0: int, q1: int, rules: Rules) -> tuple[float, float]:
+    """Keys outside [lo, hi) are invisible to every query in [q0, q1) (bounds may be +-inf)."""
+    lo, hi = float("-inf"), float("inf")
+    if rules.causal:
+        hi = q1  # the last query sees keys up to q1 - 1
+    if rules.chunk_size is not None:
+        C = rules.chunk_size
+        lo = max(lo, (q0 // C) * C)
+        hi = min(hi, ((q1 - 1) // C + 1) * C)
+    if rules.window is not None:
+        lo = max(lo, q0 - rules.window + 1)
+    return lo, hi
+
+
+def block_is_visible(q0: int, q1: int, k0: int, k1: int, rules: Rules) -> bool:
+    """Whether any query in [q0, q1) may see any key in [k0, k1); False means skip the block.
+
+    Exact for causal and window together; with chunk_size it may say True for a block whose
+    only candidates fail another rule (the block's explicit mask then finds nothing to add).
+    """
+    if q0 >= q1 or k0 >= k1:
+        return False
+    lo, hi = visible_key_range(q0, q1, rules)
+    if max(lo, k0) >= min(hi, k1):
+        return False
+    if rules.chunk_size is not None:
+        C = rules.chunk_size
+        if max(q0 // C, k0 // C) > min((q1 - 1) // C, (k1 - 1) // C):
+            return False  # no chunk holds both a query and a key
+    return True
+
+
+def query_blocks(q0: int, q1: int, rules: Rules, block_q: int) -> list[tuple[int, int]]:
+    """Split [q0, q1) into blocks of at most block_q queries, cut at chunk boundaries so that
+    inside one block the chunk rule is all-or-nothing per key."""
+    out = []
+    start = q0
+    while start < q1:
+        end = min(q1, start + block_q)
+        if rules.chunk_size is not None:
+            C = rules.chunk_size
+            end = min(end, (start // C + 1) * C)
+        out.append((start, end))
+        start = end
+    return out
+
+
+def plan_spans(q0: int, q1: int, k0: int, k1: int, rules: Rules) -> list[Span]:
+    """Key spans of [k0, k1) that the query block [q0, q1) sees, in key order (see module doc).
+
+    Assumes the block does not cross a chunk boundary when chunk_size is set (query_blocks).
+    """
+    assert rules.chunk_size is None or q0 // rules.chunk_size == (q1 - 1) // rules.chunk_size
+    lo, hi = visible_key_range(q0, q1, rules)
+    lo, hi = int(max(lo, k0)), int(min(hi, k1))
+    if lo >= hi:
+        return []
+    # Keys every query of the block sees: [flo, fhi).
+    flo, fhi = lo, hi
+    if rules.causal:
+        fhi = min(fhi, q0)  # key q0 goes to the diagonal span so it starts at the first query
+    if rules.window is not None:
+        flo = max(flo, q1 - rules.window)
+    if flo >= fhi:
+        return [Span(lo, hi, _partial_kind(q0, q1, lo, hi, rules))]
+    spans = []
+    if lo < flo:
+        spans.append(Span(lo, flo, "masked"))
+    spans.append(Span(flo, fhi, "full"))
+    if fhi < hi:
+        spans.append(Span(fhi, hi, _partial_kind(q0, q1, fhi, hi, rules)))
+    return spans
+
+
+def _partial_kind(q0: int, q1: int, s0: int, s1: int, rules: Rules) -> str:
+    # The diagonal trick needs: the span starts at the first query, the causal rule is the
+    # only one cutting it (chunk is whole inside a block; window must not bite: q1-1 - s0 < W).
+    if rules.causal and s0 == q0 and (rules.window is None or q1 - 1 - s0 < rules.window):
+        return "diag"
+    return "masked"
+
+
+def span_mask(q0: int, q1: int, s0: int, s1: int, rules: Rules, device) -> torch.Tensor:
+    """[q1 - q0, s1 - s0] bool visibility for one partial span (small by construction)."""
+    qpos = torch.arange(q0, q1, device=device)
+    kpos = torch.arange(s0, s1, device=device)
+    return visible(qpos, kpos, rules.causal, rules.chunk_size, rules.window)

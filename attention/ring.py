@@ -1,0 +1,200 @@
+"""Ring attention: exact attention over a sequence sharded across the ranks of a process group.
+
+Each rank holds the q, k, v of its shard (see attention.shard for the layouts). In W steps the
+KV shards travel around the ring (rank r sends to r+1 and receives from r-1) by P2P
+send/recv; at step s rank r holds the KV that started on rank r-s. The transfer for step s+1
+is posted before step s computes, so it runs while this rank attends. Each shard is one or
+two pieces of absolute positions; every (query piece, key piece) pair is one `attend` call
+with its own q_start / k_start, so masks stay exact, and pairs the mask hides entirely are
+skipped. Partial results merge with `merge` (fp32). A KV shard is forwarded only while some
+rank further along the ring still sees part of it, so a chunked-local or windowed layer moves
+only the blocks it needs.
+
+Shapes: B batch, Hq / Hkv query / key-value heads, T tokens of this rank's shard, D head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from attention.merge import merge
+from attention.shard import LAYOUTS, shard_ranges
+
+Range = tuple[int, int]
+
+
+def block_visible(q_range: Range, k_range: Range, causal: bool, chunk_size: int | None,
+                  window: int | None) -> bool:
+    """Does any query in [qs, qe) see any key in [ks, ke) (same mask as attention.reference.visible)."""
+    (qs, qe), (ks, ke) = q_range, k_range
+    if qe <= qs or ke <= ks:
+        return False
+    if chunk_size is None:
+        return _some_distance_visible(qs, qe, ks, ke, causal, window)
+    c = chunk_size
+    lo, hi = max(qs // c, ks // c), min((qe - 1) // c, (ke - 1) // c)
+    # Chunks strictly inside [lo, hi] are whole for both ranges (distance 0 occurs there), so
+    # the first two and the last common chunk decide.
+    for j in sorted({lo, lo + 1, hi}):
+        if lo <= j <= hi and _some_distance_visible(max(qs, j * c), min(qe, (j + 1) * c),
+                                                   max(ks, j * c), min(ke, (j + 1) * c), causal, window):
+            return True
+    return False
+
+
+def _some_distance_visible(qs: int, qe: int, ks: int, ke: int, causal: bool, window: int | None) -> bool:
+    # q - k takes every integer in [qs - (ke-1), (qe-1) - ks]; visible distances are
+    # [0 if causal else -inf, window-1 if window else +inf].
+    lowest, highest = qs - (ke - 1), (qe - 1) - ks
+    if causal and highest < 0:
+        return False
+    return window is None or lowest <= window - 1
+
+
+def visible_pairs(q_ranges: list[Range], k_ranges: list[Range], causal: bool, chunk_size: int | None,
+                  window: int | None) -> list[tuple[int, int]]:
+    """(query piece index, key piece index) for every pair with at least one visible entry."""
+    return [(i, j) for i, qr in enumerate(q_ranges) for j, kr in enumerate(k_ranges)
+            if block_visible(qr, kr, causal, chunk_size, window)]
+
+
+def last_needed_step(ranges_of: list[list[Range]], origin: int, causal: bool, chunk_size: int | None,
+                     window: int | None) -> int:
+    """The last ring step at which some rank sees the KV that started on `origin` (0 = its own)."""
+    world_size = len(ranges_of)
+    last = 0
+    for step in range(world_size):
+        rank = (origin + step) % world_size
+        if visible_pairs(ranges_of[rank], ranges_of[origin], causal, chunk_size, window):
+            last = step
+    return last
+
+
+class RingComm:
+    """P2P with the ring neighbours (group ranks r+1 and r-1); one batch of transfers in flight."""
+
+    def __init__(self, group=None):
+        self.group = group
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank(group) if self.distributed else 0
+        self.world_size = dist.get_world_size(group) if self.distributed else 1
+        if self.distributed and self.rank < 0:
+            raise ValueError("this process is not a member of the `group` passed to ring_attend; "
+                             "call ring_attend only on the group's ranks")
+        self.send_to = self._global_rank((self.rank + 1) % self.world_size)
+        self.recv_from = self._global_rank((self.rank - 1) % self.world_size)
+        self._requests = []
+
+    def _global_rank(self, group_rank: int) -> int:
+        if self.group is None or not self.distributed:
+            return group_rank
+        return dist.get_global_rank(self.group, group_rank)
+
+    def total(self, n: int, device) -> int:
+        """Sum of n over the group's ranks (the global sequence length)."""
+        if self.world_size == 1:
+            return n
+        t = torch.tensor([n], dtype=torch.int64, device=device)
+        dist.all_reduce(t, group=self.group)
+        return int(t.item())
+
+    def send_recv(self, send: list[torch.Tensor], recv_shapes: list[torch.Size], like: torch.Tensor):
+        """Post sends of `send` to the next rank and receives from the previous; returns the
+        receive buffers, valid after `wait()`."""
+        assert not self._requests, "wait() for the transfer in flight before posting another"
+        received = [torch.empty(shape, dtype=like.dtype, device=like.device) for shape in recv_shapes]
+        ops = [dist.P2POp(dist.isend, t, self.send_to, self.group) for t in send]
+        ops += [dist.P2POp(dist.irecv, t, self.recv_from, self.group) for t in received]
+        if ops:
+            self._requests = dist.batch_isend_irecv(ops)
+        return received
+
+    def wait(self) -> None:
+        for request in self._requests:
+            request.wait()
+        self._requests = []
+
+
+def ring_attend(q, k, v, *, scale=None, causal=True, chunk_size=None, window=None, layout="zigzag",
+                group=None, seq_len=None):
+    """Exact attention for this rank's shard of a sequence sharded with `attention.shard`.
+
+    q [B, Hq, T, D], k/v [B, Hkv, T, D]: this rank's shard (queries and keys at the same
+    positions). Returns out [B, Hq, T, D] (q's dtype) and lse [B, Hq, T] float32, equal to
+    `attend` over the whole sequence, sharded the same way. `seq_len` (the global length)
+    saves one all-reduce when the caller knows it. Without an initialised process group it
+    runs as a world of one.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
+        raise ValueError(f"expected q [B, Hq, T, D] and k, v [B, Hkv, T, D]; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if k.shape[2] != q.shape[2] or q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"ring_attend needs q and k/v of one shard (same T) and query heads a multiple "
+                         f"of kv heads; got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if window is not None and window < 1:
+        raise ValueError(f"window must be >= 1 (or None), got {window}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 (or None), got {chunk_size}")
+    from attention import attend  # the public entry: whatever backend the package selects
+
+    comm = RingComm(group)
+    W, rank = comm.world_size, comm.rank
+    if seq_len is None:
+        seq_len = comm.total(q.shape[2], q.device)
+    ranges_of = [shard_ranges(seq_len, r, W, layout) for r in range(W)]
+    mine = ranges_of[rank]
+    if sum(e - s for s, e in mine) != q.shape[2]:
+        raise ValueError(f"rank {rank} holds {q.shape[2]} tokens but the {layout} layout of {seq_len} "
+                         f"tokens on {W} ranks gives it {sum(e - s for s, e in mine)}; shard with "
+                         f"attention.shard(x, rank, world_size, layout={layout!r})")
+    last_step = [last_needed_step(ranges_of, j, causal, chunk_size, window) for j in range(W)]
+    mask = dict(causal=causal, chunk_size=chunk_size, window=window)
+
+    q_offsets = _offsets(mine)
+    acc: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(mine)
+    kv = (k.contiguous(), v.contiguous())
+    for step in range(W):
+        origin, next_origin = (rank - step) % W, (rank - step - 1) % W
+        # The KV we hold goes on if the next rank still needs it; we receive the one we need next.
+        send = list(kv) if step + 1 <= last_step[origin] else []
+        recv_shapes = []
+        if step + 1 <= last_step[next_origin]:
+            n = sum(e - s for s, e in ranges_of[next_origin])
+            recv_shapes = [k.shape[:2] + (n,) + k.shape[3:]] * 2
+        incoming = comm.send_recv(send, recv_shapes, k)
+        if step <= last_step[origin]:
+            k_ranges, k_offsets = ranges_of[origin], _offsets(ranges_of[origin])
+            for i, j in visible_pairs(mine, k_ranges, **mask):
+                (qs, qe), (ks, ke) = mine[i], k_ranges[j]
+                out, lse = attend(q.narrow(2, q_offsets[i], qe - qs), kv[0].narrow(2, k_offsets[j], ke - ks),
+                                  kv[1].narrow(2, k_offsets[j], ke - ks), scale=scale, q_start=qs,
+                                  k_start=ks, **mask)
+                acc[i] = (out.float(), lse.float()) if acc[i] is None else merge(*acc[i], out, lse)
+        comm.wait()
+        kv = tuple(incoming) if incoming else kv
+    return _assemble(acc, mine, q)
+
+
+def _offsets(ranges: list[Range]) -> list[int]:
+    offsets, at = [], 0
+    for s, e in ranges:
+        offsets.append(at)
+        at += e - s
+    return offsets
+
+
+def _assemble(acc, ranges: list[Range], q: torch.Tensor):
+    B, Hq, _, D = q.shape
+    outs, lses = [], []
+    for part, (s, e) in zip(acc, ranges):
+        if part is None:  # no key visible to any query of this piece
+            part = (q.new_zeros(B, Hq, e - s, D, dtype=torch.float32),
+                    torch.full((B, Hq, e - s), float("-inf"), device=q.device))
+        outs.append(part[0])
+        lses.append(part[1])
+    if not outs:
+        return q.new_zeros(q.shape), torch.full(q.shape[:3], float("-inf"), device=q.device)
+    return torch.cat(outs, dim=2).to(q.dtype), torch.cat(lses, dim=2)

@@ -1,0 +1,1 @@
+"""Statistics over stored cells: summaries per length, effective context length, paired tests."""

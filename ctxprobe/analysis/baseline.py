@@ -1,0 +1,47 @@
+"""Baseline files: one run's provenance and cells as JSON, for a CI job to commit and compare.
+
+`ctxprobe baseline RUN -o base.json` writes one; `ctxprobe compare base.json RUN_B` reads it
+in place of a run in the database. The format is versioned so a newer ctxprobe can refuse
+(or upgrade) an old file instead of misreading it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from ctxprobe.errors import UserError
+
+FORMAT = "ctxprobe-baseline"
+VERSION = 1
+REQUIRED_CELL_KEYS = ("family", "length", "depth", "sample", "seed", "probe_hash", "score")
+
+
+def write_baseline(path, run, cells) -> Path:
+    record = {"format": FORMAT, "version": VERSION, "run": dataclasses.asdict(run), "cells": cells}
+    path = Path(path)
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def read_baseline(path) -> tuple[dict, list[dict]]:
+    """(run metadata dict, cells) from a baseline file; a UserError naming the file otherwise."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read baseline file {path}: {e}; write one with "
+                        "`ctxprobe baseline RUN -o FILE`") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise UserError(f"{path} is not a ctxprobe baseline file; write one with "
+                        "`ctxprobe baseline RUN -o FILE`")
+    if record.get("version") != VERSION:
+        raise UserError(f"baseline file {path} has format version {record.get('version')}, this "
+                        f"ctxprobe reads version {VERSION}; rewrite it with `ctxprobe baseline`")
+    cells = record.get("cells")
+    if not isinstance(cells, list) or any(
+            not isinstance(c, dict) or any(k not in c for k in REQUIRED_CELL_KEYS) for c in cells):
+        raise UserError(f"baseline file {path} has malformed cells (each needs "
+                        f"{', '.join(REQUIRED_CELL_KEYS)}); rewrite it with `ctxprobe baseline`")
+    return dict(record.get("run") or {}), cells

@@ -1,0 +1,64 @@
+"""Stored cells and statistics -> plots/ figures (plots/ draws plain numbers; this feeds it)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import plots
+from ctxprobe.analysis.compare import Comparison
+from ctxprobe.analysis.effective_length import EffectiveLength
+from ctxprobe.analysis.summary import curve, families, grid
+
+
+def heatmap_figure(cells, family: str, title: str | None = None):
+    g = grid(cells, family)
+    return plots.heatmap(g.lengths, g.depths, g.mean_DL, g.n_DL, title=title or family)
+
+
+def logprob_figure(cells, family: str):
+    """None when the family's cells carry no log-probabilities (HTTP or generated answers)."""
+    g = grid(cells, family, metric="logprob")
+    if not g.lengths:
+        return None
+    return plots.logprob_heatmap(g.lengths, g.depths, g.mean_DL, g.n_DL,
+                                 title=f"{family}: answer log-probability")
+
+
+def falloff_figure(cells, family: str | None, eff: EffectiveLength | None, title: str | None = None):
+    c = curve(cells, family)
+    markers, fit = [], None
+    cutoff = None
+    if eff is not None:
+        cutoff = eff.threshold.cutoff
+        if eff.threshold.length is not None:
+            markers.append(plots.Marker("threshold rule", eff.threshold.length))
+        if eff.fit is not None:
+            percent = round(100 * cutoff)
+            markers.append(plots.Marker(f"L{percent} (fit)", eff.l85, *eff.l85_ci))
+            markers.append(plots.Marker("L50 (fit)", eff.l50, *eff.l50_ci))
+            xs = np.geomspace(c.lengths[0], c.lengths[-1], 120)
+            fit = (xs, eff.fit.predict(xs))
+    return plots.falloff(c.lengths, c.mean, c.lo, c.hi, threshold=cutoff, markers=markers,
+                         fit=fit, title=title or family or "all families")
+
+
+def grid_figure(cells, title: str | None = None):
+    panels = []
+    for family in families(cells):
+        g = grid(cells, family)
+        if g.lengths:
+            panels.append((family, g.lengths, g.depths, g.mean_DL, g.n_DL))
+    return plots.grid(panels, title=title)
+
+
+def delta_figure(comparison: Comparison, title: str | None = None):
+    rows = sorted({c.family for c in comparison.cells})
+    lengths = sorted({c.length for c in comparison.cells})
+    shape = (len(rows), len(lengths))
+    delta, significant, regressed = np.full(shape, np.nan), np.zeros(shape, bool), np.zeros(shape, bool)
+    n = np.zeros(shape, int)
+    for c in comparison.cells:
+        r, k = rows.index(c.family), lengths.index(c.length)
+        delta[r, k], significant[r, k], regressed[r, k], n[r, k] = c.delta, c.significant, c.regressed, c.pairs
+    return plots.delta_heatmap(rows, lengths, delta, significant, regressed, n,
+                               percent=comparison.metric == "score", title=title)

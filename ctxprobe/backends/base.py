@@ -1,0 +1,35 @@
+"""What every backend gives the sweep: a tokenizer for exact-length probes, provenance for the
+run row, and `run_group`, which answers a group of probes that share one context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass
+class CellResult:
+    """A backend's answer to one probe, before scoring against the gold answers."""
+
+    response: str = ""
+    exact: bool | None = None        # teacher-forced: every argmax equals the gold token
+    logprob: float | None = None     # teacher-forced: log-probability of the gold answer
+    first_rank: int | None = None    # teacher-forced: rank of the gold answer's first token
+    prompt_tokens: int | None = None
+    latency: float | None = None     # seconds
+    error: str | None = None         # set when the cell failed; the sweep retries it next time
+
+
+class Backend(Protocol):
+    kind: str                 # "native" | "http"
+    tokenizer: object         # the probes tokenizer protocol: encode, decode, name, fingerprint
+    model_fingerprint: str
+    settings: dict            # stored in the run row: never a secret
+    identity: dict            # the settings that make two runs' cells comparable
+    concurrency: int          # how many groups the sweep may hand over at once
+
+    def run_group(self, probes: list) -> list[CellResult]:
+        """Answer probes that share one context (same context_ids), in order."""
+
+    def close(self) -> None:
+        ...

@@ -1,0 +1,335 @@
+"""The OpenAI-compatible HTTP backend (vLLM, SGLang, llama.cpp's server, transformers serve,
+hosted APIs), over the standard library only.
+
+Requests are retried with exponential backoff and jitter on 429, 5xx, timeouts and dropped
+connections, honouring Retry-After; any other failure, and a reply that is not the JSON we
+expect, becomes an errored cell instead of stopping the sweep. The API key is read from the
+environment variable the user names, sent only in the Authorization header, and scrubbed
+from anything recorded; the run row keeps the variable's name, never its value.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import http.client
+import json
+import random
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+from ctxprobe.backends.base import CellResult
+from ctxprobe.errors import UserError
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_FINGERPRINT_TEXT = "ctxprobe tokenizer fingerprint: The quick brown fox, 1234567 jumps; über naïve 東京."
+
+
+class RequestFailed(Exception):
+    """A request that failed for good (after any retries). `status` is None for transport errors."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 5             # extra attempts after the first
+    base: float = 0.5            # seconds before the first retry; doubles each time
+    cap: float = 30.0            # longest backoff between attempts
+    max_retry_after: float = 120.0  # longest server-requested wait we honour
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        # Full jitter in [0.5, 1.5) x the exponential step keeps concurrent workers apart.
+        return min(self.cap, self.base * 2**attempt) * (0.5 + random.random())
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After is either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class JsonClient:
+    """POST/GET JSON with a per-request timeout and the retry policy."""
+
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 120.0,
+                 policy: RetryPolicy = RetryPolicy(), sleep=time.sleep):
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self.timeout = timeout
+        self.policy = policy
+        self._sleep = sleep
+        host = urllib.parse.urlsplit(self.base_url).hostname or ""
+        # A proxy configured for the outside world must not capture a server on loopback.
+        handlers = [urllib.request.ProxyHandler({})] if host in ("127.0.0.1", "localhost", "::1") else []
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def redact(self, text: str) -> str:
+        return text.replace(self._api_key, "[redacted]") if self._api_key else text
+
+    def request(self, path: str, payload: dict | None = None, *, retries: int | None = None) -> dict:
+        """The decoded JSON reply of `path` (relative to the base URL, or an absolute URL)."""
+        url = path if "://" in path else f"{self.base_url}/{path.lstrip('/')}"
+        retries = self.policy.retries if retries is None else retries
+        for attempt in range(retries + 1):
+            try:
+                return self._once(url, payload)
+            except _Retryable as e:
+                if attempt == retries:
+                    raise RequestFailed(f"{e.message} (gave up after {retries + 1} attempts)",
+                                        e.status) from None
+                self._sleep(self.policy.delay(attempt, e.retry_after))
+        raise AssertionError("unreachable")
+
+    def _once(self, url: str, payload: dict | None) -> dict:
+        headers = {"Accept": "application/json"}
+        data = None
+        if payload is not None:
+            data = json.dumps(payload).encode()
+            headers["Content-Type"] = "application/json"
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        req = urllib.request.Request(url, data=data, headers=headers,
+                                     method="POST" if payload is not None else "GET")
+        try:
+            with self._opener.open(req, timeout=self.timeout) as resp:
+                body = resp.read()
+        except urllib.error.HTTPError as e:
+            detail = self.redact(_read_quietly(e)[:300])
+            message = f"HTTP {e.code} from {url}: {detail}".strip()
+            if e.code in RETRY_STATUSES:
+                raise _Retryable(message, e.code, parse_retry_after(e.headers.get("Retry-After")))
+            raise RequestFailed(message, e.code) from None
+        except (OSError, http.client.HTTPException) as e:  # timeouts, refused/dropped connections
+            reason = getattr(e, "reason", e)
+            kind = "timed out" if isinstance(reason, TimeoutError) else f"failed ({reason})"
+            raise _Retryable(self.redact(f"request to {url} {kind}"), None, None)
+        try:
+            return json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise RequestFailed(f"malformed JSON from {url}: {self.redact(body[:120].decode(errors='replace'))!r}")
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, status: int | None, retry_after: float | None):
+        self.message, self.status, self.retry_after = message, status, retry_after
+
+
+def _read_quietly(e: urllib.error.HTTPError) -> str:
+    try:
+        return e.read().decode(errors="replace")
+    except Exception:  # the body of an error reply is a courtesy; never fail on it
+        return ""
+
+
+class RemoteTokenizer:
+    """The probes tokenizer protocol over a server's /tokenize and /detokenize.
+
+    `style` is "vllm" ({"model", "prompt"} -> {"tokens"}) or "llama.cpp" ({"content"} ->
+    {"tokens"}). Encodings are cached: a haystack's sentences recur across cells.
+    """
+
+    def __init__(self, client: JsonClient, root_url: str, model: str, style: str):
+        self.client, self.root_url, self.model, self.style = client, root_url, model, style
+        self.name = f"server:{model}"
+        self.vocab_size = None  # servers do not report it
+        self._cache: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+        digest = hashlib.sha256(json.dumps([self.name, self.encode(_FINGERPRINT_TEXT)]).encode())
+        self.fingerprint = digest.hexdigest()[:16]
+
+    def encode(self, text: str) -> list[int]:
+        ids = self._cache.get(text)
+        if ids is None:
+            if self.style == "vllm":
+                payload = {"model": self.model, "prompt": text, "add_special_tokens": False}
+            else:
+                payload = {"content": text, "add_special": False}
+            reply = self.client.request(f"{self.root_url}/tokenize", payload)
+            ids = _token_list(reply, f"{self.root_url}/tokenize")
+            with self._lock:
+                self._cache[text] = ids
+        return list(ids)
+
+    def encode_units(self, texts: list[str]) -> list[list[int]]:
+        """Each text as it tokenizes mid-text: after an anchor whose tokens are then dropped."""
+        anchor = self.encode(".")
+        out = []
+        for text in texts:
+            ids = self.encode("." + text)
+            out.append(ids[len(anchor):] if ids[: len(anchor)] == anchor else self.encode(text))
+        return out
+
+    def encode_array(self, text: str):
+        import numpy as np
+
+        return np.asarray(self.encode(text), dtype=np.int32)
+
+    def decode(self, ids: list[int]) -> str:
+        if self.style == "vllm":
+            reply = self.client.request(f"{self.root_url}/detokenize",
+                                        {"model": self.model, "tokens": list(ids)})
+            text = reply.get("prompt") if isinstance(reply, dict) else None
+        else:
+            reply = self.client.request(f"{self.root_url}/detokenize", {"tokens": list(ids)})
+            text = reply.get("content") if isinstance(reply, dict) else None
+        if not isinstance(text, str):
+            raise RequestFailed(f"malformed /detokenize reply from {self.root_url}")
+        return text
+
+
+def _token_list(reply, url: str) -> list[int]:
+    tokens = reply.get("tokens") if isinstance(reply, dict) else None
+    if not isinstance(tokens, list):
+        raise RequestFailed(f"malformed /tokenize reply from {url}: no 'tokens' list")
+    # llama.cpp can return {"id", "piece"} objects when asked for pieces.
+    return [t["id"] if isinstance(t, dict) else int(t) for t in tokens]
+
+
+class HttpBackend:
+    """Answers probes through an OpenAI-compatible chat or completions endpoint."""
+
+    kind = "http"
+
+    def __init__(self, base_url: str, *, served_model: str | None = None, api: str = "chat",
+                 api_key_env: str | None = None, tokenizer_path: str | None = None,
+                 max_new_tokens: int = 32, concurrency: int = 4, timeout: float = 120.0,
+                 retries: int = 5, retry_base: float = 0.5, environ: dict | None = None):
+        import os
+
+        environ = os.environ if environ is None else environ
+        if api not in ("chat", "completions"):
+            raise UserError(f"unknown --api {api!r}: use chat or completions")
+        if concurrency < 1:
+            raise UserError(f"--concurrency must be at least 1, got {concurrency}")
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UserError(f"bad server URL {base_url!r}: use openai:http://HOST:PORT/v1")
+        self.base_url = urllib.parse.urlunsplit(
+            (parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path.rstrip("/"), "", ""))
+        self.root_url = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+        if api_key_env is None and environ.get("OPENAI_API_KEY"):
+            api_key_env = "OPENAI_API_KEY"
+        api_key = None
+        if api_key_env is not None:
+            api_key = environ.get(api_key_env)
+            if not api_key:
+                raise UserError(f"environment variable {api_key_env} (named by --api-key-env) is "
+                                "not set; export it or name another variable")
+        self.api, self.max_new_tokens, self.concurrency = api, max_new_tokens, concurrency
+        policy = RetryPolicy(retries=retries, base=retry_base)
+        self.client = JsonClient(self.base_url, api_key=api_key, timeout=timeout, policy=policy)
+        self.served_model, model_info = self._pick_model(served_model)
+        self.tokenizer, tokenizer_source = self._pick_tokenizer(tokenizer_path)
+        self.model_fingerprint = "server-model:" + json.dumps(model_info, sort_keys=True)
+        self.settings = {
+            "kind": "http", "base_url": self.base_url, "served_model": self.served_model,
+            "api": api, "api_key_env": api_key_env, "tokenizer": tokenizer_source,
+            "max_new_tokens": max_new_tokens, "concurrency": concurrency, "timeout": timeout,
+            "retries": retries,
+        }
+        self.identity = {"kind": "http", "base_url": self.base_url, "served_model": self.served_model,
+                         "api": api, "max_new_tokens": max_new_tokens}
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _pick_model(self, served_model: str | None) -> tuple[str, dict]:
+        try:
+            reply = self.client.request("models", retries=0)
+        except RequestFailed as e:
+            if e.status is None:
+                raise UserError(f"cannot reach server {self.base_url}: {e}; start it or fix "
+                                "--model openai:URL") from None
+            if e.status in (401, 403):
+                raise UserError(f"server {self.base_url} refused the API key (HTTP {e.status}); "
+                                "check the variable named by --api-key-env") from None
+            reply = {}  # some servers have no /models; the user must then name the model
+        models = [m for m in (reply.get("data") or []) if isinstance(m, dict) and "id" in m] \
+            if isinstance(reply, dict) else []
+        if served_model is None:
+            if len(models) != 1:
+                listed = ", ".join(m["id"] for m in models[:5]) or "none listed"
+                raise UserError(f"server {self.base_url} serves {len(models)} models ({listed}); "
+                                "name one with --served-model")
+            served_model = models[0]["id"]
+        info = next((m for m in models if m["id"] == served_model), {"id": served_model})
+        keep = {k: info[k] for k in ("id", "root", "owned_by", "created", "max_model_len") if k in info}
+        return served_model, keep
+
+    def _pick_tokenizer(self, tokenizer_path: str | None):
+        if tokenizer_path is not None:
+            from probes import load_tokenizer
+
+            return load_tokenizer(tokenizer_path), str(tokenizer_path)
+        for style, payload in (("vllm", {"model": self.served_model, "prompt": "hi"}),
+                               ("llama.cpp", {"content": "hi"})):
+            try:
+                _token_list(self.client.request(f"{self.root_url}/tokenize", payload, retries=1), "")
+            except RequestFailed:
+                continue
+            return RemoteTokenizer(self.client, self.root_url, self.served_model, style), f"server/{style}"
+        raise UserError(f"server {self.base_url} has no /tokenize endpoint, so ctxprobe cannot "
+                        "build prompts of exact token lengths; pass --tokenizer PATH (the model's "
+                        "tokenizer.json or its directory)")
+
+    # -- answering -----------------------------------------------------------------------
+
+    def run_group(self, probes: list) -> list[CellResult]:
+        return [self.ask(p) for p in probes]
+
+    def ask(self, probe) -> CellResult:
+        if self.api == "chat":
+            path = "chat/completions"
+            payload = {"model": self.served_model, "temperature": 0.0,
+                       "max_tokens": self.max_new_tokens,
+                       "messages": [{"role": "user", "content": probe.prompt}]}
+        else:
+            path = "completions"
+            payload = {"model": self.served_model, "temperature": 0.0,
+                       "max_tokens": self.max_new_tokens, "prompt": probe.prompt}
+        start = time.perf_counter()
+        try:
+            reply = self.client.request(path, payload)
+            text = self._text_of(reply)
+        except RequestFailed as e:
+            return CellResult(error=str(e), latency=time.perf_counter() - start,
+                              prompt_tokens=len(probe.token_ids))
+        usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
+        prompt_tokens = usage.get("prompt_tokens")
+        return CellResult(response=self.client.redact(text), latency=time.perf_counter() - start,
+                          prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int)
+                          else len(probe.token_ids))
+
+    def _text_of(self, reply) -> str:
+        try:
+            choice = reply["choices"][0]
+            text = choice["message"]["content"] if self.api == "chat" else choice["text"]
+        except (KeyError, IndexError, TypeError):
+            raise RequestFailed(f"malformed {self.api} reply: no choices[0] text "
+                                f"({self.client.redact(json.dumps(reply)[:120])})") from None
+        if text is None:
+            text = ""
+        if not isinstance(text, str):
+            raise RequestFailed(f"malformed {self.api} reply: text is {type(text).__name__}")
+        return text
+
+    def close(self) -> None:
+        pass

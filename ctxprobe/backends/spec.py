@@ -1,0 +1,36 @@
+"""Turn a --model spec into a backend.
+
+    path/to/checkpoint        the native runner on a local HF-format checkpoint
+    openai:BASE_URL           an OpenAI-compatible server (e.g. openai:http://127.0.0.1:8000/v1)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ctxprobe.errors import UserError
+
+
+def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
+                 served_model: str | None = None, api: str = "chat",
+                 api_key_env: str | None = None, tokenizer: str | None = None,
+                 timeout: float = 120.0, retries: int = 5, retry_base: float = 0.5,
+                 chat_template: bool = True, device: str | None = None, dtype: str | None = None):
+    if spec.startswith("openai:"):
+        from ctxprobe.backends.http import HttpBackend
+
+        return HttpBackend(spec[len("openai:"):], served_model=served_model, api=api,
+                           api_key_env=api_key_env, tokenizer_path=tokenizer,
+                           max_new_tokens=max_new_tokens, concurrency=concurrency,
+                           timeout=timeout, retries=retries, retry_base=retry_base)
+    path = Path(spec)
+    if path.is_dir() and (path / "config.json").is_file():
+        from ctxprobe.backends.native import NativeBackend
+
+        return NativeBackend(spec, chat_template=chat_template, max_new_tokens=max_new_tokens,
+                             device=device, dtype=dtype)
+    if path.is_dir():
+        raise UserError(f"model directory {spec} has no config.json; pass an HF-format checkpoint "
+                        "directory or openai:BASE_URL")
+    raise UserError(f"unknown model spec {spec!r}: pass a checkpoint directory or "
+                    "openai:BASE_URL (e.g. openai:http://127.0.0.1:8000/v1)")

@@ -1,0 +1,160 @@
+"""`ctxprobe probes`: list the probe families, show one probe, export probes as JSONL."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ctxprobe.errors import UserError
+from ctxprobe.grid import parse_depths, parse_lengths, parse_size
+
+
+def _probes_api():
+    # Imported lazily so `ctxprobe --help` stays fast.
+    import probes
+
+    return probes
+
+
+def _parse_params(pairs) -> dict:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"bad --param {pair!r}: write NAME=VALUE, e.g. --param value_kind=uuid")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def probe_options(f):
+    """Options shared by `show` and `export`."""
+    for option in reversed([
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the haystack and needles."),
+        click.option("--tokenizer", "tokenizer_path", default=None,
+                     help="tokenizer.json or a model directory holding one (default: bytes)."),
+        click.option("--haystack", default=None,
+                     help="'noise', a .txt file or a directory of .txt files (default: procedural prose)."),
+        click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+                     help="A family parameter (see `ctxprobe probes list`); repeatable."),
+    ]):
+        f = option(f)
+    return f
+
+
+@click.group()
+def probes():
+    """Probe families: list them, show one probe, export a grid of probes.
+
+    Example: ctxprobe probes show niah --length 4k --depth 50
+    """
+
+
+@probes.command("list")
+def list_families():
+    """List the probe families with a one-line description and their parameters.
+
+    Example: ctxprobe probes list
+    """
+    api = _probes_api()
+    width = max(map(len, api.FAMILIES))
+    for name, fam in api.FAMILIES.items():
+        params = " ".join(f"{k}={v}" for k, v in fam.params.items())
+        click.echo(f"{name:<{width}}  {fam.description}" + (f"  [{params}]" if params else ""))
+
+
+def _elide(prompt: str, keep: list[tuple[int, int]], marks: list[tuple[int, int]]) -> str:
+    """Show only the `keep` character windows of prompt, with needles in `marks` marked."""
+    windows = []
+    for a, b in sorted((max(0, a), min(len(prompt), b)) for a, b in keep):
+        if windows and a <= windows[-1][1]:
+            windows[-1][1] = max(windows[-1][1], b)
+        else:
+            windows.append([a, b])
+    out, at = [], 0
+    for a, b in windows:
+        if a > at:
+            out.append(click.style(f" [... {a - at:,} characters ...] ", fg="cyan"))
+        piece, cuts = prompt[a:b], sorted((s - a, e - a) for s, e in marks if a <= s and e <= b)
+        last = 0
+        for s, e in cuts:
+            out.append(piece[last:s] + click.style(">>>" + piece[s:e] + " <<<", fg="green", bold=True))
+            last = e
+        out.append(piece[last:])
+        at = b
+    if at < len(prompt):
+        out.append(click.style(f" [... {len(prompt) - at:,} characters ...] ", fg="cyan"))
+    return "".join(out)
+
+
+@probes.command()
+@click.argument("family")
+@click.option("--length", default="4k", show_default=True, help="Prompt length in tokens (4k = 4096).")
+@click.option("--depth", type=float, default=50.0, show_default=True, help="Needle depth, percent.")
+@click.option("--sample", type=int, default=0, show_default=True, help="Sample index.")
+@click.option("--window", type=int, default=200, show_default=True,
+              help="Characters shown around each needle and at the ends of the haystack.")
+@probe_options
+def show(family, length, depth, sample, window, seed, tokenizer_path, haystack, params):
+    """Show one probe: the prompt with its middle elided and needles marked, the answers and
+    the token counts.
+
+    Example: ctxprobe probes show multikey --length 8k --depth 25 --param value_kind=uuid
+    """
+    api = _probes_api()
+    p = api.make_probe(family, parse_size(length), depth, seed=seed, sample=sample,
+                       tokenizer=api.load_tokenizer(tokenizer_path), haystack=haystack,
+                       **_parse_params(params))
+    text, ctx_start = p.prompt, len(p.instruction)
+    ctx_end = ctx_start + len(p.context)
+    keep = [(0, ctx_start + window), (ctx_end - window, len(text))]
+    keep += [(s - window, e + window) for s, e in p.needle_char_spans]
+    click.echo(_elide(text, keep, p.needle_char_spans))
+    click.echo("-" * 72)
+    click.echo(f"family {p.family}  params {json.dumps(p.params)}  seed {p.seed}  sample {p.sample}")
+    click.echo(f"tokens {len(p.token_array):,} (requested {p.length:,}; context {p.context_end:,}, "
+               f"question {len(p.token_array) - p.context_end:,})  tokenizer {p.tokenizer_name}  "
+               f"haystack {p.haystack}  checked {p.verified}")
+    depth_note = "n/a (no needles)" if p.actual_depth is None else f"{p.actual_depth}"
+    click.echo(f"depth {p.depth} -> actual {depth_note}  needles at tokens "
+               f"{', '.join(f'[{s}, {e})' for s, e in p.needle_spans) or '-'}")
+    click.echo(f"answers {json.dumps(p.answers)}  answer text {p.answer_text!r}  hash {p.hash}")
+
+
+@probes.command()
+@click.argument("family")
+@click.option("--lengths", default="4k", show_default=True,
+              help="1k,2k,4k or exact integers, or a geometric range 1k..1M:x2.")
+@click.option("--depths", default="0..100:11", show_default=True,
+              help="0,50,100 or a linear range 0..100:11 (percent).")
+@click.option("--samples", type=int, default=1, show_default=True, help="Samples per cell.")
+@click.option("-o", "--output", type=click.File("w"), required=True, help="JSONL file ('-' for stdout).")
+@probe_options
+def export(family, lengths, depths, samples, output, seed, tokenizer_path, haystack, params):
+    """Export probes as JSONL, one object per (length, depth, sample): family, length,
+    prompt_tokens, depth, actual_depth, sample, seed, prompt, answers, hash and more.
+    FAMILY may be a comma-separated list.
+
+    Example: ctxprobe probes export niah --lengths 1k..8k:x2 --depths 0..100:5 --samples 2 -o niah.jsonl
+    """
+    api = _probes_api()
+    families = [f.strip() for f in family.split(",") if f.strip()]
+    for name in families:
+        api.FAMILIES.get(name) or api.make_probe(name, 1, 0)  # raises, listing the valid names
+    if samples < 1:
+        raise UserError(f"--samples {samples} must be at least 1")
+    length_list, depth_list = parse_lengths(lengths), parse_depths(depths)
+    tok, extra, n = api.load_tokenizer(tokenizer_path), _parse_params(params), 0
+    for name in families:
+        for length in length_list:
+            for depth in depth_list:
+                for sample in range(samples):
+                    p = api.make_probe(name, length, depth, seed=seed, sample=sample, tokenizer=tok,
+                                       haystack=haystack, **extra)
+                    output.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+                    n += 1
+    click.echo(f"wrote {n} probes ({len(families)} families x {len(length_list)} lengths x "
+               f"{len(depth_list)} depths x {samples} samples)", err=True)
+
+
+COMMANDS = [probes]

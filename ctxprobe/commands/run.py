@@ -1,0 +1,171 @@
+"""`ctxprobe run`, `runs`, `export` and `merge`: sweeps into the results store and back out."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import sys
+
+import click
+
+from ctxprobe.store import CELL_KEYS, DEFAULT_PATH
+
+db_option = click.option("--db", "db", default=DEFAULT_PATH, show_default=True,
+                         type=click.Path(dir_okay=False), help="The SQLite results database.")
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The command as the user could retype it (from parsed options, so never from argv)."""
+    words = ["ctxprobe", ctx.info_name or "run"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or not param.opts:
+            continue
+        flag = max(param.opts, key=len)
+        if isinstance(param, click.Option) and param.is_flag:
+            words.append(flag if value else (param.secondary_opts or [flag])[0])
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
+@click.command("run")
+@click.option("--model", "model_spec", required=True,
+              help="A checkpoint directory, or openai:BASE_URL for an OpenAI-compatible server.")
+@click.option("--probe", "probes", required=True, help="Probe families, comma-separated.")
+@click.option("--lengths", required=True, help="Context lengths in tokens, e.g. 1k,4k,16k.")
+@click.option("--depths", default="50", show_default=True, help="Needle depths in %, e.g. 0,50,100.")
+@click.option("--samples", default=1, show_default=True, type=int, help="Samples per cell.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the haystacks and needles.")
+@db_option
+@click.option("--name", default=None, help="Run name [default: model and a hash of the settings].")
+@click.option("--max-new-tokens", default=32, show_default=True, type=int,
+              help="Most tokens generated per answer.")
+@click.option("--concurrency", default=4, show_default=True, type=int,
+              help="HTTP requests in flight at once.")
+@click.option("--haystack", default=None,
+              help="'noise', or a .txt file or a directory of them [default: seeded prose].")
+@click.option("--served-model", default=None, help="openai: the model name the server knows.")
+@click.option("--api", type=click.Choice(["chat", "completions"]), default="chat", show_default=True,
+              help="openai: which endpoint to call.")
+@click.option("--api-key-env", default=None,
+              help="openai: environment variable holding the API key [default: OPENAI_API_KEY if set].")
+@click.option("--tokenizer", default=None,
+              help="openai: tokenizer.json (or its directory) to count lengths when the server "
+                   "has no /tokenize.")
+@click.option("--timeout", default=120.0, show_default=True, type=float,
+              help="openai: seconds per request before it is retried.")
+@click.option("--retries", default=5, show_default=True, type=int,
+              help="openai: retries on 429, 5xx and timeouts.")
+@click.option("--shard", default=None, help="Run only the i-th of n shares of the cells, e.g. 0/4.")
+@click.option("--chat-template/--no-chat-template", default=True, show_default=True,
+              help="Native: wrap probes in the checkpoint's chat template when it has one.")
+@click.option("--device", default=None, help="Native: torch device [default: cuda if available].")
+@click.option("--dtype", default=None, help="Native: weight dtype [default: the checkpoint's].")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, name, max_new_tokens,
+                concurrency, haystack, served_model, api, api_key_env, tokenizer, timeout, retries,
+                shard, chat_template, device, dtype, quiet):
+    """Run probes against a model and store one row per cell; rerunning resumes.
+
+    Example: ctxprobe run --model openai:http://127.0.0.1:8000/v1 --served-model m --probe niah --lengths 1k,4k --depths 0,50,100 --samples 3
+    """
+    from ctxprobe.backends import open_backend
+    from ctxprobe.grid import parse_depths, parse_lengths
+    from ctxprobe.planner import parse_shard
+    from ctxprobe.store import Store
+    from ctxprobe.sweep import SweepSpec, open_run, run_sweep, summarize
+
+    spec = SweepSpec(families=[f.strip() for f in probes.split(",") if f.strip()],
+                     lengths=parse_lengths(lengths), depths=parse_depths(depths),
+                     samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard))
+    store = Store(db)  # refuse a bad --db before loading a model or calling a server
+    backend = open_backend(model_spec, max_new_tokens=max_new_tokens, concurrency=concurrency,
+                           served_model=served_model, api=api, api_key_env=api_key_env,
+                           tokenizer=tokenizer, timeout=timeout, retries=retries,
+                           chat_template=chat_template, device=device, dtype=dtype)
+    try:
+        run = open_run(store, backend, spec, model_spec=model_spec, name=name,
+                       command=_command_line(ctx))
+        stats = run_sweep(store, run, backend, spec, progress=not quiet)
+    finally:
+        backend.close()
+    click.echo(summarize(store.cells(run.id)))
+    click.echo(f"run {run.name}: {stats.finished} cell(s) done now ({stats.errored} errored), "
+               f"{stats.skipped} already stored, in {stats.seconds:.1f} s; db {db}")
+    store.close()
+
+
+@click.command("runs")
+@db_option
+def runs_command(db):
+    """List the runs in a results database.
+
+    Example: ctxprobe runs --db ctxprobe.db
+    """
+    from ctxprobe.store import Store
+
+    with Store(db, must_exist=True) as store:
+        rows = [("id", "name", "created", "model", "cells", "errors")]
+        for run in store.runs():
+            n, errors = store.cell_counts(run.id)
+            rows.append((str(run.id), run.name, run.created, run.model_spec, str(n), str(errors)))
+    if len(rows) == 1:
+        click.echo(f"no runs in {db}")
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+@click.command("export")
+@click.argument("run_ref", metavar="RUN")
+@db_option
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+@click.option("--output", "-o", default="-", type=click.Path(dir_okay=False, allow_dash=True),
+              help="File to write [default: stdout].")
+def export_command(run_ref, db, fmt, output):
+    """Write one row per cell of a run (by name or id) as CSV or JSON lines.
+
+    Example: ctxprobe export my-run --db ctxprobe.db --format jsonl -o cells.jsonl
+    """
+    from ctxprobe.store import Store
+
+    with Store(db, must_exist=True) as store:
+        run = store.get_run(run_ref)
+        cells = store.cells(run.id)
+    out = sys.stdout if output == "-" else open(output, "w", newline="", encoding="utf-8")
+    try:
+        if fmt == "jsonl":
+            for cell in cells:
+                out.write(json.dumps({"run": run.name, **cell}, ensure_ascii=False) + "\n")
+        else:
+            writer = csv.DictWriter(out, fieldnames=("run",) + CELL_KEYS)
+            writer.writeheader()
+            for cell in cells:
+                writer.writerow({"run": run.name, **cell})
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+@click.command("merge")
+@click.argument("out_db", type=click.Path(dir_okay=False))
+@click.argument("in_dbs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def merge_command(out_db, in_dbs):
+    """Merge results databases (e.g. the shards of one sweep) into OUT_DB without duplicates.
+
+    Example: ctxprobe merge all.db shard0.db shard1.db
+    """
+    from ctxprobe.store import Store
+
+    with Store(out_db) as out:
+        for path in in_dbs:
+            with Store(path, must_exist=True) as source:
+                runs, cells = out.merge_from(source)
+            click.echo(f"{path}: {runs} new run(s), {cells} new cell(s)")
+
+
+COMMANDS = [run_command, runs_command, export_command, merge_command]

@@ -1,0 +1,35 @@
+"""Native models: HF-format checkpoints of Llama, Llama 4 (text), Mixtral and Qwen3-MoE.
+
+    m = load_model("path/to/checkpoint")
+    m.logits(ids)                    # [T, V]; or drive it block by block (see blocks.py)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ctxprobe.models.config import ARCHITECTURES, ModelConfig
+from ctxprobe.models.model import Model
+
+
+def load_model(path, device=None, dtype=None) -> Model:
+    """Load an HF checkpoint dir (config.json, *.safetensors, optional tokenizer.json and chat template).
+
+    device: None picks CUDA when available, else CPU. dtype: None keeps the checkpoint's dtype.
+    """
+    from ctxprobe.models.chat import read_template
+    from ctxprobe.models.loader import load_weights, read_config
+
+    root = Path(path)
+    cfg = read_config(root)
+    model = load_weights(root, cfg, device=device, dtype=dtype)
+    model.path = str(root)
+    model.chat_template, model.special_tokens = read_template(root)
+    if (root / "tokenizer.json").exists():
+        from probes import load_tokenizer
+
+        model.tokenizer = load_tokenizer(str(root))
+    return model
+
+
+__all__ = ["ARCHITECTURES", "Model", "ModelConfig", "load_model"]

@@ -1,0 +1,161 @@
+"""Our model config: one dataclass for every supported family, read from an HF config.json.
+
+HF writes the same facts under different names per family and per transformers version
+(`rope_theta` + `rope_scaling` before v5, `rope_parameters` after; Llama 4 multimodal nests the
+text model under `text_config`). `from_hf` reads them all into one shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ctxprobe.errors import UserError
+
+ARCHITECTURES = ("LlamaForCausalLM", "Llama4ForCausalLM", "Llama4ForConditionalGeneration",
+                 "MixtralForCausalLM", "Qwen3MoeForCausalLM")
+
+
+@dataclass
+class ModelConfig:
+    arch: str                       # the HF architecture name, e.g. "MixtralForCausalLM"
+    vocab_size: int
+    dim: int                        # hidden size D
+    n_layers: int
+    n_heads: int                    # query heads Hq
+    n_kv_heads: int                 # key/value heads Hkv
+    head_dim: int
+    ffn_dim: int                    # dense MLP hidden size
+    norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None = None          # llama3: factor, low/high_freq_factor, original_max_position_embeddings
+    tie_embeddings: bool = False
+    max_position: int = 0
+    # Mixture of experts (0 experts: dense model)
+    n_experts: int = 0
+    top_k: int = 0
+    moe_ffn_dim: int = 0
+    norm_topk_prob: bool = True
+    moe_layers: list[bool] = field(default_factory=list)   # per layer: MoE feed-forward?
+    # Attention pattern, per layer
+    rope_layers: list[bool] = field(default_factory=list)  # per layer: rotary positions? (False: NoPE)
+    chunk_size: int | None = None             # Llama 4 local layers attend inside aligned chunks
+    chunked_layers: list[bool] = field(default_factory=list)
+    sliding_window: int | None = None
+    # Llama 4 extras
+    l2_qk_norm: bool = False                  # weightless L2 norm of q, k after RoPE (RoPE layers only)
+    attn_temperature: bool = False            # NoPE layers scale q by log1p(floor((pos+1)/floor_scale))*attn_scale+1
+    floor_scale: float = 8192.0
+    attn_scale: float = 0.1
+    dtype: str = "float32"                    # the checkpoint's stored dtype
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        n = self.n_layers
+        self.moe_layers = self.moe_layers or [False] * n
+        self.rope_layers = self.rope_layers or [True] * n
+        self.chunked_layers = self.chunked_layers or [False] * n
+        assert len(self.moe_layers) == len(self.rope_layers) == len(self.chunked_layers) == n
+
+    @property
+    def family(self) -> str:
+        return {"LlamaForCausalLM": "llama", "Llama4ForCausalLM": "llama4",
+                "Llama4ForConditionalGeneration": "llama4", "MixtralForCausalLM": "mixtral",
+                "Qwen3MoeForCausalLM": "qwen3_moe"}[self.arch]
+
+    def layer_mask(self, i: int) -> dict:
+        """What attention.attend needs for layer i: causal, chunk_size, window."""
+        return dict(causal=True, chunk_size=self.chunk_size if self.chunked_layers[i] else None,
+                    window=self.sliding_window)
+
+
+def _require(cfg: dict, key: str, where: str):
+    if key not in cfg or cfg[key] is None:
+        raise UserError(f"{where}: config.json has no '{key}'; is this a complete {cfg.get('model_type', 'HF')} config?")
+    return cfg[key]
+
+
+def _rope(cfg: dict, default_theta: float) -> tuple[float, dict | None]:
+    params = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+    theta = float(params.get("rope_theta", cfg.get("rope_theta", default_theta)))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind in (None, "default"):
+        return theta, None
+    if kind != "llama3":
+        raise UserError(f"config.json: rope type '{kind}' is not supported; supported: default, llama3")
+    params.setdefault("original_max_position_embeddings", cfg.get("max_position_embeddings"))
+    scaling = {k: float(params[k]) for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                             "original_max_position_embeddings")}
+    return theta, scaling
+
+
+def _eos(cfg: dict) -> list[int]:
+    eos = cfg.get("eos_token_id")
+    return [] if eos is None else list(eos) if isinstance(eos, list) else [int(eos)]
+
+
+def from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
+    """Read an HF config.json dict (already parsed) into a ModelConfig."""
+    archs = cfg.get("architectures") or []
+    arch = next((a for a in archs if a in ARCHITECTURES), None)
+    if arch is None:
+        raise UserError(f"{where}: architecture {archs or cfg.get('model_type')} is not supported; "
+                        f"supported: {', '.join(ARCHITECTURES)}")
+    text = cfg.get("text_config") or cfg if arch == "Llama4ForConditionalGeneration" else cfg
+    get = lambda k: _require(text, k, where)  # noqa: E731
+    n_layers, n_heads, dim = get("num_hidden_layers"), get("num_attention_heads"), get("hidden_size")
+    n_kv = text.get("num_key_value_heads") or n_heads
+    theta, scaling = _rope(text, 500000.0 if arch.startswith("Llama4") else 10000.0)
+    base = dict(arch=arch, vocab_size=get("vocab_size"), dim=dim, n_layers=n_layers, n_heads=n_heads,
+                n_kv_heads=n_kv, head_dim=text.get("head_dim") or dim // n_heads,
+                ffn_dim=get("intermediate_size"), norm_eps=float(get("rms_norm_eps")),
+                rope_theta=theta, rope_scaling=scaling,
+                tie_embeddings=bool(cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
+                max_position=int(text.get("max_position_embeddings") or 0),
+                dtype=str(cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype")
+                          or text.get("torch_dtype") or "float32"),
+                bos_token_id=text.get("bos_token_id"), eos_token_ids=_eos(text))
+    family = {"LlamaForCausalLM": _llama, "Llama4ForCausalLM": _llama4,
+              "Llama4ForConditionalGeneration": _llama4, "MixtralForCausalLM": _mixtral,
+              "Qwen3MoeForCausalLM": _qwen3_moe}[arch]
+    return ModelConfig(**{**base, **family(text, n_layers)})
+
+
+def _llama(cfg: dict, n: int) -> dict:
+    return {}
+
+
+def _mixtral(cfg: dict, n: int) -> dict:
+    return dict(n_experts=cfg["num_local_experts"], top_k=cfg["num_experts_per_tok"],
+                moe_ffn_dim=cfg["intermediate_size"], norm_topk_prob=True, moe_layers=[True] * n,
+                sliding_window=cfg.get("sliding_window"))
+
+
+def _qwen3_moe(cfg: dict, n: int) -> dict:
+    step, dense = cfg.get("decoder_sparse_step", 1), set(cfg.get("mlp_only_layers") or [])
+    n_experts = cfg.get("num_experts", cfg.get("num_local_experts")) or 0  # transformers 5 writes the latter
+    moe = [i not in dense and n_experts > 0 and (i + 1) % step == 0 for i in range(n)]
+    window = cfg.get("sliding_window") if cfg.get("use_sliding_window") else None
+    if window is not None and cfg.get("max_window_layers", n) < n:
+        raise UserError("config.json: sliding window on only some layers (max_window_layers) is not supported")
+    return dict(n_experts=n_experts, top_k=cfg["num_experts_per_tok"], moe_ffn_dim=cfg["moe_intermediate_size"],
+                norm_topk_prob=bool(cfg.get("norm_topk_prob", False)), moe_layers=moe, sliding_window=window)
+
+
+def _llama4(cfg: dict, n: int) -> dict:
+    interval = cfg.get("no_rope_layer_interval", 4)
+    # no_rope_layers[i] == 1 means layer i DOES use RoPE (HF's naming); every 4th layer is NoPE.
+    rope = [bool(x) for x in (cfg.get("no_rope_layers") or [(i + 1) % interval != 0 for i in range(n)])][:n]
+    step = cfg.get("interleave_moe_layer_step", 1)
+    moe_ids = cfg.get("moe_layers")
+    moe_ids = set(range(step - 1, n, step) if moe_ids is None else moe_ids)
+    chunk = cfg.get("attention_chunk_size")
+    types = cfg.get("layer_types") or ["chunked_attention" if r and chunk is not None else "full_attention"
+                                       for r in rope]
+    return dict(n_experts=cfg.get("num_local_experts", 0), top_k=cfg.get("num_experts_per_tok", 1),
+                moe_ffn_dim=cfg["intermediate_size"], ffn_dim=cfg.get("intermediate_size_mlp", cfg["intermediate_size"]),
+                moe_layers=[i in moe_ids for i in range(n)], rope_layers=rope, chunk_size=chunk,
+                chunked_layers=[t == "chunked_attention" for t in types[:n]],
+                l2_qk_norm=bool(cfg.get("use_qk_norm", True)),
+                attn_temperature=bool(cfg.get("attn_temperature_tuning", True)),
+                floor_scale=float(cfg.get("floor_scale", 8192)), attn_scale=float(cfg.get("attn_scale", 0.1)))

@@ -1,0 +1,120 @@
+"""What a checkpoint is and what a given context length will cost, without loading a weight.
+
+Reads config.json and the safetensors headers, checks every key and shape (the same checks as
+load_model), then counts on a meta-device model. Memory per tier follows the layer-by-layer plan:
+the device holds one layer's weights and that layer's KV; the host holds the hidden states of
+every token between layers (and, if kept for reuse, every layer's KV); weights rest on disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ctxprobe.models.blocks import Experts, FusedExperts
+from ctxprobe.models.keymap import KEYMAPS
+from ctxprobe.models.loader import _dtype, build_empty, plan_copies, read_config, read_headers
+
+
+def _numel(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def layer_kinds(cfg) -> dict[str, int]:
+    """{"attention: ...": n, "feed-forward: ...": n} counts of layers by kind."""
+    kinds: dict[str, int] = {}
+    for i in range(cfg.n_layers):
+        mask = cfg.layer_mask(i)
+        span = (f"local, chunks of {mask['chunk_size']}" if mask["chunk_size"]
+                else f"local, window {mask['window']}" if mask["window"] else "global")
+        attn = f"attention: {span}, {'RoPE' if cfg.rope_layers[i] else 'NoPE'}"
+        ffn = (f"feed-forward: MoE {cfg.top_k} of {cfg.n_experts} experts" if cfg.moe_layers[i]
+               else "feed-forward: dense")
+        for k in (attn, ffn):
+            kinds[k] = kinds.get(k, 0) + 1
+    return kinds
+
+
+def kv_span(cfg, layer: int, length: int) -> int:
+    """How many tokens of KV layer `layer` must keep to answer a query at position `length`-1."""
+    mask = cfg.layer_mask(layer)
+    bound = mask["chunk_size"] or mask["window"]
+    return min(length, bound) if bound else length
+
+
+def describe(path: str | Path, length: int | None = None, dtype=None) -> dict:
+    """A dict of facts about a checkpoint dir; memory figures in bytes for `length` tokens."""
+    cfg = read_config(path)
+    headers = read_headers(Path(path))
+    model = build_empty(cfg)
+    plan_copies(headers, model, cfg, KEYMAPS[cfg.arch])   # raises on any missing/unexpected/mis-shaped key
+    dt = _dtype(dtype or cfg.dtype)
+    elem = torch.empty(0, dtype=dt).element_size()
+
+    total = _numel(model) - (cfg.vocab_size * cfg.dim if cfg.tie_embeddings else 0)
+    idle_experts = 0
+    for block in model.blocks:
+        experts = getattr(block.ffn, "experts", None)
+        if isinstance(experts, (Experts, FusedExperts)):
+            idle_experts += _numel(experts) * (cfg.n_experts - cfg.top_k) // cfg.n_experts
+    kv_layer = 2 * cfg.n_kv_heads * cfg.head_dim * elem          # K + V bytes per token per layer
+    is_global = [cfg.layer_mask(i)["chunk_size"] is None and cfg.layer_mask(i)["window"] is None
+                 for i in range(cfg.n_layers)]
+    layer_bytes = [_numel(b) * elem for b in model.blocks]
+    facts = dict(
+        path=str(path), arch=cfg.arch, family=cfg.family, dtype=str(dt).removeprefix("torch."),
+        layers=cfg.n_layers, dim=cfg.dim, heads=cfg.n_heads, kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+        vocab=cfg.vocab_size, params_total=total, params_active=total - idle_experts,
+        layer_kinds=layer_kinds(cfg),
+        kv_bytes_per_token_layer=kv_layer,
+        kv_bytes_per_token_global=kv_layer * sum(is_global),
+        kv_bytes_per_token_local=kv_layer * (cfg.n_layers - sum(is_global)),
+        weight_bytes=total * elem, largest_layer_weight_bytes=max(layer_bytes, default=0),
+        shards=len(headers),
+    )
+    if length is not None:
+        kv_layers = [kv_layer * kv_span(cfg, i, length) for i in range(cfg.n_layers)]
+        hidden = length * cfg.dim * elem
+        facts["length"] = length
+        facts["memory"] = {
+            "device (one layer at a time)": max(layer_bytes) + max(kv_layers),
+            "host (hidden states of every token)": hidden,
+            "host (KV of every layer, if kept)": sum(kv_layers),
+            "disk (weights)": total * elem,
+        }
+        facts["kv_bytes_largest_layer"] = max(kv_layers)
+    return facts
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def human_count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def format_facts(f: dict) -> str:
+    lines = [
+        f"{f['path']}: {f['arch']} ({f['dtype']}, {f['shards']} shard(s))",
+        f"  layers {f['layers']}, dim {f['dim']}, heads {f['heads']} (kv {f['kv_heads']}) x {f['head_dim']}, "
+        f"vocab {f['vocab']}",
+        f"  parameters: {human_count(f['params_total'])} total, {human_count(f['params_active'])} active per token",
+        "  layers by kind:",
+        *[f"    {n:3d}  {kind}" for kind, n in f["layer_kinds"].items()],
+        f"  KV per token: {human_bytes(f['kv_bytes_per_token_global'])} on global layers, "
+        f"{human_bytes(f['kv_bytes_per_token_local'])} on local layers "
+        f"({human_bytes(f['kv_bytes_per_token_layer'])} per layer)",
+    ]
+    if "memory" in f:
+        lines.append(f"  memory for {f['length']:,} tokens:")
+        lines += [f"    {human_bytes(v):>10}  {tier}" for tier, v in f["memory"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,224 @@
+"""Load an HF-format checkpoint directory into our Model, one safetensors shard at a time.
+
+Order of work, so that a bad checkpoint fails before any weight is copied:
+  1. config.json -> ModelConfig (unsupported architecture: a message listing the supported ones)
+  2. find the shards (index.json or *.safetensors); refuse pickles; read every header and check
+     each file's size against it (a truncated file is named)
+  3. map every stored key through the architecture's key table; compare with the model built on
+     the meta device: missing, unexpected and mis-shaped keys are named with their file
+  4. allocate the parameters, then copy shard by shard (each shard memory-mapped, one at a time)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from ctxprobe.errors import UserError
+from ctxprobe.models import llama, llama4, mixtral, qwen3_moe
+from ctxprobe.models.config import ModelConfig, from_hf
+from ctxprobe.models.keymap import KEYMAPS
+
+BUILDERS = {"llama": llama.build, "llama4": llama4.build, "mixtral": mixtral.build, "qwen3_moe": qwen3_moe.build}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def read_config(path: str | Path) -> ModelConfig:
+    """config.json (plus generation_config.json's stop ids) of a checkpoint dir -> ModelConfig."""
+    root = _checkpoint_dir(path)
+    cfg = from_hf(_read_json(root / "config.json"), where=str(root / "config.json"))
+    gen = root / "generation_config.json"
+    if gen.exists():
+        eos = _read_json(gen).get("eos_token_id")
+        for i in [] if eos is None else eos if isinstance(eos, list) else [eos]:
+            if i not in cfg.eos_token_ids:
+                cfg.eos_token_ids.append(int(i))
+    return cfg
+
+
+def build_empty(cfg: ModelConfig) -> nn.Module:
+    """The model with every parameter on the meta device (no memory)."""
+    with torch.device("meta"):
+        return BUILDERS[cfg.family](cfg)
+
+
+def load_weights(path: str | Path, cfg: ModelConfig, device=None, dtype=None) -> nn.Module:
+    root = _checkpoint_dir(path)
+    headers = read_headers(root)
+    model = build_empty(cfg)
+    plan = plan_copies(headers, model, cfg, KEYMAPS[cfg.arch])
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = _dtype(dtype or cfg.dtype)
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None:
+                module._parameters[name] = nn.Parameter(
+                    torch.empty(p.shape, dtype=dtype, device=device), requires_grad=False)
+    params = dict(model.named_parameters())
+    for file, copies in plan.items():
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for key, (name, expert) in copies.items():
+                dest = params[name] if expert is None else params[name][expert]
+                dest.copy_(f.get_tensor(key))
+    if cfg.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    return model
+
+
+def read_headers(root: Path) -> dict[Path, dict[str, tuple]]:
+    """{shard file: {key: shape}} for every shard, each file's size checked against its header."""
+    files = shard_files(root)
+    return {f: _header_shapes(f) for f in files}
+
+
+def shard_files(root: Path) -> list[Path]:
+    index = root / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise UserError(f"{index}: no 'weight_map'; re-download the checkpoint")
+        files = [root / name for name in sorted(set(weight_map.values()))]
+        for f in files:
+            if not f.exists():
+                raise UserError(f"{f}: shard listed in {index.name} is missing; re-download the checkpoint")
+        return files
+    files = sorted(root.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UserError(f"{root / pickles[0]}: pickle checkpoints are refused (they can run code when loaded); "
+                        "convert to safetensors, e.g. save_pretrained(dir, safe_serialization=True)")
+    raise UserError(f"{root}: no *.safetensors weights found")
+
+
+def _header_shapes(file: Path) -> dict[str, tuple]:
+    """Parse a safetensors header ourselves so a truncated or corrupt file gets a one-line error."""
+    size = file.stat().st_size
+    bad = f"{file}: truncated or corrupt safetensors file"
+    with open(file, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise UserError(f"{bad} ({size} bytes); re-download it")
+        n = struct.unpack("<Q", head)[0]
+        if n > size - 8:
+            raise UserError(f"{bad} (header says {n} bytes, file has {size}); re-download it")
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{bad} (unreadable header: {e}); re-download it") from None
+    header.pop("__metadata__", None)
+    end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    if 8 + n + end != size:
+        raise UserError(f"{bad} (expected {8 + n + end} bytes, found {size}); re-download it")
+    for key, v in header.items():
+        if v.get("dtype") not in _DTYPES:
+            raise UserError(f"{file}: tensor '{key}' has dtype {v.get('dtype')}; supported: {', '.join(_DTYPES)}")
+    return {key: tuple(v["shape"]) for key, v in header.items()}
+
+
+def _compile(keymap: dict) -> list[tuple[re.Pattern, str | None]]:
+    rules = []
+    for hf, ours in keymap.items():
+        pattern = re.escape(hf).replace(r"\{\}", r"(\d+)")
+        pattern = pattern[:-2] + ".*" if hf.endswith("*") else pattern
+        rules.append((re.compile(pattern + "$"), ours))
+    return rules
+
+
+def map_key(rules, key: str) -> tuple[str, int | None] | None | bool:
+    """-> (our name, expert index or None); None when the key is dropped; False when unknown."""
+    for pattern, ours in rules:
+        m = pattern.match(key)
+        if m:
+            if ours is None:
+                return None
+            nums = list(m.groups())
+            expert = None
+            if ours.endswith("[{}]"):
+                ours, expert = ours[:-4], int(nums.pop())
+            return ours.format(*nums), expert
+    return False
+
+
+def plan_copies(headers: dict, model: nn.Module, cfg: ModelConfig, keymap: dict) -> dict[Path, dict]:
+    """{file: {stored key: (our name, expert)}} after checking every key and shape."""
+    rules = _compile(keymap)
+    params = {n: p.shape for n, p in model.named_parameters()}
+    if cfg.tie_embeddings:
+        params.pop("output.weight", None)
+    needed = {(n, e) for n, s in params.items() for e in ([None] if not _stacked(n) else range(s[0]))}
+    plan, unexpected, misshaped, seen = {}, [], [], set()
+    for file, shapes in headers.items():
+        plan[file] = {}
+        for key, shape in shapes.items():
+            target = map_key(rules, key)
+            if target is None or (cfg.tie_embeddings and target and target[0] == "output.weight"):
+                continue
+            if target is False or target not in needed:
+                unexpected.append(f"{key} ({file.name})")
+                continue
+            name, expert = target
+            want = tuple(params[name]) if expert is None else tuple(params[name][1:])
+            if tuple(shape) != want:
+                misshaped.append(f"{key} ({file.name}): stored {list(shape)}, expected {list(want)}")
+            seen.add(target)
+            plan[file][key] = target
+    missing = sorted(needed - seen, key=str)
+    problems = []
+    if misshaped:
+        problems.append(f"{len(misshaped)} mis-shaped key(s): " + "; ".join(misshaped[:5]))
+    if missing:
+        names = [n if e is None else f"{n}[{e}]" for n, e in missing]
+        problems.append(f"{len(missing)} missing weight(s): " + ", ".join(names[:5]))
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:5]))
+    if problems:
+        root = next(iter(headers)).parent if headers else ""
+        raise UserError(f"{root}: checkpoint does not match {cfg.arch} as configured in config.json: "
+                        + " | ".join(problems))
+    return plan
+
+
+def _stacked(name: str) -> bool:
+    """Parameters that several stored keys fill one expert slice at a time."""
+    return name.endswith(("experts.w1", "experts.w2", "experts.w3"))
+
+
+def _checkpoint_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if p.suffix in PICKLE_SUFFIXES:
+        raise UserError(f"{p}: pickle checkpoints are refused (they can run code when loaded); use safetensors")
+    if not p.exists():
+        raise UserError(f"{p}: no such checkpoint directory")
+    if not p.is_dir():
+        raise UserError(f"{p}: expected a checkpoint directory holding config.json and *.safetensors")
+    if not (p / "config.json").exists():
+        raise UserError(f"{p}: no config.json; expected an HF-format checkpoint directory")
+    return p
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{file}: not valid JSON ({e})") from None
+
+
+def _dtype(d) -> torch.dtype:
+    if isinstance(d, torch.dtype):
+        return d
+    name = str(d).removeprefix("torch.")
+    table = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
+             "float16": torch.float16, "half": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16,
+             "fp16": torch.float16}
+    if name not in table:
+        raise UserError(f"dtype '{d}' is not supported; use float32, bfloat16 or float16")
+    return table[name]

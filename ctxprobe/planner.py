@@ -1,0 +1,93 @@
+"""From a grid to work: cells, the shard this machine runs, the cells still to do, and groups
+of probes that share a context so the runner prefills it once.
+
+A cell is (family, length, depth, sample). Cells are listed in one canonical order, so
+`--shard i/n` takes the same cells on every machine that runs the same grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from ctxprobe.errors import UserError
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    family: str
+    length: int
+    depth: float
+    sample: int
+
+    @property
+    def key(self) -> tuple:
+        return (self.family, self.length, self.depth, self.sample)
+
+
+def plan_cells(families: list[str], lengths: list[int], depths: list[float],
+               samples: int) -> list[Cell]:
+    """Every cell of the grid, in canonical order (duplicates in the inputs dropped)."""
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, got {samples}")
+    if not families or not lengths or not depths:
+        raise UserError("the grid is empty: give at least one --probe, --lengths and --depths value")
+    return [Cell(f, int(n), float(d), s)
+            for f in dict.fromkeys(families)
+            for n in sorted(set(lengths))
+            for d in sorted(set(depths))
+            for s in range(samples)]
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n; None -> (0, 1)."""
+    if spec is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise UserError(f"bad --shard {spec!r}: use i/n, e.g. 0/4 for the first of four") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise UserError(f"bad --shard {spec!r}: need 0 <= i < n, e.g. 0/4 .. 3/4")
+    return i, n
+
+
+def shard(cells: list[Cell], index: int, count: int) -> list[Cell]:
+    """Every count-th cell starting at index: balanced, and disjoint across the shards."""
+    return cells[index::count]
+
+
+def pending(cells: Iterable[Cell], done: set[tuple]) -> list[Cell]:
+    """The cells whose key is not among those already stored."""
+    return [c for c in cells if c.key not in done]
+
+
+def work_order(cells: list[Cell]) -> list[list[Cell]]:
+    """Batches of cells whose probes are built together: one sample at one length.
+
+    Probes of one sample share their haystack's prefix whatever the depth and length, so
+    working sample by sample, shortest length first, keeps related contexts adjacent.
+    """
+    batches: dict[tuple, list[Cell]] = {}
+    for c in sorted(cells, key=lambda c: (c.sample, c.length, c.depth, c.family)):
+        batches.setdefault((c.sample, c.length), []).append(c)
+    return list(batches.values())
+
+
+def group_by_context(probes: list) -> list[list]:
+    """Probes with identical context_ids, grouped in first-seen order."""
+    groups: dict[tuple, list] = {}
+    for p in probes:
+        groups.setdefault(tuple(p.context_ids), []).append(p)
+    return list(groups.values())
+
+
+def build_probes(cells: list[Cell], *, seed: int, tokenizer, haystack=None,
+                 family_params: dict | None = None) -> Iterator[tuple[Cell, object]]:
+    """(cell, probe) for each cell, built with the backend's tokenizer so lengths are exact."""
+    from probes import make_probe
+
+    params = family_params or {}
+    for c in cells:
+        yield c, make_probe(c.family, c.length, c.depth, seed=seed, sample=c.sample,
+                            tokenizer=tokenizer, haystack=haystack, **params.get(c.family, {}))

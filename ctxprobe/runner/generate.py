@@ -1,0 +1,39 @@
+"""Greedy generation that reuses the prefill's KV (kept per layer in the tier the plan chose).
+
+Decoding one token runs it through every block with `layer_step`, the same function the
+prefill uses for a chunk, so decode and prefill cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ctxprobe.runner.prefill import Settings, layer_step, model_device, prefill
+from ctxprobe.runner.weights import LayerWeights
+
+
+@torch.no_grad()
+def generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *,
+             settings: Settings | None = None) -> list[int]:
+    """Greedy continuation of prompt_ids: up to max_new_tokens ids, stopping after any of stop_ids."""
+    if max_new_tokens <= 0:
+        return []
+    stop = set(stop_ids or ())
+    done = prefill(model, prompt_ids, settings=settings, keep_kv=max_new_tokens > 1)
+    device = model_device(model)
+    out = [int(done.last_logits.argmax())]
+    weights = LayerWeights(model.blocks, device)
+    pos = len(prompt_ids)
+    try:
+        while len(out) < max_new_tokens and out[-1] not in stop:
+            x = model.embed(torch.tensor([out[-1]], device=device))
+            for layer, (block, kv) in enumerate(zip(model.blocks, done.kv)):
+                weights.enter(layer)
+                x = layer_step(block, kv, x, pos)
+                weights.leave(layer)
+            out.append(int(model.head(x)[-1].argmax()))
+            pos += 1
+    finally:
+        for kv in done.kv or ():
+            kv.close()
+    return out

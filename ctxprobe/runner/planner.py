@@ -1,0 +1,330 @@
+"""The memory plan of a streamed run, decided before any work: chunk size and the tier of each buffer.
+
+Inputs: the model's shape (from its config), the prompt length, and budgets for GPU memory, host
+memory and a disk directory. Buffers:
+    weights        resident on the device, or streamed one layer ahead from host memory
+    hidden states  T x D for the whole prompt, between layers: host, or disk when host is short
+    KV             per layer: device, host (streamed back block by block) or disk; chunked-local
+                   and sliding-window layers only hold a chunk or window of it
+    activations    one chunk's worth on the device (the chunk size is what the plan tunes)
+When the run cannot fit, `plan_run` raises UserError naming what is short and by how much.
+On CPU the "device" is host memory, so everything shares the host budget.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+
+from ctxprobe.errors import UserError
+from ctxprobe.runner.prefill import Settings
+
+GiB = 1 << 30
+CHUNKS = [1 << p for p in range(16, 7, -1)]    # 65536 .. 256 tokens per prefill step
+MIN_DEVICE_KV_CHUNK = 8192                     # below this, streaming KV beats starving the matmuls
+
+
+# ---- parsing user input -----------------------------------------------------------------------
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_bytes(text, what: str = "--gpu-memory") -> int:
+    """'80GiB', '80G' (binary), '80GB' (decimal), '512MiB', '1.5T' or a plain number of bytes."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)(b?)\s*", str(text).lower())
+    if not m:
+        raise UserError(f"{what}: cannot read {text!r} as a size; write e.g. 80GiB, 512MiB or 1.5T")
+    num, unit, binary, b = m.groups()
+    scale = _UNITS[unit] if (binary or not b or not unit) else 1000 ** "kmgt".index(unit) * 1000
+    return int(float(num) * scale)
+
+
+def parse_tokens(text, what: str = "--length") -> int:
+    """'128k' (131072), '1M' (1048576), '4096' -> tokens."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmg]?)\s*", str(text).lower())
+    if not m:
+        raise UserError(f"{what}: cannot read {text!r} as a token count; write e.g. 4096, 128k or 1M")
+    n = int(float(m.group(1)) * _UNITS[m.group(2)])
+    if n < 1:
+        raise UserError(f"{what}: a prompt needs at least one token, got {text!r}")
+    return n
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", GiB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+# ---- the model's shape ------------------------------------------------------------------------
+@dataclass
+class LayerShape:
+    kind: str                  # "global" | "chunked" | "window"
+    span: int | None           # chunk size or window, in tokens
+    weight_bytes: int
+    active_params: int         # parameters one token multiplies through (top-k experts only)
+
+
+@dataclass
+class ModelShape:
+    dim: int
+    vocab: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_width: int             # widest feed-forward activation per token
+    dtype_bytes: int
+    layers: list[LayerShape] = field(default_factory=list)
+    embed_bytes: int = 0
+    head_bytes: int = 0
+
+    @property
+    def kv_bytes_per_token(self) -> int:          # one layer, K and V
+        return 2 * self.n_kv_heads * self.head_dim * self.dtype_bytes
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(lay.weight_bytes for lay in self.layers) + self.embed_bytes + self.head_bytes
+
+    def live_kv_tokens(self, layer: LayerShape, length: int, chunk: int, block: int) -> int:
+        """Keys a layer holds at once: all of them for global layers, a chunk/window plus slack otherwise."""
+        if layer.kind == "global":
+            return length
+        return min(length, layer.span + chunk + 2 * block)
+
+    def activation_bytes(self, chunk: int) -> int:
+        """Device scratch for one chunk: hidden in/out, q/k/v, feed-forward, fp32 attention accumulators."""
+        per_token = self.dtype_bytes * (6 * self.dim + 2 * (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+                                        + 3 * self.ffn_width) + 4 * 3 * self.n_heads * (self.head_dim + 1)
+        return chunk * per_token
+
+    @classmethod
+    def from_config(cls, cfg, dtype_bytes: int | None = None) -> "ModelShape":
+        """From ctxprobe.models' ModelConfig (duck-typed: dims, per-layer flags, experts)."""
+        if dtype_bytes is None:
+            dtype_bytes = {"float32": 4, "float64": 8}.get(str(getattr(cfg, "dtype", "bfloat16")).replace("torch.", ""), 2)
+        D, Hq, Hkv, Dh = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        attn = D * Hq * Dh * 2 + D * Hkv * Dh * 2
+        layers = []
+        llama4 = str(getattr(cfg, "arch", "")).startswith("Llama4")
+        for i in range(cfg.n_layers):
+            if cfg.moe_layers[i]:
+                expert = 3 * D * cfg.moe_ffn_dim
+                shared = expert if llama4 else 0
+                total = attn + cfg.n_experts * expert + D * cfg.n_experts + shared
+                active = attn + cfg.top_k * expert + D * cfg.n_experts + shared
+            else:
+                total = active = attn + 3 * D * cfg.ffn_dim
+            if cfg.chunked_layers[i] and cfg.chunk_size:
+                kind, span = "chunked", cfg.chunk_size
+            elif getattr(cfg, "sliding_window", None):
+                kind, span = "window", cfg.sliding_window
+            else:
+                kind, span = "global", None
+            layers.append(LayerShape(kind, span, (total + 2 * D) * dtype_bytes, active))
+        ffn_width = max([cfg.ffn_dim] + [cfg.moe_ffn_dim * (2 if llama4 else 1)] * any(cfg.moe_layers))
+        emb = cfg.vocab_size * D * dtype_bytes
+        return cls(dim=D, vocab=cfg.vocab_size, n_heads=Hq, n_kv_heads=Hkv, head_dim=Dh, ffn_width=ffn_width,
+                   dtype_bytes=dtype_bytes, layers=layers, embed_bytes=emb,
+                   head_bytes=0 if getattr(cfg, "tie_embeddings", False) else emb)
+
+    def flops(self, length: int) -> float:
+        """Model FLOPs of a prefill of `length` tokens: 2 x active params per token plus causal attention
+        (QK^T and PV: 4 * Hq * Dh per visible (query, key) pair), head excluded (it runs on one row)."""
+        total = 0.0
+        for lay in self.layers:
+            total += 2.0 * lay.active_params * length
+            if lay.kind == "global":
+                pairs = length * (length + 1) / 2
+            elif lay.kind == "chunked":
+                full, rest = divmod(length, lay.span)
+                pairs = full * lay.span * (lay.span + 1) / 2 + rest * (rest + 1) / 2
+            else:
+                W = min(lay.span, length)
+                pairs = W * (W + 1) / 2 + (length - W) * W
+            total += 4.0 * self.n_heads * self.head_dim * pairs
+        return total
+
+
+# ---- the plan ---------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    length: int
+    device: str
+    chunk_tokens: int
+    kv_block_tokens: int
+    weights: str                    # "resident" | "streamed"
+    kv_tiers: list[str]             # per layer
+    hidden_tier: str                # "host" | "disk"
+    offload_dir: str | None
+    keep_kv: bool
+    gpu_bytes: int                  # peak estimates
+    host_bytes: int
+    disk_bytes: int
+    gpu_budget: int | None
+    host_budget: int | None
+    shape: ModelShape
+
+    def settings(self) -> Settings:
+        return Settings(chunk_tokens=self.chunk_tokens, kv_block_tokens=self.kv_block_tokens,
+                        kv_tiers=list(self.kv_tiers), hidden_tier=self.hidden_tier, offload_dir=self.offload_dir)
+
+    def describe(self) -> str:
+        s = self.shape
+        kinds = {}
+        for lay, tier in zip(s.layers, self.kv_tiers):
+            kinds.setdefault((lay.kind, lay.span, tier), 0)
+            kinds[(lay.kind, lay.span, tier)] += 1
+        kv_lines = []
+        for (kind, span, tier), n in kinds.items():
+            lay = next(x for x in s.layers if x.kind == kind and x.span == span)
+            live = s.live_kv_tokens(lay, self.length, self.chunk_tokens, self.kv_block_tokens) * s.kv_bytes_per_token
+            what = kind if span is None else f"{kind} ({span})"
+            kv_lines.append(f"  KV, {n} {what} layer(s): {fmt_bytes(live)} each, {tier} tier")
+        budget = lambda b: "no budget given" if b is None else f"budget {fmt_bytes(b)}"  # noqa: E731
+        mode = "all layers' KV kept (generation)" if self.keep_kv else "one layer's KV at a time"
+        lines = [f"plan for {self.length:,} tokens on {self.device}, {mode}:",
+                 f"  chunk: {self.chunk_tokens:,} tokens per step, KV blocks of {self.kv_block_tokens:,} tokens",
+                 f"  weights: {fmt_bytes(s.weight_bytes)}, {self.weights}"
+                 + (" (one layer ahead of the compute)" if self.weights == "streamed" else ""),
+                 f"  hidden states: {fmt_bytes(self.length * s.dim * s.dtype_bytes)}, {self.hidden_tier} tier",
+                 *kv_lines,
+                 f"  peak device memory: {fmt_bytes(self.gpu_bytes)} ({budget(self.gpu_budget)})",
+                 f"  peak host memory: {fmt_bytes(self.host_bytes)} ({budget(self.host_budget)})"]
+        if self.disk_bytes:
+            lines.append(f"  disk: {fmt_bytes(self.disk_bytes)} in {self.offload_dir}")
+        return "\n".join(lines)
+
+
+def default_budgets(device: str):
+    """(gpu free bytes or None, host available bytes or None) on this machine."""
+    gpu = None
+    if device.startswith("cuda"):
+        import torch
+
+        gpu = torch.cuda.mem_get_info(device)[0]
+    host = None
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        host = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        pass
+    return gpu, host
+
+
+def _short(what: str, need: int, have: int, fix: str) -> UserError:
+    return UserError(f"{what}: the run needs {fmt_bytes(need)} but the budget is {fmt_bytes(have)}, "
+                     f"short by {fmt_bytes(need - have)}; {fix}")
+
+
+def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=None, host_memory=None,
+             offload_dir: str | None = None, keep_kv: bool = False, extra_tokens: int = 0,
+             kv_block_tokens: int = 16384) -> Plan:
+    """Choose chunk size and tiers for a prefill of `length` tokens (+ extra_tokens for branches or
+    generation). gpu_memory / host_memory: budgets (bytes or '80GiB'); None = what is free now."""
+    length = parse_tokens(length)
+    gpu_budget = None if gpu_memory is None else parse_bytes(gpu_memory, "--gpu-memory")
+    host_budget = None if host_memory is None else parse_bytes(host_memory, "--host-memory")
+    on_gpu = device.startswith("cuda")
+    if not on_gpu and gpu_budget is not None and host_budget is None:
+        host_budget = gpu_budget            # on CPU the device is host memory
+    n = length + extra_tokens
+    block = max(1, min(kv_block_tokens, 1 << max(0, (n - 1).bit_length())))
+    kvt = shape.kv_bytes_per_token
+    live = [shape.live_kv_tokens(lay, n, CHUNKS[0], block) * kvt for lay in shape.layers]
+    hidden = length * shape.dim * shape.dtype_bytes
+
+    # Weights: resident when they take at most 60% of the device budget, else streamed per layer.
+    biggest_layer = max(lay.weight_bytes for lay in shape.layers)
+    device_budget = gpu_budget if on_gpu else host_budget
+    resident = device_budget is None or shape.weight_bytes <= 0.6 * device_budget or not on_gpu
+    weights_gpu = shape.weight_bytes if resident else 2 * biggest_layer + shape.embed_bytes + shape.head_bytes
+    weights_host = 0 if resident or not on_gpu else shape.weight_bytes
+
+    # Chunk and KV tiers: the largest chunk that fits with KV on the device; else KV off the device.
+    chunks = [c for c in CHUNKS if c < 2 * n] or [CHUNKS[-1]]
+    chunk, kv_tiers, kv_gpu = None, None, 0
+
+    def device_kv(chunk_: int) -> tuple[list[str], int]:
+        """Tiers when as much KV as fits stays on the device; -> (tiers, device KV bytes)."""
+        live_ = [shape.live_kv_tokens(lay, n, chunk_, block) * kvt for lay in shape.layers]
+        if not on_gpu:
+            return ["device"] * len(live_), (sum(live_) if keep_kv else max(live_))
+        room = (device_budget or 0) - weights_gpu - shape.activation_bytes(chunk_) - 2 * block * kvt
+        tiers, used = [], 0
+        for b in live_:
+            fits = (used + b if keep_kv else b) <= room or device_budget is None
+            tiers.append("device" if fits else "host")
+            used = used + b if (keep_kv and fits) else (max(used, b) if fits else used)
+        return tiers, used + (0 if all(t == "device" for t in tiers) else 2 * block * kvt)
+
+    for c in chunks:   # largest first
+        tiers, used = device_kv(c)
+        if on_gpu:
+            fits = device_budget is None or weights_gpu + shape.activation_bytes(c) + used <= device_budget
+        else:
+            fits = host_budget is None or shape.activation_bytes(c) <= host_budget // 8
+        if not fits:
+            continue
+        all_device = all(t == "device" for t in tiers)
+        if chunk is None or (all_device and c >= min(MIN_DEVICE_KV_CHUNK, chunks[0])):
+            chunk, kv_tiers, kv_gpu = c, tiers, used
+        if all_device or c <= MIN_DEVICE_KV_CHUNK:
+            break
+    if chunk is None:
+        c = chunks[-1]
+        if not on_gpu:
+            raise _short("host memory", 8 * shape.activation_bytes(c), host_budget,
+                         f"even {c}-token chunks do not fit; raise --host-memory")
+        need = weights_gpu + shape.activation_bytes(c) + 2 * block * kvt
+        raise _short("GPU memory", need, device_budget,
+                     f"even {c}-token chunks with KV streamed from host do not fit; raise --gpu-memory"
+                     + ("" if resident else " (weights are already streamed one layer at a time)"))
+    if on_gpu:
+        gpu_bytes = weights_gpu + shape.activation_bytes(chunk) + kv_gpu
+    else:
+        gpu_bytes = 0
+
+    # Host: hidden states, KV not on the device, streamed weights; spill to disk in that order.
+    live = [shape.live_kv_tokens(lay, n, chunk, block) * kvt for lay in shape.layers]
+    off = [b for b, t in zip(live, kv_tiers) if t != "device"]
+    kv_host = (sum(off) if keep_kv else max(off, default=0))
+    hidden_tier = "host"
+    cpu_extra = 0 if on_gpu else weights_gpu + shape.activation_bytes(chunk) + kv_gpu
+
+    def host_need():
+        return ((hidden if hidden_tier == "host" else 0) + (kv_host if "disk" not in kv_tiers else 0)
+                + weights_host + cpu_extra)
+
+    if host_budget is not None and host_need() > host_budget:
+        if offload_dir is None:
+            raise _short("host memory", host_need(), host_budget,
+                         "pass --offload-dir DIR to put hidden states and KV on disk, or raise --host-memory")
+        hidden_tier = "disk"
+        if host_need() > host_budget:
+            kv_tiers = ["disk" if t != "device" else t for t in kv_tiers]
+            if not on_gpu:   # CPU: the "device" KV is host memory too
+                kv_tiers = ["disk"] * len(kv_tiers)
+                cpu_extra = weights_gpu + shape.activation_bytes(chunk)
+        if host_need() > host_budget:
+            raise _short("host memory", host_need(), host_budget,
+                         "even with hidden states and KV on disk; raise --host-memory or use a smaller model")
+    disk = (hidden if hidden_tier == "disk" else 0) + (
+        (sum(b for b, t in zip(live, kv_tiers) if t == "disk") if keep_kv
+         else max([b for b, t in zip(live, kv_tiers) if t == "disk"], default=0)))
+    if disk and offload_dir is not None:
+        os.makedirs(offload_dir, exist_ok=True)
+        free = shutil.disk_usage(offload_dir).free
+        if disk > free:
+            raise _short(f"disk space in {offload_dir}", disk, free, "free space there or pick another --offload-dir")
+    return Plan(length=length, device=device, chunk_tokens=chunk, kv_block_tokens=block,
+                weights="resident" if resident else "streamed", kv_tiers=kv_tiers, hidden_tier=hidden_tier,
+                offload_dir=offload_dir, keep_kv=keep_kv, gpu_bytes=gpu_bytes, host_bytes=host_need(),
+                disk_bytes=disk, gpu_budget=gpu_budget if on_gpu else None, host_budget=host_budget, shape=shape)

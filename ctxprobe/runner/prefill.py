@@ -1,0 +1,145 @@
+"""Layer-by-layer prefill: one layer at a time over the whole prompt, in token chunks.
+
+    for each block l:                         (weights of l+1 fetched while l computes)
+        for each chunk [s, e) of the prompt:  (chunk i+1 copied in while chunk i computes)
+            q, k, v = block.qkv(x[s:e], pos)
+            KV_l.append(k, v)                 (chunked-local / window layers drop what no later query sees)
+            x[s:e] = block.finish(x[s:e], attend(q, KV_l))
+        riders (branch tokens after the prompt) take layer l too, seeing KV_l and themselves only
+        KV_l is freed, unless kept for generation
+
+Only one layer's KV and one chunk's activations are live on the device; the hidden states of
+all T tokens wait in a HiddenBuffer (host or disk). Shapes: T tokens, D hidden, V vocab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+import attention
+from ctxprobe.errors import UserError
+from ctxprobe.runner.hidden import HiddenBuffer
+from ctxprobe.runner.kv import LayerKV
+from ctxprobe.runner.weights import LayerWeights
+
+
+@dataclass
+class Settings:
+    """How to run: what the planner decides (or a test forces)."""
+    chunk_tokens: int = 4096
+    kv_block_tokens: int = 4096
+    kv_tiers: list[str] | str = "device"     # one tier for every layer, or one per layer
+    hidden_tier: str = "host"
+    offload_dir: str | None = None
+
+    def kv_tier(self, layer: int) -> str:
+        return self.kv_tiers if isinstance(self.kv_tiers, str) else self.kv_tiers[layer]
+
+
+@dataclass
+class Prefilled:
+    length: int
+    last_logits: torch.Tensor | None = None          # [V] float32, prediction after the last prompt token
+    logits: torch.Tensor | None = None               # [T, V] float32 when asked for all
+    rider_logits: list[torch.Tensor] = field(default_factory=list)   # per rider [Tb, V] float32
+    kv: list[LayerKV] | None = None                  # per layer, when kept for generation
+    bytes_moved: int = 0                             # host/disk <-> device traffic (hidden states + KV)
+
+
+def model_device(model) -> torch.device:
+    dev = getattr(model, "device", None)
+    if dev is not None:
+        return torch.device(dev)
+    p = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return p.device if p is not None else torch.device("cpu")
+
+
+def model_dtype(model) -> torch.dtype:
+    dt = getattr(model, "dtype", None)
+    if isinstance(dt, torch.dtype):
+        return dt
+    p = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return p.dtype if p is not None else torch.float32
+
+
+def new_layer_kv(model, block, settings: Settings, layer: int, device, dtype) -> LayerKV:
+    return LayerKV(tier=settings.kv_tier(layer), device=device, dtype=dtype, n_kv_heads=block.n_kv_heads,
+                   head_dim=block.head_dim, block_tokens=settings.kv_block_tokens, mask=block.mask,
+                   scale=block.scale, offload_dir=settings.offload_dir)
+
+
+def layer_step(block, kv: LayerKV, x_TD: torch.Tensor, start: int) -> torch.Tensor:
+    """Tokens at [start, start + T) through one block; their K/V join kv."""
+    pos_T = torch.arange(start, start + x_TD.shape[0], device=x_TD.device)
+    q, k, v = block.qkv(x_TD, pos_T)
+    kv.trim(start)
+    kv.append(k, v)
+    out, _ = kv.attend(q, start)
+    return block.finish(x_TD, out.to(x_TD.dtype))
+
+
+def rider_step(block, kv: LayerKV, x_TD: torch.Tensor, start: int) -> torch.Tensor:
+    """Branch tokens at [start, start + T) through one block: they see kv and themselves, nothing else."""
+    pos_T = torch.arange(start, start + x_TD.shape[0], device=x_TD.device)
+    q, k, v = block.qkv(x_TD, pos_T)
+    out_ctx, lse_ctx = kv.attend(q, start)
+    out_own, lse_own = attention.attend(q, k, v, scale=block.scale, q_start=start, k_start=start, **block.mask)
+    out, _ = attention.merge(out_ctx, lse_ctx, out_own, lse_own)
+    return block.finish(x_TD, out.to(x_TD.dtype))
+
+
+def _ids(ids, device) -> torch.Tensor:
+    return torch.as_tensor(list(ids) if not torch.is_tensor(ids) else ids, dtype=torch.long, device=device)
+
+
+@torch.no_grad()
+def prefill(model, ids, *, settings: Settings | None = None, riders=(), keep_kv: bool = False,
+            all_logits: bool = False) -> Prefilled:
+    """Run the prompt `ids` layer by layer; riders are token lists placed after it, one per branch."""
+    settings = settings or Settings()
+    T = len(ids)
+    if T == 0:
+        raise UserError("the prompt is empty: prefill needs at least one token")
+    if any(len(r) == 0 for r in riders):
+        raise UserError("a branch has no tokens: give each branch at least one question or answer token")
+    device, dtype = model_device(model), model_dtype(model)
+    C = settings.chunk_tokens
+    spans = [(s, min(s + C, T)) for s in range(0, T, C)]
+    ids_T = _ids(ids, "cpu")
+
+    hidden = HiddenBuffer(T, model.config.dim, dtype, tier=settings.hidden_tier, device=device,
+                          offload_dir=settings.offload_dir)
+    for s, e in spans:
+        hidden.write(s, model.embed(ids_T[s:e].to(device)))
+    rider_x = [model.embed(_ids(r, device)) for r in riders]
+    kept, moved = [], 0
+    weights = LayerWeights(model.blocks, device)
+    for layer, block in enumerate(model.blocks):
+        weights.enter(layer)     # this layer's weights on the device; the next one's on their way
+        kv = new_layer_kv(model, block, settings, layer, device, dtype)
+        for i, (s, e) in enumerate(spans):
+            x = hidden.read(s, e)
+            if i + 1 < len(spans):
+                hidden.prefetch(*spans[i + 1])
+            hidden.write(s, layer_step(block, kv, x, s))
+        rider_x = [rider_step(block, kv, x, T) for x in rider_x]
+        weights.leave(layer)
+        moved += kv.bytes_moved
+        if keep_kv:
+            kept.append(kv)
+        else:
+            kv.close()
+    hidden.sync()
+
+    out = Prefilled(length=T, kv=kept if keep_kv else None)
+    if all_logits:
+        out.logits = torch.cat([model.head(hidden.read(s, e)).float().cpu() for s, e in spans])
+        out.last_logits = out.logits[-1]
+    else:
+        out.last_logits = model.head(hidden.read(T - 1, T)).float()[0].cpu()
+    out.rider_logits = [model.head(x).float().cpu() for x in rider_x]
+    out.bytes_moved = moved + hidden.bytes_moved + weights.bytes_moved
+    hidden.close()
+    return out

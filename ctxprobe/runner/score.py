@@ -1,0 +1,77 @@
+"""Teacher-forced scoring of gold answers, several branches over one shared context.
+
+A branch is (question_ids, answer_ids). The context is prefilled once; each branch's tokens ride
+along layer by layer, attending to the context's KV and to their own tokens only, never to
+another branch. At each answer position the argmax is compared with the gold token: all equal
+is exactly "greedy decoding reproduces the gold answer", with no decode steps.
+
+Shapes: Q question tokens, A answer tokens, V vocab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ctxprobe.errors import UserError
+from ctxprobe.runner.prefill import Settings, prefill
+
+
+@dataclass
+class BranchScore:
+    exact: bool          # every argmax over the answer positions equals the gold token
+    logprob: float       # sum of the gold tokens' log-probabilities
+    first_rank: int      # rank of the first gold token among the vocabulary, 1 = most likely
+    greedy: list[int]    # the argmax token at each answer position
+
+
+def read_answer(rows_AV: torch.Tensor, answer_ids) -> BranchScore:
+    """rows_AV[j] = the logits that predict answer token j."""
+    rows = rows_AV.float()
+    gold = torch.as_tensor(list(answer_ids), dtype=torch.long)
+    greedy = rows.argmax(-1)
+    logp = torch.log_softmax(rows, dim=-1)
+    first = rows[0]
+    return BranchScore(exact=bool((greedy == gold).all()),
+                       logprob=float(logp[torch.arange(len(gold)), gold].sum()),
+                       first_rank=int((first > first[gold[0]]).sum()) + 1,
+                       greedy=greedy.tolist())
+
+
+def _check(context_ids, branches):
+    if len(context_ids) == 0:
+        raise UserError("score: the context is empty; pass at least one context token")
+    for i, (q, a) in enumerate(branches):
+        if len(a) == 0:
+            raise UserError(f"score: branch {i} has no answer tokens; each branch needs a gold answer")
+
+
+def score(model, context_ids, branches, *, settings: Settings | None = None) -> list[BranchScore]:
+    """Prefill context_ids once; score each (question_ids, answer_ids) branch against it."""
+    branches = [(list(q), list(a)) for q, a in branches]
+    _check(context_ids, branches)
+    # The last answer token predicts nothing that is scored, so it need not be run.
+    riders = [q + a[:-1] for q, a in branches]
+    with_tokens = [i for i, r in enumerate(riders) if r]
+    done = prefill(model, context_ids, settings=settings, riders=[riders[i] for i in with_tokens])
+    rows_of = dict(zip(with_tokens, done.rider_logits))
+    results = []
+    for i, (q, a) in enumerate(branches):
+        # Row j of `rows` predicts the token after position j: the context's last row first.
+        rows = torch.cat([done.last_logits[None], rows_of[i]]) if i in rows_of else done.last_logits[None]
+        results.append(read_answer(rows[len(q):len(q) + len(a)], a))
+    return results
+
+
+def score_reference(model, context_ids, branches) -> list[BranchScore]:
+    """The slow reference: one plain full forward (`model.logits`) of context + question + answer per branch."""
+    branches = [(list(q), list(a)) for q, a in branches]
+    _check(context_ids, branches)
+    results = []
+    for q, a in branches:
+        ids = list(context_ids) + q + a
+        logits_TV = model.logits(ids)
+        first = len(context_ids) + len(q) - 1
+        results.append(read_answer(logits_TV[first:first + len(a)].cpu(), a))
+    return results

@@ -1,0 +1,104 @@
+"""The results store's schema as numbered migrations, each applied once, in order.
+
+Never edit a migration that has shipped: add the next number instead. The `schema_version`
+table records every migration applied; a database whose highest version is above the last
+one here was written by a newer ctxprobe and is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+# (version, what it does, SQL). Versions are 1, 2, 3, ... with no gaps.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "runs and one result row per cell",
+        """
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            created TEXT NOT NULL,                 -- ISO 8601, UTC
+            model_spec TEXT NOT NULL,
+            model_fingerprint TEXT NOT NULL,
+            backend TEXT NOT NULL,                 -- JSON object; never holds a secret
+            tokenizer_fingerprint TEXT NOT NULL,
+            version TEXT NOT NULL,                 -- ctxprobe version that created the run
+            command TEXT NOT NULL,                 -- the command line, as typed
+            settings TEXT NOT NULL DEFAULT '{}'    -- JSON: what makes two cells comparable
+        );
+        CREATE TABLE cells (
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            family TEXT NOT NULL,
+            length INTEGER NOT NULL,
+            depth REAL NOT NULL,
+            sample INTEGER NOT NULL,
+            seed INTEGER NOT NULL,
+            probe_hash TEXT,
+            score REAL,
+            strict REAL,
+            lenient REAL,
+            exact INTEGER,                         -- 0/1 for teacher-forced cells, else NULL
+            logprob REAL,
+            first_rank INTEGER,
+            response TEXT,
+            prompt_tokens INTEGER,
+            latency REAL,                          -- seconds
+            error TEXT,                            -- NULL when the cell finished cleanly
+            finished TEXT NOT NULL,                -- ISO 8601, UTC
+            PRIMARY KEY (run_id, family, length, depth, sample)
+        );
+        """,
+    ),
+]
+
+LATEST = MIGRATIONS[-1][0]
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    """The highest migration applied to this database (0 for a new one)."""
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    if not has_table:
+        return 0
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return row[0] or 0
+
+
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply every migration above the database's version, each in its own transaction.
+
+    Returns the versions applied. The caller has already refused databases from the future.
+    """
+    assert [v for v, _, _ in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied TEXT NOT NULL)"
+    )
+    applied = []
+    for version, description, sql in MIGRATIONS:
+        if version <= current_version(conn):
+            continue
+        # executescript() commits first, so run the statements one by one inside BEGIN.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_version (version, description, applied) "
+                "VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))",
+                (version, description),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(version)
+    return applied
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration's SQL into statements (migrations hold no ';' inside strings)."""
+    lines = [line.split("--", 1)[0] for line in sql.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,0 +1,158 @@
+"""Run a sweep: plan the cells, skip those stored, hand probe groups to the backend (at most
+`backend.concurrency` at once), score each answer and commit it as soon as it finishes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from ctxprobe import __version__
+from ctxprobe.backends.base import CellResult
+from ctxprobe.errors import UserError
+from ctxprobe.planner import (Cell, build_probes, group_by_context, pending, plan_cells, shard,
+                              work_order)
+from ctxprobe.scoring import lenient_score, strict_score
+from ctxprobe.store import Run, Store
+
+
+@dataclass
+class SweepSpec:
+    families: list[str]
+    lengths: list[int]
+    depths: list[float]
+    samples: int = 1
+    seed: int = 0
+    haystack: str | None = None
+    family_params: dict = field(default_factory=dict)  # {family: {param: value}}
+    shard: tuple[int, int] = (0, 1)                    # (index, count)
+
+    def cells(self) -> list[Cell]:
+        return shard(plan_cells(self.families, self.lengths, self.depths, self.samples), *self.shard)
+
+
+@dataclass
+class SweepStats:
+    planned: int = 0      # cells in this shard of the grid
+    skipped: int = 0      # already stored without error
+    finished: int = 0     # stored by this call
+    errored: int = 0      # of those, with an error
+    prompt_tokens: int = 0
+    seconds: float = 0.0
+
+
+def run_settings(spec: SweepSpec, backend) -> dict:
+    """What two invocations must share for one to resume the other's run (the grid may grow)."""
+    return {"seed": spec.seed, "haystack": spec.haystack, "family_params": spec.family_params,
+            "backend": backend.identity, "tokenizer": backend.tokenizer.fingerprint}
+
+
+def default_run_name(model_spec: str, settings: dict) -> str:
+    """Same model and settings -> same name, so rerunning a command finds its run."""
+    stem = model_spec.rstrip("/").split("/")[-1] or model_spec
+    digest = hashlib.sha256(json.dumps([model_spec, settings], sort_keys=True).encode())
+    return f"{stem}-{digest.hexdigest()[:8]}"
+
+
+def open_run(store: Store, backend, spec: SweepSpec, *, model_spec: str, name: str | None = None,
+             command: str = "") -> Run:
+    """The run to fill: an existing one with the same settings (resume), or a new one."""
+    settings = run_settings(spec, backend)
+    name = name or default_run_name(model_spec, settings)
+    run = store.find_run(name)
+    if run is None:
+        return store.create_run(name=name, model_spec=model_spec,
+                                model_fingerprint=backend.model_fingerprint,
+                                backend=backend.settings,
+                                tokenizer_fingerprint=backend.tokenizer.fingerprint,
+                                version=__version__, command=command, settings=settings)
+    if run.model_spec != model_spec or run.settings != settings:
+        differ = sorted(k for k in set(settings) | set(run.settings)
+                        if settings.get(k) != run.settings.get(k))
+        if run.model_spec != model_spec:
+            differ.insert(0, "model")
+        raise UserError(f"run {name!r} in {store.path} was made with other settings "
+                        f"({', '.join(differ)} differ); pass another --name to start a new run")
+    return run
+
+
+def score_cell(cell: Cell, probe, result: CellResult, seed: int) -> dict:
+    """A store row for one answered probe."""
+    row = {"family": cell.family, "length": cell.length, "depth": cell.depth,
+           "sample": cell.sample, "seed": seed, "probe_hash": probe.hash,
+           "exact": result.exact, "logprob": result.logprob, "first_rank": result.first_rank,
+           "response": result.response, "prompt_tokens": result.prompt_tokens,
+           "latency": result.latency, "error": result.error,
+           "strict": None, "lenient": None, "score": None}
+    if result.error is None:
+        answers = list(probe.answers)
+        row["strict"] = strict_score(result.response, answers, probe.answer_prefix)
+        row["lenient"] = lenient_score(result.response, answers)
+        row["score"] = float(result.exact) if result.exact is not None else row["strict"]
+    return row
+
+
+def _check_families(families: list[str]) -> None:
+    from probes import FAMILIES
+
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise UserError(f"unknown probe family {unknown[0]!r}: choose from {', '.join(sorted(FAMILIES))}")
+
+
+def run_sweep(store: Store, run: Run, backend, spec: SweepSpec, *, progress: bool = True) -> SweepStats:
+    """Answer every cell of `spec` not yet stored for `run`; each cell commits as it finishes."""
+    _check_families(spec.families)
+    cells = spec.cells()
+    stats = SweepStats(planned=len(cells))
+    todo = pending(cells, store.done_keys(run.id))
+    stats.skipped = len(cells) - len(todo)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="cell", file=sys.stderr, disable=not progress or not todo,
+               dynamic_ncols=True, desc=run.name)
+    start = time.perf_counter()
+
+    def finish(future: Future, items: list[tuple[Cell, object]]) -> None:
+        try:
+            results = future.result()
+        except Exception as e:  # a backend bug or a failed pass: record it, keep sweeping
+            results = [CellResult(error=f"{type(e).__name__}: {e}") for _ in items]
+        for (cell, probe), result in zip(items, results):
+            row = score_cell(cell, probe, result, spec.seed)
+            store.put_cell(run.id, row)
+            stats.finished += 1
+            stats.errored += row["error"] is not None
+            stats.prompt_tokens += row["prompt_tokens"] or 0
+        elapsed = time.perf_counter() - start
+        bar.set_postfix_str(f"{stats.prompt_tokens / max(elapsed, 1e-9):,.0f} tok/s, "
+                            f"{stats.errored} errors", refresh=False)
+        bar.update(len(items))
+
+    pool = ThreadPoolExecutor(max_workers=max(1, backend.concurrency))
+    in_flight: dict[Future, list] = {}
+    try:
+        for batch in work_order(todo):
+            built = list(build_probes(batch, seed=spec.seed, tokenizer=backend.tokenizer,
+                                      haystack=spec.haystack, family_params=spec.family_params))
+            cell_of = {id(p): c for c, p in built}
+            for group in group_by_context([p for _, p in built]):
+                # Keep the pool fed but bounded: finished cells are stored before more are sent.
+                while len(in_flight) >= 2 * backend.concurrency:
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        finish(f, in_flight.pop(f))
+                items = [(cell_of[id(p)], p) for p in group]
+                in_flight[pool.submit(backend.run_group, group)] = items
+        while in_flight:
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for f in done:
+                finish(f, in_flight.pop(f))
+    finally:
+        pool.shutdown(wait=not in_flight, cancel_futures=True)
+        bar.close()
+    stats.seconds = time.perf_counter() - start
+    return stats

@@ -1,0 +1,69 @@
+"""Regression delta heatmap: B minus A per (family, length), significant cells marked.
+
+Shapes: R = rows (families), L = lengths. Red = B is worse, green = B is better. A cell whose
+paired test is significant after correction gets a '*'; a regression (significant and larger
+than the minimum drop) also gets a heavy outline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.colors import Normalize
+from matplotlib.patches import Rectangle
+
+from plots.style import DELTA_CMAP, length_label, new_figure, text_color
+
+
+def delta_heatmap(rows, lengths, delta_RL, significant_RL, regressed_RL=None, n_RL=None, *,
+                  percent=True, title=None, ax=None):
+    """percent=True: deltas of scores in [0, 1] shown as percentage points; else raw (nats)."""
+    delta_RL = np.asarray(delta_RL, dtype=float)
+    significant_RL = np.asarray(significant_RL, dtype=bool)
+    shape = (len(rows), len(lengths))
+    regressed_RL = np.zeros(shape, bool) if regressed_RL is None else np.asarray(regressed_RL, bool)
+    if not (delta_RL.shape == significant_RL.shape == regressed_RL.shape == shape):
+        raise ValueError(f"delta_heatmap wants arrays of shape (rows={shape[0]}, lengths={shape[1]})")
+    if ax is None:
+        ax = new_figure(max(5.5, 0.85 * shape[1] + 2.8), max(2.4, 0.55 * shape[0] + 1.6)).add_subplot()
+    fig = ax.figure
+
+    finite = np.abs(delta_RL[np.isfinite(delta_RL)])
+    span = 1.0 if percent else max(float(finite.max()) if finite.size else 1.0, 1e-3)
+    if percent:  # a 20-point change already reads as deep red or green
+        span = min(1.0, max(0.2, float(finite.max()) if finite.size else 0.2))
+    norm = Normalize(-span, span)
+    image = ax.imshow(np.ma.masked_invalid(delta_RL), cmap=DELTA_CMAP, norm=norm, aspect="auto",
+                      interpolation="nearest")
+    ax.set_xticks(range(shape[1]), [length_label(x) for x in lengths])
+    ax.set_yticks(range(shape[0]), list(rows))
+    ax.set_xlabel("context length (tokens)")
+    ax.set_xticks(np.arange(-0.5, shape[1], 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, shape[0], 1), minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.tick_params(which="both", length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+    for r in range(shape[0]):
+        for c in range(shape[1]):
+            value = delta_RL[r, c]
+            if np.isnan(value):
+                ax.text(c, r, "no pairs", ha="center", va="center", fontsize=7, color="#616161")
+                continue
+            color = text_color(DELTA_CMAP(norm(value)))
+            text = f"{100 * value:+.0f}" if percent else f"{value:+.2f}"
+            text += "*" if significant_RL[r, c] else ""
+            ax.text(c, r - (0.12 if n_RL is not None else 0), text, ha="center", va="center",
+                    fontsize=9, fontweight="bold", color=color)
+            if n_RL is not None:
+                ax.text(c, r + 0.26, f"n={int(np.asarray(n_RL)[r, c])}", ha="center",
+                        va="center", fontsize=6.5, color=color)
+            if regressed_RL[r, c]:
+                ax.add_patch(Rectangle((c - 0.47, r - 0.47), 0.94, 0.94, fill=False,
+                                       edgecolor="black", linewidth=2.2))
+    bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+    bar.set_label("B - A (percentage points)" if percent else "B - A (nats)")
+    bar.outline.set_visible(False)
+    ax.set_title(title or "B - A   (* significant after correction, boxed = regression)",
+                 loc="left", fontsize=10, fontweight="bold" if title else "normal")
+    return fig

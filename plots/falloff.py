@@ -1,0 +1,69 @@
+"""The fall-off curve: score against context length, with its 95% band and effective lengths.
+
+The caller computes the band (Wilson for binary scores) and the effective lengths; this file
+only draws them. The length axis is logarithmic (base 2) with a tick at every tested length.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from matplotlib.ticker import FixedLocator, NullLocator
+
+from plots.style import length_label, new_figure
+
+MARKER_COLORS = ("#1565c0", "#6a1b9a", "#00838f", "#ad1457")
+
+
+class Marker(NamedTuple):
+    """A vertical line at `length` (tokens), with an optional interval [lo, hi] drawn as a band."""
+    label: str
+    length: float
+    lo: float | None = None
+    hi: float | None = None
+
+
+def falloff(lengths, mean, lo, hi, *, threshold=None, markers=(), fit=None, title=None,
+            ax=None, label="score"):
+    """lengths, mean, lo, hi: one value per tested length; fit: optional (lengths, scores) curve."""
+    lengths = np.asarray(lengths, dtype=float)
+    mean, lo, hi = (np.asarray(a, dtype=float) for a in (mean, lo, hi))
+    if not (lengths.shape == mean.shape == lo.shape == hi.shape) or lengths.ndim != 1:
+        raise ValueError("falloff wants lengths, mean, lo and hi as 1-D sequences of one length")
+    if ax is None:
+        ax = new_figure(7.6, 3.6).add_subplot()
+    fig = ax.figure
+
+    ax.fill_between(lengths, lo, hi, color="#2e7d32", alpha=0.18, linewidth=0, label="95% interval")
+    ax.plot(lengths, mean, "o-", color="#2e7d32", linewidth=2, markersize=5, label=label)
+    if fit is not None:
+        ax.plot(fit[0], fit[1], "--", color="#455a64", linewidth=1.3, label="logistic fit")
+    if threshold is not None:
+        ax.axhline(threshold, color="#c62828", linewidth=1, linestyle=":",
+                   label=f"threshold {100 * threshold:.0f}%")
+    low, high = lengths.min() / 1.3, lengths.max() * 1.3
+    for marker, color in zip(markers, MARKER_COLORS * 4):
+        if marker.length is None or not np.isfinite(marker.length):
+            continue
+        x = float(np.clip(marker.length, low, high))
+        ax.axvline(x, color=color, linewidth=1.4, label=f"{marker.label} = {length_label(round(marker.length))}")
+        if marker.lo is not None and marker.hi is not None:
+            ax.axvspan(max(marker.lo, low), min(marker.hi, high), color=color, alpha=0.08)
+
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(low, high)
+    ax.xaxis.set_major_locator(FixedLocator(lengths))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(lengths, [length_label(x) for x in lengths])
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel(label)
+    ax.grid(True, color="#eeeeee")
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
+    return fig

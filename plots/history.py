@@ -1,0 +1,54 @@
+"""History across runs: effective length per run (top) and score per length per run (bottom).
+
+Shapes: R = runs (in time order), L = lengths. Effective lengths may be NaN (no reading) and
+come with optional [lo, hi] intervals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.ticker import FuncFormatter, NullLocator
+
+from plots.style import length_label, new_figure
+
+
+def history(run_labels, effective, lengths, score_RL, *, title=None):
+    """effective: {series name: (values_R, lo_R or None, hi_R or None)} in tokens."""
+    score_RL = np.asarray(score_RL, dtype=float)
+    runs = np.arange(len(run_labels))
+    if score_RL.shape != (len(run_labels), len(lengths)):
+        raise ValueError(f"history wants score of shape (runs={len(run_labels)}, lengths={len(lengths)})")
+    fig = new_figure(max(6.5, 0.7 * len(run_labels) + 4), 6.4)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+
+    for name, (values, lo, hi) in effective.items():
+        values = np.asarray(values, dtype=float)
+        line, = top.plot(runs, values, "o-", linewidth=2, label=name)
+        if lo is not None and hi is not None:
+            top.fill_between(runs, np.asarray(lo, float), np.asarray(hi, float),
+                             color=line.get_color(), alpha=0.15, linewidth=0)
+    top.set_yscale("log", base=2)
+    top.yaxis.set_major_formatter(FuncFormatter(lambda y, _: length_label(y) if y >= 1 else ""))
+    top.yaxis.set_minor_locator(NullLocator())
+    top.set_ylabel("effective length (tokens)")
+    top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+
+    colors = colormaps["viridis"](np.linspace(0.0, 0.9, max(len(lengths), 1)))
+    for k, length in enumerate(lengths):
+        bottom.plot(runs, score_RL[:, k], "o-", color=colors[k], linewidth=1.6,
+                    label=length_label(length))
+    bottom.set_ylim(-0.03, 1.03)
+    bottom.set_yticks([0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
+    bottom.set_ylabel("score at each length")
+    bottom.legend(title="length", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
+                  frameon=False)
+    bottom.set_xticks(runs, list(run_labels), rotation=30, ha="right")
+    bottom.set_xlabel("run")
+    for ax in (top, bottom):
+        ax.grid(True, color="#eeeeee")
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    if title:
+        top.set_title(title, loc="left", fontsize=11, fontweight="bold")
+    return fig

@@ -1,0 +1,85 @@
+"""What every ctxprobe figure shares: colour scales, length labels, cell annotation, saving.
+
+Figures are built with `matplotlib.figure.Figure` directly (never pyplot), so nothing here
+touches the global backend or keeps figures alive; PNG is rendered by Agg, SVG by the SVG
+backend, both chosen from the file suffix.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from matplotlib.colors import LinearSegmentedColormap, to_rgb
+from matplotlib.figure import Figure
+
+# Red (context failed) -> amber -> green (answered); the amber sits at 0.5 so that a 50% cell
+# reads as "coin flip" at a glance. Grey marks grid points with no data.
+SCORE_CMAP = LinearSegmentedColormap.from_list(
+    "ctxprobe_score", [(0.0, "#c62828"), (0.25, "#ef6c00"), (0.5, "#fbc02d"),
+                       (0.75, "#9ccc65"), (1.0, "#2e7d32")])
+SCORE_CMAP = SCORE_CMAP.with_extremes(bad="#e0e0e0")
+# B minus A: red = worse, white = unchanged, green = better.
+DELTA_CMAP = LinearSegmentedColormap.from_list(
+    "ctxprobe_delta", [(0.0, "#b71c1c"), (0.5, "#f7f7f7"), (1.0, "#1b5e20")])
+DELTA_CMAP = DELTA_CMAP.with_extremes(bad="#e0e0e0")
+
+FORMATS = (".png", ".svg")
+
+
+def length_label(length: float) -> str:
+    """Tick label for a length in tokens: powers of two in binary units (4096 -> '4K',
+    1048576 -> '1M'), round decimal lengths in decimal units (128000 -> '128K'), others in
+    binary units with one decimal (1536 -> '1.5K'); a fitted, non-integer-looking length gets
+    three significant figures (25489 -> '24.9K')."""
+    if float(length) == int(length) and length > 0:
+        n = int(length)
+        for base, unit in ((1 << 20, "M"), (1 << 10, "K")):
+            if n % base == 0 and (n // base) & (n // base - 1) == 0:
+                return f"{n // base}{unit}"
+        for base, unit in ((10**6, "M"), (10**3, "K")):
+            if n >= base and (10 * n) % base == 0:
+                return _tenths(n, base) + unit
+        for base, unit in ((1 << 20, "M"), (1 << 10, "K")):
+            if n >= base and (10 * n) % base == 0:
+                return _tenths(n, base) + unit
+        if n < 1024:
+            return str(n)
+    for base, unit in ((1 << 20, "M"), (1 << 10, "K"), (1, "")):
+        if length >= base or base == 1:
+            value = length / base
+            digits = 0 if value >= 100 else 1 if value >= 10 else 2
+            return f"{value:.{digits}f}{unit}"
+    raise AssertionError("unreachable")
+
+
+def _tenths(n: int, base: int) -> str:
+    return f"{n // base}" if n % base == 0 else f"{n / base:.1f}"
+
+
+def text_color(rgba) -> str:
+    """Black or white, whichever reads better on a cell of this colour."""
+    r, g, b = to_rgb(rgba)
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
+def new_figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def save(fig: Figure, path, dpi: int = 110) -> Path:
+    """Write fig as PNG or SVG according to path's suffix."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise ValueError(f"cannot write a figure to {str(path)!r}: use a .png or .svg file name")
+    fig.savefig(path, dpi=dpi, format=path.suffix.lower()[1:])
+    return path
+
+
+def to_bytes(fig: Figure, fmt: str = "png", dpi: int = 110) -> bytes:
+    if "." + fmt not in FORMATS:
+        raise ValueError(f"unknown figure format {fmt!r}: use 'png' or 'svg'")
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=fmt)
+    return buf.getvalue()

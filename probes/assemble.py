@@ -1,0 +1,190 @@
+"""Exact-length assembly: prefix + haystack with needles + tail + suffix == L tokens.
+
+Token counts come from prefix sums over the haystack's pre-tokenized units, so no step
+re-tokenizes the haystack. Units start with a space, which makes tokenization stable at unit
+boundaries; the remainder under one unit is a *tail*: a token prefix of the next unit whose
+text re-tokenizes to itself. The rendered prompt is checked once against the assembled ids
+(the whole prompt up to FULL_VERIFY_MAX tokens, every junction between parts above that); on
+a mismatch the next tail candidate is tried.
+
+Layout of the ids [L]:
+  prefix | units[0:b1] | needle 1 | units[b1:b2] | needle 2 | ... | units[..k] | tail | suffix
+where b_i is the unit boundary nearest the needle's requested depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FULL_VERIFY_MAX = 1 << 20  # above this, check every junction instead of the whole prompt
+_TAIL_CANDIDATES = 8
+
+
+@dataclass
+class Segment:
+    """One run of the prompt: literal text with its ids, or a slice of the haystack stream."""
+
+    ids: np.ndarray
+    text: str | None = None          # literal text, or None for haystack units
+    order: np.ndarray | None = None  # pool indices of haystack units
+    kind: str = "text"               # prefix | hay | needle | tail | suffix
+
+    def render(self, pool) -> str:
+        return self.text if self.order is None else pool.text(self.order)
+
+    def first_text(self, pool) -> str:
+        return self.text if self.order is None else pool.texts[self.order[0]]
+
+    def last_text(self, pool) -> str:
+        return self.text if self.order is None else pool.texts[self.order[-1]]
+
+
+@dataclass
+class Assembly:
+    ids: np.ndarray                  # [L] int32
+    segments: list[Segment]
+    pool: object
+    needle_spans: list[tuple[int, int]]       # in the order the needles were given
+    needle_depths: list[float]                # achieved, percent of haystack tokens before it
+    context_end: int                          # ids[:context_end] = prefix + haystack
+    haystack_tokens: int
+    verified: str = "none"                    # "full" | "junctions"
+    _text: str | None = field(default=None, repr=False)
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = "".join(s.render(self.pool) for s in self.segments)
+        return self._text
+
+
+def _as_ids(ids) -> np.ndarray:
+    return np.asarray(ids, dtype=np.int32)
+
+
+def minimum_length(prefix_ids, suffix_ids, needle_ids) -> int:
+    return len(prefix_ids) + len(suffix_ids) + sum(len(n) for n in needle_ids)
+
+
+def assemble(tok, length: int, haystack, seed: int, sample: int, prefix: str, suffix: str,
+             needles: list[tuple[str, float]], *, verify: bool | None = None,
+             min_haystack: int = 0) -> Assembly:
+    """Build exactly `length` tokens. needles: (text, depth fraction in [0, 1]) each."""
+    prefix_ids = _as_ids(tok.encode(prefix))
+    suffix_ids, *needle_ids = [_as_ids(x) for x in tok.encode_units([suffix] + [t for t, _ in needles])]
+    need = minimum_length(prefix_ids, suffix_ids, needle_ids)
+    if length < need + min_haystack:
+        raise ValueError(
+            f"length {length} is too short for this probe: it needs at least "
+            f"{need + min_haystack} tokens (instructions, needles, question and answer prefix "
+            f"with this tokenizer); use --length {need + min_haystack} or more"
+        )
+    budget = length - need                      # haystack tokens, tail included
+    pool = haystack.pool
+    order = haystack.order_covering(seed, sample, budget, extra=_TAIL_CANDIDATES)
+    cum = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum(pool.lengths[order], out=cum[1:])
+    k = int(np.searchsorted(cum, budget, side="right")) - 1   # full units: order[:k]
+    r = budget - int(cum[k])                                    # tail tokens
+
+    # Needle boundaries: the unit boundary nearest each requested depth, in 0..k.
+    bounds = []
+    for _, frac in needles:
+        target = frac * budget
+        i = int(np.searchsorted(cum[: k + 1], target))      # cum[i-1] < target <= cum[i]
+        if i > k:
+            i = k
+        elif i > 0 and target - cum[i - 1] <= cum[i] - target:
+            i -= 1
+        bounds.append(i)
+    hay_ids = pool.gather(order[:k])
+
+    tried = 0
+    for tail_text, tail_ids in _tail_candidates(tok, pool, order, k, r):
+        segments, spans = _layout(prefix, prefix_ids, suffix, suffix_ids, needles, needle_ids,
+                                  bounds, order, k, cum, hay_ids, tail_text, tail_ids)
+        ids = np.concatenate([s.ids for s in segments]).astype(np.int32, copy=False)
+        assert len(ids) == length, (len(ids), length)
+        asm = Assembly(ids, segments, pool, spans,
+                       [100.0 * cum[b] / budget if budget else 100.0 * f
+                        for b, (_, f) in zip(bounds, needles)],
+                       len(prefix_ids) + budget + sum(len(n) for n in needle_ids), budget)
+        full = verify if verify is not None else length <= FULL_VERIFY_MAX
+        ok = _verify_full(tok, asm) if full else _verify_junctions(tok, asm)
+        asm.verified = "full" if full else "junctions"
+        tried += 1
+        if ok is None:
+            return asm
+        if tried >= 4:
+            break
+    raise ValueError(
+        f"could not assemble an exact {length}-token prompt with tokenizer {tok.name}: "
+        f"the rendered prompt re-tokenizes differently ({ok if tried else 'no tail fits'}); "
+        "try another length or the byte tokenizer"
+    )
+
+
+def _tail_candidates(tok, pool, order, k, r):
+    """(text, ids) of r-token prefixes of the next units whose text re-tokenizes to itself."""
+    if r == 0:
+        yield "", np.zeros(0, dtype=np.int32)
+        return
+    for j in range(k, len(order)):
+        ids = pool.unit_ids(order[j])
+        if len(ids) < r:
+            continue
+        text = tok.decode(ids[:r])
+        if tok.encode_units([text])[0] == ids[:r].tolist():
+            yield text, ids[:r].copy()
+
+
+def _layout(prefix, prefix_ids, suffix, suffix_ids, needles, needle_ids, bounds, order, k, cum,
+            hay_ids, tail_text, tail_ids):
+    segments = [Segment(prefix_ids, prefix, kind="prefix")]
+    spans = [None] * len(needles)
+    pos, at = len(prefix_ids), 0                 # at: haystack unit index reached
+    for i in sorted(range(len(needles)), key=lambda i: (bounds[i], i)):
+        b = bounds[i]
+        if b > at:
+            segments.append(Segment(hay_ids[cum[at]:cum[b]], order=order[at:b], kind="hay"))
+            pos += int(cum[b] - cum[at])
+            at = b
+        segments.append(Segment(needle_ids[i], needles[i][0], kind="needle"))
+        spans[i] = (pos, pos + len(needle_ids[i]))
+        pos += len(needle_ids[i])
+    if k > at:
+        segments.append(Segment(hay_ids[cum[at]:cum[k]], order=order[at:k], kind="hay"))
+    if len(tail_ids):
+        segments.append(Segment(tail_ids, tail_text, kind="tail"))
+    segments.append(Segment(suffix_ids, suffix, kind="suffix"))
+    return segments, spans
+
+
+def _first_mismatch(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    diff = np.nonzero(a[:n] != b[:n])[0]
+    return int(diff[0]) if len(diff) else n
+
+
+def _verify_full(tok, asm: Assembly) -> str | None:
+    """None if the whole prompt re-tokenizes to asm.ids, else where it differs."""
+    got = tok.encode_array(asm.text)
+    if len(got) == len(asm.ids) and np.array_equal(got, asm.ids):
+        return None
+    return f"{len(got)} tokens instead of {len(asm.ids)}, first difference at token " \
+           f"{_first_mismatch(got, asm.ids)}"
+
+
+def _verify_junctions(tok, asm: Assembly) -> str | None:
+    """Check each boundary between segments by re-tokenizing the two units that meet there."""
+    segs, pool = asm.segments, asm.pool
+    for left, right in zip(segs, segs[1:]):
+        lt, rt = left.last_text(pool), right.first_text(pool)
+        lids = tok.encode(lt) if left.kind == "prefix" else tok.encode_units([lt])[0]
+        rids = tok.encode_units([rt])[0]
+        both = tok.encode(lt + rt) if left.kind == "prefix" else tok.encode_units([lt + rt])[0]
+        if both != lids + rids:
+            return f"a {left.kind}/{right.kind} junction merges tokens"
+    return None

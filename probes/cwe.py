@@ -1,0 +1,73 @@
+"""cwe: common-words extraction. A long word list in which `common` words each appear c times
+and every other word at most about c/3 times; the answer is the common words.
+
+The word list fills the haystack exactly; depth does not apply (no needles). The user's
+haystack option does not apply either.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from probes import words as W
+from probes.haystacks import derive_seed, pool_for
+from probes.parts import Parts
+
+_TEXTS = tuple(" " + w for w in W.CWE_WORDS)
+
+
+class WordListHaystack:
+    """A word pool whose stream is built for the token budget: common words c times each,
+    the rest u times (c = 3u + 1), shuffled; then single uncommon words to fill the budget."""
+
+    spec = "cwe"
+
+    def __init__(self, pool, common: np.ndarray, seed: int):
+        self.pool, self.common, self.seed = pool, common, seed
+        self.uncommon = np.setdiff1d(np.arange(len(pool)), common)
+        self.common_freq = None
+
+    def minimum_budget(self) -> int:
+        return 4 * int(self.pool.lengths[self.common].sum())
+
+    def order_covering(self, seed, sample, budget, extra):
+        lens, rng = self.pool.lengths, np.random.default_rng(self.seed)
+        t_common, t_uncommon = int(lens[self.common].sum()), int(lens[self.uncommon].sum())
+        u = max(1, budget // (t_uncommon + 4 * t_common))
+        c = min(3 * u + 1, budget // t_common)
+        assert c >= 4, (budget, t_common)
+        self.common_freq = c
+        occ = [np.repeat(self.common, c)]
+        left = budget - c * t_common
+        # u rounds over as many uncommon words as fit, then single words until one won't fit.
+        shuffled = rng.permutation(self.uncommon)
+        m = int(np.searchsorted(np.cumsum(lens[shuffled]) * u, left, side="right"))
+        occ.append(np.repeat(shuffled[:m], u))
+        left -= u * int(lens[shuffled[:m]].sum())
+        rest = np.concatenate([shuffled[m:], shuffled[:m]])
+        n_fill = int(np.searchsorted(np.cumsum(lens[rest]), left, side="right"))
+        occ.append(rest[:n_fill])
+        # The units after the budget (tail candidates) are uncommon words too.
+        extras = np.resize(np.concatenate([rest[n_fill:], rest[:n_fill]]), extra + 1)
+        return np.concatenate([rng.permutation(np.concatenate(occ)), extras]).astype(np.int64)
+
+
+def cwe(ctx, depth, common=10):
+    if not 1 <= common <= 50:
+        raise ValueError(f"common={common} is out of range; use 1 to 50")
+    pool = pool_for(_TEXTS, ctx.tokenizer)
+    rng = np.random.default_rng(derive_seed("cwe-words", ctx.seed, ctx.sample))
+    chosen = np.sort(rng.choice(len(pool), size=common, replace=False))
+    hay = WordListHaystack(pool, chosen, derive_seed("cwe-list", ctx.seed, ctx.sample, ctx.length))
+    answers = [_TEXTS[i].strip() for i in chosen]
+    return Parts(
+        instruction="Below is a list of words. Some of them appear more often than others. "
+                    "Memorize the ones that appear most often.\n\nWords:",
+        question=f"\n\nQuestion: What are the {common} most common words in the list above?",
+        answer_prefix=f"\nAnswer: The {common} most common words in the list are:",
+        needles=[],
+        answers=answers,
+        answer_text=" " + ", ".join(answers),
+        haystack=hay,
+        meta={"min_haystack": hay.minimum_budget()},
+    )

@@ -1,0 +1,186 @@
+"""Haystacks: streams of text units (sentences), each tokenized once, read by prefix sums.
+
+A `UnitPool` holds distinct unit texts and their token ids as one flat array (tokenized once
+per tokenizer). A `Haystack` is a pool plus an order: the stream of pool indices for a given
+(seed, sample). The stream does not depend on length or depth, so cells of one sample share a
+context prefix. Kinds:
+  procedural (default)  seeded prose from probes/prose.py; blocks of seeded permutations
+  noise                 one group of sentences repeated (RULER's control)
+  a path                a .txt file or a directory of .txt files, split into sentences, read
+                        in order from a seeded start and repeated when shorter than needed
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from probes import prose
+
+POOL_SIZE = 32768  # distinct procedural sentences per seed (~1.8 MB of text)
+NOISE = [" The grass is green.", " The sky is blue.", " The sun is yellow.", " Here we go.",
+         " There and back again."]
+_MAX_UNIT_CHARS = 2000
+
+
+def derive_seed(*parts) -> int:
+    """A 64-bit seed from any parts, stable across runs and machines (never Python's hash())."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+class UnitPool:
+    """Distinct unit texts and their token ids: flat [N_tokens] ids, offsets [N_units + 1]."""
+
+    def __init__(self, texts: list[str], tokenizer):
+        self.texts = np.array(texts, dtype=object)
+        ids = tokenizer.encode_units(list(texts))
+        self.lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        self.offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=self.offsets[1:])
+        self.flat = np.fromiter((t for x in ids for t in x), dtype=np.int32,
+                                count=int(self.offsets[-1]))
+        if (self.lengths == 0).any():
+            raise ValueError("a haystack unit tokenized to zero tokens; check the tokenizer")
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def unit_ids(self, i: int) -> np.ndarray:
+        return self.flat[self.offsets[i]:self.offsets[i + 1]]
+
+    def gather(self, order: np.ndarray) -> np.ndarray:
+        """Token ids of units `order` [n] concatenated, without a Python loop per token."""
+        lens = self.lengths[order]
+        total = int(lens.sum())
+        if total == 0:
+            return np.zeros(0, dtype=np.int32)
+        # Position p of the output reads flat[start(unit) + (p - out_start(unit))].
+        out_starts = np.cumsum(lens) - lens
+        shift = np.repeat(self.offsets[order] - out_starts, lens)
+        return self.flat[np.arange(total, dtype=np.int64) + shift]
+
+    def text(self, order: np.ndarray) -> str:
+        return "".join(self.texts[order].tolist())
+
+
+class Haystack:
+    """A pool and an order rule. `order(seed, sample, n)` is the first n stream indices."""
+
+    def __init__(self, spec: str, pool: UnitPool, mode: str):
+        self.spec, self.pool, self.mode = spec, pool, mode  # mode: "shuffle" | "cycle"
+
+    def order(self, seed: int, sample: int, n: int) -> np.ndarray:
+        P = len(self.pool)
+        if self.mode == "cycle":
+            start = derive_seed("start", seed, sample) % P if P > 1 else 0
+            return (start + np.arange(n, dtype=np.int64)) % P
+        blocks = [np.random.default_rng(derive_seed("order", self.spec, seed, sample, b))
+                  .permutation(P) for b in range(-(-n // P))]
+        return np.concatenate(blocks)[:n] if blocks else np.zeros(0, dtype=np.int64)
+
+    def order_covering(self, seed: int, sample: int, budget: int, extra: int) -> np.ndarray:
+        """Enough stream indices that their tokens exceed `budget`, plus `extra` more units."""
+        mean = max(float(self.pool.lengths.mean()), 1e-9)
+        n = int(budget / mean) + extra + 1
+        while True:
+            order = self.order(seed, sample, n)
+            total = int(self.pool.lengths[order].sum())
+            if total > budget and n >= extra:
+                cum = np.cumsum(self.pool.lengths[order])
+                k = int(np.searchsorted(cum, budget, side="right"))
+                if n - k >= extra:
+                    return order
+            n = int(n * 1.25) + extra + 1
+
+
+def _read_text_file(path: Path) -> str:
+    raw = path.read_bytes()
+    if b"\x00" in raw[:8192]:
+        raise ValueError(f"haystack file {path} looks binary (NUL bytes); pass UTF-8 .txt files")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"haystack file {path} is not UTF-8 (byte {e.start}); re-encode it as UTF-8"
+        ) from None
+
+
+def split_sentences(text: str) -> list[str]:
+    """Whitespace-normalized sentences, each with a leading space; long runs cut by words."""
+    units = []
+    for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
+        while len(sentence) > _MAX_UNIT_CHARS:
+            cut = sentence.rfind(" ", 0, _MAX_UNIT_CHARS)
+            cut = cut if cut > 0 else _MAX_UNIT_CHARS
+            units.append(" " + sentence[:cut].strip())
+            sentence = sentence[cut:].strip()
+        if sentence:
+            units.append(" " + sentence)
+    return units
+
+
+def _file_sentences(spec: str) -> list[str]:
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise ValueError(f"haystack directory {spec} holds no .txt files; add some or pass a file")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise ValueError(
+            f"haystack {spec!r} is not a file or directory; pass a .txt file, a directory of "
+            ".txt files, or 'noise' (omit it for procedural prose)"
+        )
+    units = [u for f in files for u in split_sentences(_read_text_file(f))]
+    if not units:
+        raise ValueError(f"haystack {spec} holds no text; pass a non-empty UTF-8 .txt file")
+    return units
+
+
+@lru_cache(maxsize=32)
+def _texts(spec: str | None, seed: int) -> tuple[tuple[str, ...], str]:
+    if spec is None:
+        rng = random.Random(derive_seed("prose", seed))
+        return tuple(prose.sentences(rng, POOL_SIZE)), "shuffle"
+    if spec == "noise":
+        return tuple(NOISE), "cycle"
+    return tuple(_file_sentences(spec)), "cycle"
+
+
+@lru_cache(maxsize=32)
+def _pool(texts: tuple[str, ...], tokenizer_key) -> UnitPool:
+    return UnitPool(list(texts), tokenizer_key[1])
+
+
+def pool_for(texts, tokenizer) -> UnitPool:
+    """A cached UnitPool for these texts and this tokenizer (keyed by its fingerprint)."""
+    return _pool(tuple(texts), _TokKey(tokenizer))
+
+
+class _TokKey(tuple):
+    """Hashable by fingerprint so lru_cache reuses pools across equal tokenizer objects."""
+
+    def __new__(cls, tok):
+        return super().__new__(cls, (tok.fingerprint, tok))
+
+    def __hash__(self):
+        return hash(self[0])
+
+    def __eq__(self, other):
+        return isinstance(other, _TokKey) and self[0] == other[0]
+
+
+def load_haystack(spec: str | None, seed: int, tokenizer) -> Haystack:
+    """The haystack for `spec` (None = procedural, "noise", or a path), tokenized once."""
+    if spec is not None:
+        spec = str(spec)
+    texts, mode = _texts(spec, seed if spec is None else 0)
+    name = "procedural" if spec is None else spec
+    return Haystack(name, pool_for(texts, tokenizer), mode)

@@ -1,0 +1,79 @@
+"""The needle-in-a-haystack families: niah, multikey, multivalue, multiquery.
+
+A needle reads " The special magic number for <key> is <value>."; the first needle sits at
+the requested depth, the others at seeded depths.
+"""
+
+from __future__ import annotations
+
+from probes import needles as N
+from probes.parts import Parts
+
+
+def _needle(kind, key, value):
+    return f" The special magic {kind} for {key} is {value}."
+
+
+def _instruction(kind, many):
+    if many:
+        return (f"Some special magic {kind}s are hidden within the following text. Make sure to "
+                f"memorize them. I will quiz you about the {kind}s afterwards.\n\n")
+    return (f"A special magic {kind} is hidden within the following text. Make sure to memorize "
+            f"it. I will quiz you about the {kind} afterwards.\n\n")
+
+
+def _ask_one(kind, key):
+    return (f"\n\nWhat is the special magic {kind} for {key} mentioned in the provided text?",
+            f"\nAnswer: The special magic {kind} for {key} mentioned in the provided text is")
+
+
+def _and(items):
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _check_count(name, n, hi=20):
+    if not 1 <= n <= hi:
+        raise ValueError(f"{name}={n} is out of range; use 1 to {hi}")
+
+
+def niah(ctx, depth, value_kind="number"):
+    rng = ctx.rng
+    (key,), (value,) = N.keys(rng, 1), N.values(rng, value_kind, 1)
+    q, a = _ask_one(value_kind, key)
+    return Parts(_instruction(value_kind, False), q, a,
+                 [(_needle(value_kind, key, value), depth)], [value], " " + value)
+
+
+def multikey(ctx, depth, value_kind="number", distractors=3):
+    rng = ctx.rng
+    _check_count("distractors", distractors + 1)
+    ks, vs = N.keys(rng, distractors + 1), N.values(rng, value_kind, distractors + 1)
+    q, a = _ask_one(value_kind, ks[0])
+    needles = [(_needle(value_kind, ks[0], vs[0]), depth)]
+    needles += [(_needle(value_kind, k, v), f)
+                for k, v, f in zip(ks[1:], vs[1:], N.spread(rng, distractors))]
+    return Parts(_instruction(value_kind, True), q, a, needles, [vs[0]], " " + vs[0])
+
+
+def multivalue(ctx, depth, value_kind="number", values=4):
+    rng = ctx.rng
+    _check_count("values", values)
+    (key,), vs = N.keys(rng, 1), N.values(rng, value_kind, values)
+    needles = [(_needle(value_kind, key, vs[0]), depth)]
+    needles += [(_needle(value_kind, key, v), f) for v, f in zip(vs[1:], N.spread(rng, values - 1))]
+    q = f"\n\nWhat are all the special magic {value_kind}s for {key} mentioned in the provided text?"
+    a = f"\nAnswer: The special magic {value_kind}s for {key} mentioned in the provided text are"
+    return Parts(_instruction(value_kind, True), q, a, needles, vs, " " + ", ".join(vs),
+                 answers_by_position=True)
+
+
+def multiquery(ctx, depth, value_kind="number", queries=4):
+    rng = ctx.rng
+    _check_count("queries", queries)
+    ks, vs = N.keys(rng, queries), N.values(rng, value_kind, queries)
+    fracs = [depth] + N.spread(rng, queries - 1)
+    needles = [(_needle(value_kind, k, v), f) for k, v, f in zip(ks, vs, fracs)]
+    q = (f"\n\nWhat are all the special magic {value_kind}s for {_and(ks)} mentioned in the "
+         "provided text?")
+    a = f"\nAnswer: The special magic {value_kind}s for {_and(ks)} mentioned in the provided text are"
+    return Parts(_instruction(value_kind, True), q, a, needles, vs, " " + ", ".join(vs))

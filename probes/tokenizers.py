@@ -1,0 +1,129 @@
+"""Tokenizers behind one small protocol: encode, decode, name, fingerprint, vocab_size.
+
+Two implementations: `ByteTokenizer` (UTF-8 bytes, needs no files; the default) and
+`HFTokenizer` (a `tokenizer.json` through the `tokenizers` library). `encode` never adds
+special tokens (BOS, chat markup): those belong to the runner and the chat template.
+
+`encode_units` is what probe assembly uses: it tokenizes text units (sentences that start with
+a space) the way they tokenize *inside* a longer text, so unit token counts add up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+# Units are tokenized after this anchor and the anchor's tokens are stripped, so tokenizers
+# that prepend a marker at the start of a string (sentencepiece-style "▁") count a unit as it
+# appears mid-text. For byte-level BPE the anchor changes nothing.
+_ANCHOR = "."
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    name: str
+    fingerprint: str
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids) -> str: ...
+
+
+class ByteTokenizer:
+    """One token per UTF-8 byte: ids 0..255. Exact, file-free, tokenizer-agnostic lengths."""
+
+    name = "byte"
+    fingerprint = "byte-utf8-v1"
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+    def encode_units(self, texts: list[str]) -> list[list[int]]:
+        return [list(t.encode("utf-8")) for t in texts]
+
+    def __repr__(self):
+        return "ByteTokenizer()"
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizer.json` (BPE, unigram, wordpiece) via the `tokenizers` library."""
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer as _Tok
+
+        raw = path.read_bytes()
+        try:
+            self._tok = _Tok.from_str(raw.decode("utf-8"))
+        except Exception as e:  # the library raises its own exception types
+            raise ValueError(
+                f"tokenizer file {path} is not a valid tokenizer.json ({e}); "
+                "pass a Hugging Face tokenizer.json or a model directory that holds one"
+            ) from None
+        self.path = path
+        self.name = path.parent.name if path.name == "tokenizer.json" else path.stem
+        self.fingerprint = "hf-" + hashlib.sha256(raw).hexdigest()[:16]
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        anchor = self._tok.encode(_ANCHOR, add_special_tokens=False).ids
+        self._anchor_ids = anchor
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.asarray(self.encode(text), dtype=np.int32)
+
+    def decode(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def encode_units(self, texts: list[str]) -> list[list[int]]:
+        a = self._anchor_ids
+        encs = self._tok.encode_batch([_ANCHOR + t for t in texts], add_special_tokens=False)
+        out = []
+        for text, enc in zip(texts, encs):
+            ids = enc.ids
+            if ids[: len(a)] == a:
+                out.append(ids[len(a):])
+            else:  # the unit merged into the anchor: fall back to encoding it alone
+                out.append(self.encode(text))
+        return out
+
+    def __repr__(self):
+        return f"HFTokenizer({str(self.path)!r})"
+
+
+def load_tokenizer(spec: str | Path | None) -> ByteTokenizer | HFTokenizer:
+    """None or "byte" -> the built-in byte tokenizer; else a tokenizer.json or a dir with one."""
+    if spec is None or str(spec) == "byte":
+        return ByteTokenizer()
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+        if not path.is_file():
+            raise ValueError(
+                f"tokenizer directory {spec} holds no tokenizer.json; "
+                "pass a tokenizer.json file, a model directory that holds one, or omit it for bytes"
+            )
+    elif not path.is_file():
+        raise ValueError(
+            f"tokenizer file {spec} does not exist; pass a tokenizer.json file or a model "
+            "directory that holds one"
+        )
+    try:
+        json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(
+            f"tokenizer file {path} is not JSON; pass a Hugging Face tokenizer.json"
+        ) from None
+    return HFTokenizer(path)

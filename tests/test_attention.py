@@ -1,0 +1,230 @@
+"""attention.attend: every backend on this machine against the float32 reference, the block
+planner against the dense mask, and a property test over random shapes, offsets and masks."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import attention
+import attention.blockwise as attend_mod
+from attention import attend, attend_reference, available_backends
+from attention.backends import kernels_for
+from attention.masks import Rules, block_is_visible, plan_spans, query_blocks, span_mask
+from attention.reference import visible
+
+TOL = 1e-5  # float32, the issue's bar
+CPU = torch.device("cpu")
+FAST_BACKENDS = [b for b in available_backends(CPU) if b != "reference"] + ["auto"]
+
+
+def rand(*shape, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).to(dtype)
+
+
+def assert_same(out, lse, ref_out, ref_lse, tol=TOL):
+    empty = torch.isneginf(ref_lse)
+    assert torch.equal(torch.isneginf(lse), empty), "rows with no visible key must have lse -inf"
+    assert (out.float()[empty] == 0).all(), "rows with no visible key must give out 0"
+    assert (out.float() - ref_out.float()).abs().max().item() <= tol
+    if (~empty).any():
+        assert (lse[~empty] - ref_lse[~empty]).abs().max().item() <= tol
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Tiny query blocks so short sequences still cross block and chunk boundaries."""
+    monkeypatch.setattr(attend_mod, "BLOCK_Q", 16)
+    monkeypatch.setattr(attend_mod, "MIN_WINDOW_BLOCK", 4)
+
+
+MASKS = {
+    "causal": dict(causal=True),
+    "full": dict(causal=False),
+    "chunked": dict(causal=True, chunk_size=24),  # chunks cross the 16-query blocks
+    "window": dict(causal=True, window=11),
+    "window_big": dict(causal=True, window=40),
+    "window_noncausal": dict(causal=False, window=9),
+    "chunk_window": dict(causal=True, chunk_size=20, window=7),
+}
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("mask", list(MASKS))
+@pytest.mark.parametrize("group,head_dim", [(1, 64), (4, 128), (5, 64)])
+def test_backend_matches_reference(backend, mask, group, head_dim, small_blocks):
+    Hkv = 2
+    q = rand(1, Hkv * group, 37, head_dim, seed=1)
+    k, v = rand(1, Hkv, 70, head_dim, seed=2), rand(1, Hkv, 70, head_dim, seed=3)
+    for q_start in (None, 10, 0):  # last positions, mid-sequence, first positions
+        kw = dict(MASKS[mask], q_start=q_start, k_start=3)
+        out, lse = attend(q, k, v, backend=backend, **kw)
+        assert out.shape == q.shape and out.dtype == q.dtype
+        assert lse.shape == q.shape[:3] and lse.dtype == torch.float32
+        assert_same(out, lse, *attend_reference(q, k, v, **kw))
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_fully_masked_rows_and_blocks(backend, small_blocks):
+    # Queries before every key: nothing is visible, every row is empty.
+    q, k, v = rand(2, 4, 9, 64), rand(2, 2, 30, 64, seed=1), rand(2, 2, 30, 64, seed=2)
+    out, lse = attend(q, k, v, q_start=0, k_start=100, backend=backend)
+    assert torch.isneginf(lse).all() and (out == 0).all()
+    # A window of 1 under a chunk rule: rows at chunk starts see only themselves, earlier queries nothing.
+    out, lse = attend(q, k, v, q_start=95, k_start=100, window=3, chunk_size=8, backend=backend)
+    assert_same(out, lse, *attend_reference(q, k, v, q_start=95, k_start=100, window=3, chunk_size=8))
+    assert torch.isneginf(lse[:, :, :5]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_cpu_kernel(dtype, small_blocks):
+    q, k, v = (rand(1, 8, 50, 64, seed=s, dtype=dtype) for s in range(3))
+    k, v = k[:, :2], v[:, :2]
+    out, lse = attend(q, k, v, backend="torch", chunk_size=24)
+    ref_out, ref_lse = attend_reference(q.float(), k.float(), v.float(), chunk_size=24)
+    assert out.dtype == dtype
+    assert (out.float() - ref_out).abs().max().item() <= 2e-2
+    assert (lse - ref_lse).abs().max().item() <= 2e-2
+
+
+def test_default_scale_and_custom_scale():
+    q, k, v = rand(1, 2, 5, 64), rand(1, 2, 5, 64, seed=1), rand(1, 2, 5, 64, seed=2)
+    assert_same(*attend(q, k, v, scale=0.3, backend="torch"), *attend_reference(q, k, v, scale=0.3))
+
+
+def test_bad_inputs_name_the_problem():
+    q, k = rand(1, 3, 4, 8), rand(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="multiple of key/value heads"):
+        attend(q, k, k)
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        attend(k, k, k, backend="nope")
+    with pytest.raises(ValueError, match="window must be a positive"):
+        attend(k, k, k, window=0)
+    with pytest.raises(ValueError, match="CUDA"):
+        kernels_for("flash_attn", CPU, torch.float32)
+
+
+def test_masked_blocks_are_skipped(monkeypatch):
+    """Sliding window over 2048 keys: the kernels see O(T * W) key positions, not O(T^2)."""
+    seen = []
+    real = attend_mod.kernels_for
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, kind):
+            fn = getattr(self.inner, kind)
+
+            def run(q, k, *a):
+                seen.append(q.shape[2] * k.shape[2])
+                return fn(q, k, *a)
+            return run
+
+    monkeypatch.setattr(attend_mod, "kernels_for", lambda *a: Counting(real(*a)))
+    monkeypatch.setattr(attend_mod, "BLOCK_Q", 128)
+    T, W = 2048, 64
+    q, k, v = rand(1, 1, T, 64), rand(1, 1, T, 64, seed=1), rand(1, 1, T, 64, seed=2)
+    out, lse = attend(q, k, v, window=W, backend="torch")
+    assert_same(out, lse, *attend_reference(q, k, v, window=W))
+    assert sum(seen) <= T * (3 * W)  # dense would be T * T = 32x more
+
+
+# ------------------------------------------------------------------ the block planner
+
+def dense_check(q0, q1, k0, k1, rules):
+    """Spans must cover exactly the visible keys, with the right kind for each."""
+    vis = visible(torch.arange(q0, q1), torch.arange(k0, k1), rules.causal, rules.chunk_size, rules.window)
+    covered = torch.zeros(k1 - k0, dtype=torch.bool)
+    for s in plan_spans(q0, q1, k0, k1, rules):
+        assert k0 <= s.start < s.end <= k1
+        assert not covered[s.start - k0 : s.end - k0].any(), "spans overlap"
+        covered[s.start - k0 : s.end - k0] = True
+        block = vis[:, s.start - k0 : s.end - k0]
+        if s.kind == "full":
+            assert block.all()
+        elif s.kind == "diag":
+            assert s.start == q0
+            assert torch.equal(block, torch.ones_like(block).tril())
+        else:
+            assert torch.equal(block, span_mask(q0, q1, s.start, s.end, rules, "cpu"))
+    assert not vis[:, ~covered].any(), "a visible key is outside every span"
+    assert block_is_visible(q0, q1, k0, k1, rules) or not vis.any()
+
+
+@pytest.mark.parametrize("causal,chunk_size,window", list(itertools.product(
+    [True, False], [None, 5, 16], [None, 1, 6, 30])))
+def test_plan_spans_cover_exactly_the_visible_keys(causal, chunk_size, window):
+    rules = Rules(causal, chunk_size, window)
+    for (qa, qb), (k0, k1) in itertools.product([(0, 12), (20, 45), (7, 8)], [(0, 50), (10, 33), (40, 41)]):
+        for q0, q1 in query_blocks(qa, qb, rules, 9):
+            dense_check(q0, q1, k0, k1, rules)
+
+
+# ------------------------------------------------------------------ property test
+
+@settings(max_examples=30, deadline=None)
+@given(
+    Tq=st.integers(1, 40), Tk=st.integers(1, 60), group=st.sampled_from([1, 2, 4, 5]),
+    q_off=st.integers(-10, 70), k_start=st.integers(0, 20), causal=st.booleans(),
+    chunk_size=st.one_of(st.none(), st.integers(1, 30)), window=st.one_of(st.none(), st.integers(1, 40)),
+    block_q=st.integers(1, 20), seed=st.integers(0, 2**16),
+)
+def test_property_random_shapes_offsets_masks(Tq, Tk, group, q_off, k_start, causal, chunk_size, window,
+                                              block_q, seed):
+    q = rand(1, 2 * group, Tq, 16, seed=seed)
+    k, v = rand(1, 2, Tk, 16, seed=seed + 1), rand(1, 2, Tk, 16, seed=seed + 2)
+    kw = dict(causal=causal, chunk_size=chunk_size, window=window, q_start=k_start + q_off, k_start=k_start)
+    ref = attend_reference(q, k, v, **kw)
+    old = attend_mod.BLOCK_Q, attend_mod.MIN_WINDOW_BLOCK
+    attend_mod.BLOCK_Q, attend_mod.MIN_WINDOW_BLOCK = block_q, 1
+    try:
+        assert_same(*attend(q, k, v, backend="torch", **kw), *ref)
+    finally:
+        attend_mod.BLOCK_Q, attend_mod.MIN_WINDOW_BLOCK = old
+    rules = Rules(causal, chunk_size, window)
+    for q0, q1 in query_blocks(k_start + q_off, k_start + q_off + Tq, rules, block_q):
+        dense_check(q0, q1, k_start, k_start + Tk, rules)
+
+
+def test_package_exports():
+    for name in ("attend", "merge", "KVStore", "chunked_attention", "BlockStream"):
+        assert hasattr(attention, name)
+
+
+# ------------------------------------------------------------------ CUDA / flash-attn glue, on CPU
+# The CUDA kernels cannot run here; fakes with their contracts (no GQA for the aten ops,
+# bottom-right causal, [B, T, H, D] layout and +inf lse for flash-attn) drive the same glue.
+
+def _fake_aten(q, k, v, scale, causal):
+    assert q.shape[1] == k.shape[1], "the aten CUDA ops take equal head counts"
+    return attend_reference(q, k, v, scale=scale, causal=causal)  # bottom-right when causal
+
+
+def _fake_fa2(q, k, v, dropout_p, softmax_scale, causal, return_attn_probs):
+    t = lambda x: x.transpose(1, 2)  # noqa: E731
+    out, lse = attend_reference(t(q), t(k), t(v), scale=softmax_scale, causal=causal)
+    return t(out), torch.where(torch.isneginf(lse), torch.full_like(lse, float("inf")), lse), None
+
+
+@pytest.mark.parametrize("flavour", ["torch_cuda", "flash_attn"])
+@pytest.mark.parametrize("mask", ["causal", "chunked", "window", "full"])
+def test_cuda_glue_with_fake_kernels(flavour, mask, monkeypatch, small_blocks):
+    from attention import backends
+
+    if flavour == "torch_cuda":
+        monkeypatch.setitem(backends.CUDA_OPS, "fake", _fake_aten)
+        kern = backends.TorchCUDAKernels("fake")
+    else:
+        monkeypatch.setattr(backends, "flash_attn_module", lambda: ("fa2", _fake_fa2))
+        kern = backends.FlashAttnKernels()
+    monkeypatch.setattr(attend_mod, "kernels_for", lambda *a: kern)
+    q, k, v = rand(1, 10, 37, 64, seed=1), rand(1, 2, 70, 64, seed=2), rand(1, 2, 70, 64, seed=3)
+    for q_start in (None, 10, 60):  # 60: queries run past the last key (non-square diagonal)
+        kw = dict(MASKS[mask], q_start=q_start, k_start=3)
+        assert_same(*attend(q, k, v, backend="torch", **kw), *attend_reference(q, k, v, **kw))

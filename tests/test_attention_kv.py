@@ -1,0 +1,146 @@
+"""KV tiers (device, host, disk, fp8), block streaming and chunked_attention against one
+reference call over the whole KV."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attention.blockwise as blockwise
+from attention import BlockStream, KVStore, attend_reference, chunked_attention
+from attention.chunked import visible_blocks
+from attention.kv_store import FP8_MAX, dequantize_fp8, quantize_fp8
+from attention.masks import Rules
+
+TOL = 1e-5
+# fp8 (e4m3, per-block per-head scale) accuracy bound, measured in docs/attention.md: on N(0, 1)
+# q, k, v the output moves by at most ~3% of max|v| and lse by at most ~0.07.
+FP8_OUT_REL = 0.06
+FP8_LSE = 0.1
+
+
+def rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def filled_store(tier, tmp_path, k, v, *, block_size=37, fp8=False, pieces=(0, 50, 51)):
+    store = KVStore(k.shape[1], k.shape[3], tier=tier, block_size=block_size, dtype=torch.float32,
+                    path=tmp_path / "kv", fp8=fp8)
+    bounds = list(pieces) + [k.shape[2]]
+    for a, b in zip(bounds, bounds[1:]):  # uneven appends that straddle block edges
+        store.append(k[:, :, a:b], v[:, :, a:b])
+    return store
+
+
+MASKS = {
+    "causal": dict(causal=True),
+    "full": dict(causal=False),
+    "chunked": dict(causal=True, chunk_size=24),  # chunks cross the 37-token blocks
+    "window": dict(causal=True, window=13),
+    "chunk_window": dict(causal=True, chunk_size=24, window=100),
+}
+
+
+@pytest.mark.parametrize("tier", ["device", "host", "disk"])
+@pytest.mark.parametrize("mask", list(MASKS))
+def test_chunked_matches_one_reference_call(tier, mask, tmp_path, monkeypatch):
+    monkeypatch.setattr(blockwise, "BLOCK_Q", 16)
+    monkeypatch.setattr(blockwise, "MIN_WINDOW_BLOCK", 4)
+    T, Hkv, D = 203, 2, 64  # 203 = 5 full blocks of 37 + 18
+    k, v = rand(1, Hkv, T, D, seed=1), rand(1, Hkv, T, D, seed=2)
+    store = filled_store(tier, tmp_path, k, v)
+    assert len(store) == T and store.n_blocks == 6
+    for group, (q_start, Tq) in [(1, (0, T)), (4, (150, 53)), (5, (100, 20))]:
+        q = rand(1, Hkv * group, Tq, D, seed=3)
+        kw = dict(MASKS[mask], q_start=q_start)
+        out, lse = chunked_attention(q, store, **kw)
+        ref_out, ref_lse = attend_reference(q, k, v, **kw)
+        empty = torch.isneginf(ref_lse)
+        assert torch.equal(torch.isneginf(lse), empty)
+        assert (out - ref_out).abs().max().item() <= TOL
+        assert (lse[~empty] - ref_lse[~empty]).abs().max().item() <= TOL
+    store.close()
+
+
+def test_head_dim_128_gqa_reference_backend(tmp_path):
+    k, v = rand(1, 1, 90, 128, seed=1), rand(1, 1, 90, 128, seed=2)
+    store = filled_store("host", tmp_path, k, v, block_size=32)
+    q = rand(1, 4, 25, 128, seed=3)
+    for backend in ("reference", "torch"):
+        out, lse = chunked_attention(q, store, q_start=40, chunk_size=32, backend=backend)
+        ref_out, ref_lse = attend_reference(q, k, v, q_start=40, chunk_size=32)
+        assert (out - ref_out).abs().max().item() <= TOL and (lse - ref_lse).abs().max().item() <= TOL
+
+
+def test_masked_blocks_are_not_streamed(tmp_path):
+    k, v = rand(1, 1, 100, 8), rand(1, 1, 100, 8, seed=1)
+    store = filled_store("host", tmp_path, k, v, block_size=10)
+    assert visible_blocks(store, 95, 5, Rules(window=8)) == [8, 9]
+    assert visible_blocks(store, 35, 5, Rules(chunk_size=20)) == [2, 3]
+    assert visible_blocks(store, 0, 5, Rules()) == [0]
+    # window 1 (or chunk 1): each query sees only its own key, so out is that key's value.
+    out, lse = chunked_attention(rand(1, 2, 3, 8), store, q_start=0, window=1, chunk_size=1)
+    assert torch.isfinite(lse).all() and torch.allclose(out, v[:, :, :3].expand(1, 2, 3, 8))
+    empty_store = KVStore(1, 8, tier="host", dtype=torch.float32)
+    out, lse = chunked_attention(rand(1, 2, 3, 8), empty_store, q_start=0)
+    assert (out == 0).all() and torch.isneginf(lse).all()
+
+
+def test_stream_yields_blocks_in_order_with_positions(tmp_path):
+    k, v = rand(1, 2, 45, 8), rand(1, 2, 45, 8, seed=1)
+    for tier in ("device", "host", "disk"):
+        store = filled_store(tier, tmp_path, k, v, block_size=16, pieces=(0, 7))
+        got = list(BlockStream(store, [2, 0]))
+        assert [s for s, _, _ in got] == [32, 0]
+        assert torch.equal(got[0][1], k[:, :, 32:45]) and torch.equal(got[1][2], v[:, :, 0:16])
+        store.close()
+
+
+def test_disk_tier_is_one_memory_mapped_file(tmp_path):
+    k, v = rand(1, 2, 40, 8), rand(1, 2, 40, 8, seed=1)
+    store = filled_store("disk", tmp_path, k, v, block_size=16)
+    files = list((tmp_path / "kv").iterdir())
+    assert len(files) == 1 and files[0].stat().st_size == 3 * store.block_bytes
+    store.close()
+    assert not any((tmp_path / "kv").iterdir())
+
+
+def test_fp8_roundtrip_within_e4m3_rounding():
+    x = rand(2, 3, 50, 16) * torch.tensor([0.01, 1.0, 300.0])[None, :, None, None]
+    q, scale = quantize_fp8(x)
+    assert q.dtype == torch.float8_e4m3fn and scale.shape == (2, 3)
+    err = (dequantize_fp8(q, scale, torch.float32) - x).abs()
+    # e4m3: 3 mantissa bits -> half an ulp is 2^-4 relative; subnormals step by 2^-9 * scale.
+    bound = x.abs() * 2 ** -4 + scale[:, :, None, None] * 2 ** -9
+    assert (err <= bound * 1.0001).all()
+    assert (q.float().abs().amax(dim=(2, 3)) <= FP8_MAX).all()
+
+
+@pytest.mark.parametrize("tier", ["host", "disk"])
+def test_fp8_attention_within_documented_bound(tier, tmp_path):
+    T, D = 300, 64
+    k, v = rand(1, 2, T, D, seed=1), rand(1, 2, T, D, seed=2)
+    store = filled_store(tier, tmp_path, k, v, block_size=64, fp8=True)  # last block unfilled
+    assert store.raw_block(0)[0].dtype == torch.float8_e4m3fn
+    assert store.block_bytes == 2 * 2 * 64 * D  # one byte per value
+    q = rand(1, 8, T, D, seed=3)
+    out, lse = chunked_attention(q, store, q_start=0)
+    ref_out, ref_lse = attend_reference(q, k, v)
+    assert (out - ref_out).abs().max().item() <= FP8_OUT_REL * v.abs().max().item()
+    assert (lse - ref_lse).abs().max().item() <= FP8_LSE
+    assert (out - ref_out).abs().max().item() > 0  # fp8 really was used
+    store.close()
+
+
+def test_store_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="unknown KV tier"):
+        KVStore(2, 8, tier="tape")
+    with pytest.raises(ValueError, match="fp8"):
+        KVStore(2, 8, tier="device", fp8=True)
+    with pytest.raises(ValueError, match="path="):
+        KVStore(2, 8, tier="disk")
+    store = KVStore(2, 8, tier="host", dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"\[2, T, 8\]"):
+        store.append(torch.zeros(3, 4, 8), torch.zeros(3, 4, 8))
+    with pytest.raises(ValueError, match="multiple of 2"):
+        chunked_attention(torch.zeros(1, 3, 4, 8), store, q_start=0)

@@ -1,0 +1,116 @@
+"""Our logits equal transformers' eager implementation (float32, >= 200-token prompts, max abs diff <= 1e-4)
+on tiny random multi-shard checkpoints, with configs that exercise every family feature."""
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from ctxprobe.models import load_model  # noqa: E402
+from ctxprobe.models.tiny import save_tiny  # noqa: E402
+
+PROMPT_LEN = 230
+CASES = {
+    # llama3 rope scaling (original_max_position_embeddings 64 < prompt), GQA
+    "llama": ("llama", {}),
+    "llama_tied": ("llama", dict(tie_word_embeddings=True, rope_parameters=dict(rope_type="default",
+                                                                                  rope_theta=10000.0))),
+    # softmax top-2 of 4 experts, sliding window 100 < prompt
+    "mixtral": ("mixtral", {}),
+    # norm_topk_prob on, dense layer 1 via mlp_only_layers
+    "qwen3_moe_norm": ("qwen3_moe", {}),
+    # norm_topk_prob off, MoE only on odd layers via decoder_sparse_step 2
+    "qwen3_moe_step": ("qwen3_moe", dict(norm_topk_prob=False, decoder_sparse_step=2, mlp_only_layers=[])),
+    # 4 layers (layer 3 NoPE + temperature), chunks of 64 < prompt, MoE on layers 1 and 3, L2 qk norm, llama3 rope
+    "llama4": ("llama4", {}),
+    "llama4_multimodal": ("llama4_multimodal", {}),
+}
+
+
+def prompt(n=PROMPT_LEN, vocab=300, seed=1):
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def hf_logits(hf, ids):
+    with torch.no_grad():
+        if hasattr(hf, "language_model"):   # Llama4ForConditionalGeneration: its text model
+            return hf.language_model(ids[None]).logits[0]
+        return hf(ids[None]).logits[0]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    built = {}
+
+    def get(case):
+        if case not in built:
+            family, overrides = CASES[case]
+            built[case] = save_tiny(tmp_path_factory.mktemp(case), family, **overrides)
+        return built[case]
+
+    return get
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_logits_match_transformers(checkpoints, case):
+    path, hf = checkpoints(case)
+    assert len(list(path.glob("*.safetensors"))) >= 2, "the checkpoint should be sharded"
+    model = load_model(path, device="cpu")
+    ids = prompt()
+    ref, ours = hf_logits(hf, ids), model.logits(ids)
+    assert ours.shape == (PROMPT_LEN, 300)
+    assert (ours - ref).abs().max().item() <= 1e-4
+    assert ref.abs().max().item() > 1.0, "logits too small for the comparison to mean anything"
+
+
+def test_config_reads_every_feature(checkpoints):
+    cfg = load_model(checkpoints("llama4")[0], device="cpu").config
+    assert cfg.rope_layers == [True, True, True, False]
+    assert cfg.chunked_layers == [True, True, True, False] and cfg.chunk_size == 64
+    assert cfg.moe_layers == [False, True, False, True]
+    assert cfg.rope_scaling["factor"] == 8.0 and cfg.l2_qk_norm and cfg.attn_temperature
+    q = load_model(checkpoints("qwen3_moe_step")[0], device="cpu").config
+    assert q.moe_layers == [False, True, False] and not q.norm_topk_prob
+    assert load_model(checkpoints("mixtral")[0], device="cpu").config.sliding_window == 100
+
+
+def _differs(model, ids, ref, mutate):
+    mutate(model)
+    return (model.logits(ids) - ref).abs().max().item()
+
+
+@pytest.mark.parametrize("feature", ["chunks", "temperature", "qk_norm", "rope_scaling", "moe_scales_input"])
+def test_llama4_features_change_the_logits(checkpoints, feature):
+    """Each Llama 4 feature moves the logits by far more than the parity tolerance, so parity tests it."""
+    from ctxprobe.models import blocks
+
+    path, _ = checkpoints("llama4")
+    model = load_model(path, device="cpu")
+    ids = prompt()
+    ref = model.logits(ids)
+
+    def mutate(m):
+        for b in m.blocks:
+            if feature == "chunks":
+                b.mask = dict(b.mask, chunk_size=None)
+            elif feature == "temperature":
+                b.use_temperature = False
+            elif feature == "qk_norm":
+                b.l2_qk_norm = False
+            elif feature == "rope_scaling":
+                b.rope_args = (b.rope_args[0], b.rope_args[1], None)
+            elif feature == "moe_scales_input" and isinstance(b.ffn, blocks.SigmoidMoE):
+                b.ffn.forward = lambda x, f=b.ffn: f.shared(x) + blocks.grouped_dispatch(
+                    f.experts, x, *f.route(x), scale_input=False)
+
+    assert _differs(model, ids, ref, mutate) > 1e-2
+
+
+def test_norm_topk_prob_changes_the_logits(checkpoints):
+    model = load_model(checkpoints("qwen3_moe_norm")[0], device="cpu")
+    ids = prompt()
+    ref = model.logits(ids)
+    for b in model.blocks:
+        if hasattr(b.ffn, "renormalise"):
+            b.ffn.renormalise = False
+    assert (model.logits(ids) - ref).abs().max().item() > 1e-2

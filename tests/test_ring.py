@@ -1,0 +1,227 @@
+"""Ring attention (attention.ring) and sequence sharding (attention.shard).
+
+The oracle is single-process `attend` over the whole sequence, sharded the same way. Real gloo
+process groups of 2, 3 and 4 processes run every case; each world is spawned once (module
+cache) and reports per-case errors, which the parametrised tests below assert on.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from attention import attend, shard, shard_positions, shard_ranges, unshard
+from attention.reference import visible
+from attention.ring import block_visible, last_needed_step, ring_attend
+from attention.shard import chunk_bounds, shard_len
+
+TOL = 1e-5
+
+# name -> (T, B, Hq, Hkv, D, mask kwargs, layout). Lengths are not multiples of 2W on purpose.
+CASES = {
+    "causal_zigzag_pow2": (64, 1, 4, 4, 16, dict(causal=True), "zigzag"),
+    "causal_zigzag_gqa_odd": (37, 2, 4, 2, 8, dict(causal=True), "zigzag"),
+    "full_zigzag": (29, 1, 2, 1, 8, dict(causal=False), "zigzag"),
+    "chunked_zigzag": (50, 1, 6, 2, 8, dict(causal=True, chunk_size=7), "zigzag"),
+    "window_zigzag": (45, 1, 4, 1, 8, dict(causal=True, window=6), "zigzag"),
+    "window_chunked_zigzag": (53, 1, 4, 2, 8, dict(causal=True, chunk_size=16, window=5), "zigzag"),
+    "window_noncausal_zigzag": (31, 1, 2, 2, 8, dict(causal=False, window=5), "zigzag"),
+    "causal_contiguous_gqa": (33, 1, 6, 2, 8, dict(causal=True), "contiguous"),
+    "chunked_contiguous": (41, 2, 4, 4, 8, dict(causal=True, chunk_size=8), "contiguous"),
+    "tiny_zigzag": (5, 1, 2, 1, 4, dict(causal=True), "zigzag"),  # some ranks hold nothing
+}
+WORLD_SIZES = (2, 3, 4)
+
+
+# --- sharding ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["zigzag", "contiguous"])
+def test_shards_cover_the_sequence_once_and_unshard_inverts(layout):
+    for seq_len, world_size in itertools.product([0, 1, 5, 8, 37, 64], [1, 2, 3, 4]):
+        x = torch.arange(seq_len).view(1, 1, seq_len, 1).expand(2, 3, seq_len, 4)
+        shards = [shard(x, r, world_size, layout) for r in range(world_size)]
+        assert torch.equal(unshard(shards, layout), x)
+        for r, s in enumerate(shards):
+            positions = shard_positions(seq_len, r, world_size, layout)
+            assert torch.equal(s[0, 0, :, 0], positions)  # x holds its own positions
+            assert s.shape[2] == shard_len(seq_len, r, world_size, layout)
+
+
+def test_zigzag_places_chunk_r_and_its_mirror():
+    chunks = chunk_bounds(80, 8)
+    assert shard_ranges(80, 1, 4, "zigzag") == [chunks[1], chunks[6]]
+    assert shard_ranges(80, 0, 1, "zigzag") == [(0, 80)]  # adjacent pieces coalesce
+    assert [e - s for s, e in chunk_bounds(10, 4)] == [3, 3, 2, 2]  # torch.tensor_split sizes
+
+
+def test_shard_rejects_bad_input_with_the_fix():
+    x = torch.zeros(1, 1, 8, 1)
+    with pytest.raises(ValueError, match="layout"):
+        shard(x, 0, 2, layout="striped")
+    with pytest.raises(ValueError, match="rank 2"):
+        shard(x, 2, 2)
+    with pytest.raises(ValueError, match="rank order"):
+        unshard([x[:, :, :3], x[:, :, :5]])
+
+
+# --- block skipping -------------------------------------------------------------------------
+
+def test_block_visible_matches_the_reference_mask():
+    for qs, qe, ks, ke in itertools.product(range(9), range(1, 10), range(9), range(1, 10)):
+        if qe <= qs or ke <= ks:
+            continue
+        qpos, kpos = torch.arange(qs, qe), torch.arange(ks, ke)
+        for causal, chunk_size, window in itertools.product([True, False], [None, 1, 3, 4], [None, 1, 3]):
+            expected = bool(visible(qpos, kpos, causal, chunk_size, window).any())
+            assert block_visible((qs, qe), (ks, ke), causal, chunk_size, window) == expected, \
+                (qs, qe, ks, ke, causal, chunk_size, window)
+
+
+def test_zigzag_balances_causal_work_and_local_layers_need_no_ring():
+    world_size, seq_len = 4, 64
+    ranges_of = [shard_ranges(seq_len, r, world_size, "zigzag") for r in range(world_size)]
+    work = []
+    for r in range(world_size):
+        q = torch.cat([torch.arange(s, e) for s, e in ranges_of[r]])
+        work.append(int(visible(q, torch.arange(seq_len), True, None, None).sum()))
+    assert len(set(work)) == 1  # every rank sees the same number of (query, key) pairs
+    assert all(last_needed_step(ranges_of, j, True, None, None) == world_size - 1 for j in range(world_size))
+    # Chunked-local attention with chunks aligned to contiguous shards: no KV leaves its rank.
+    aligned = [shard_ranges(seq_len, r, world_size, "contiguous") for r in range(world_size)]
+    assert all(last_needed_step(aligned, j, True, 16, None) == 0 for j in range(world_size))
+
+
+def test_without_a_process_group_ring_attend_is_attend():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, 23, 8, generator=g) for h in (4, 2, 2))
+    out, lse = ring_attend(q, k, v, chunk_size=5)
+    ref_out, ref_lse = attend(q, k, v, chunk_size=5)
+    torch.testing.assert_close(out, ref_out, atol=TOL, rtol=0)
+    torch.testing.assert_close(lse, ref_lse, atol=TOL, rtol=0)
+
+
+def test_ring_attend_rejects_mismatched_shards():
+    with pytest.raises(ValueError, match="same T"):
+        ring_attend(torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 5, 8), torch.zeros(1, 2, 5, 8))
+    with pytest.raises(ValueError, match="attention.shard"):
+        ring_attend(torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8), seq_len=9)
+
+
+# --- real process groups --------------------------------------------------------------------
+
+def _max_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Max |got - want|; entries that are -inf in both count as equal, -inf in one as inf."""
+    both_empty = torch.isneginf(got) & torch.isneginf(want)
+    diff = (got - want).abs().masked_fill(both_empty, 0.0)
+    return float(diff.max()) if diff.numel() else 0.0
+
+
+def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    import attention.ring
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world_size, timeout=datetime.timedelta(seconds=60))
+    transfers = []
+    real_batch = attention.ring.dist.batch_isend_irecv
+
+    def counting_batch(ops):
+        transfers.append(len(ops))
+        return real_batch(ops)
+
+    attention.ring.dist.batch_isend_irecv = counting_batch
+    results = {}
+    try:
+        for name, (seq_len, batch, hq, hkv, d, mask, layout) in CASES.items():
+            g = torch.Generator().manual_seed(seq_len)  # every rank builds the same full tensors
+            q, k, v = (torch.randn(batch, h, seq_len, d, generator=g) for h in (hq, hkv, hkv))
+            ref_out, ref_lse = attend(q, k, v, **mask)
+            out, lse = ring_attend(*(shard(t, rank, world_size, layout) for t in (q, k, v)),
+                                   layout=layout, **mask)
+            results[name] = dict(out=_max_error(out, shard(ref_out, rank, world_size, layout)),
+                                 lse=_max_error(lse, shard(ref_lse, rank, world_size, layout)))
+        # Chunks aligned to contiguous shards: exact, and no KV crosses the ring.
+        transfers.clear()
+        seq_len = 16 * world_size
+        q, k, v = (torch.randn(1, 2, seq_len, 8, generator=torch.Generator().manual_seed(1)) for _ in range(3))
+        out, lse = ring_attend(*(shard(t, rank, world_size, "contiguous") for t in (q, k, v)),
+                               layout="contiguous", chunk_size=16, seq_len=seq_len)
+        ref_out, ref_lse = attend(q, k, v, chunk_size=16)
+        results["aligned_chunks_no_transfer"] = dict(
+            out=_max_error(out, shard(ref_out, rank, world_size, "contiguous")),
+            lse=_max_error(lse, shard(ref_lse, rank, world_size, "contiguous")),
+            transfers=sum(transfers))
+        # A sub-group that excludes rank 0: group ranks differ from global ranks.
+        members = list(range(1, world_size))
+        group = dist.new_group(members)
+        if rank in members and len(members) > 1:
+            seq_len, sub_rank = 27, members.index(rank)
+            g = torch.Generator().manual_seed(2)
+            q, k, v = (torch.randn(1, h, seq_len, 8, generator=g) for h in (4, 2, 2))
+            out, lse = ring_attend(*(shard(t, sub_rank, len(members)) for t in (q, k, v)), group=group)
+            ref_out, ref_lse = attend(q, k, v)
+            results["subgroup"] = dict(out=_max_error(out, shard(ref_out, sub_rank, len(members))),
+                                       lse=_max_error(lse, shard(ref_lse, sub_rank, len(members))))
+        dist.barrier()
+    finally:
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(results, f)
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_WORLDS: dict[int, list[dict]] = {}
+
+
+@pytest.fixture
+def world(request, tmp_path_factory):
+    """Per-rank result dicts of one spawned gloo world (spawned once per size per session)."""
+    world_size = request.param
+    if world_size not in _WORLDS:
+        out_dir = str(tmp_path_factory.mktemp(f"ring{world_size}"))
+        mp.spawn(_worker, args=(world_size, _free_port(), out_dir), nprocs=world_size, join=True)
+        _WORLDS[world_size] = []
+        for rank in range(world_size):
+            with open(os.path.join(out_dir, f"rank{rank}.json")) as f:
+                _WORLDS[world_size].append(json.load(f))
+    return _WORLDS[world_size]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("world", WORLD_SIZES, indirect=True)
+@pytest.mark.parametrize("case", list(CASES))
+def test_ring_attend_equals_attend(world, case):
+    for rank, results in enumerate(world):
+        assert results[case]["out"] <= TOL, f"rank {rank}: out differs by {results[case]['out']}"
+        assert results[case]["lse"] <= TOL, f"rank {rank}: lse differs by {results[case]['lse']}"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("world", WORLD_SIZES, indirect=True)
+def test_aligned_chunked_layer_moves_no_kv(world):
+    for rank, results in enumerate(world):
+        got = results["aligned_chunks_no_transfer"]
+        assert got["out"] <= TOL and got["lse"] <= TOL, f"rank {rank}: {got}"
+        assert got["transfers"] == 0, f"rank {rank} posted {got['transfers']} P2P ops"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("world", [3, 4], indirect=True)
+def test_ring_attend_on_a_subgroup(world):
+    assert "subgroup" not in world[0]
+    for rank, results in enumerate(world[1:], start=1):
+        assert results["subgroup"]["out"] <= TOL and results["subgroup"]["lse"] <= TOL, f"rank {rank}"
