@@ -70,7 +70,10 @@ class TorchCPUKernels:
     handles Hq a multiple of Hkv natively, is_causal top-left; float masks only (same dtype as q)."""
 
     name = "torch"
-    op = staticmethod(lambda *a, **kw: torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(*a, **kw))
+
+    @staticmethod
+    def op(*args, **kwargs):
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(*args, **kwargs)
 
     def full(self, q, k, v, scale):
         out, lse = self.op(q, k, v, 0.0, False, scale=scale)
@@ -161,11 +164,21 @@ class TorchCUDAKernels:
         self.op_name = op_name  # None: self-checked pick per dtype/head dim
 
     def _run(self, q, k, v, scale, causal):
-        name = self.op_name or pick_cuda_op(str(q.device), q.dtype, q.shape[-1])
-        if name is None:
-            mask = _diag_mask(q.shape[2], k.shape[2], q.device) if causal else None
-            return _math(q, k, v, scale, mask)
-        out, lse = CUDA_OPS[name](q.contiguous(), k.contiguous(), v.contiguous(), scale, causal)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        if self.op_name is not None:  # forced: let its error surface
+            return self._normalized(CUDA_OPS[self.op_name](q, k, v, scale, causal))
+        picked = pick_cuda_op(str(q.device), q.dtype, q.shape[-1])
+        names = [picked] + [n for n in CUDA_OPS if n != picked] if picked else []
+        for name in names:  # a kernel may still refuse one shape (e.g. a single query)
+            try:
+                return self._normalized(CUDA_OPS[name](q, k, v, scale, causal))
+            except RuntimeError:
+                continue
+        return _math(q, k, v, scale, _diag_mask(q.shape[2], k.shape[2], q.device) if causal else None)
+
+    @staticmethod
+    def _normalized(result):
+        out, lse = result
         lse = lse.float()
         return out, torch.where(torch.isposinf(lse), torch.full_like(lse, NEG_INF), lse)
 
@@ -240,7 +253,7 @@ class FlashAttnKernels:
 
 # ---------------------------------------------------------------- choosing
 
-BACKENDS = ("auto", "reference", "torch", "flash_attn")
+BACKENDS = ("auto", "reference", "torch", "flash_attn", "torch:cudnn", "torch:flash", "torch:efficient")
 _CPU_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
@@ -250,6 +263,10 @@ def kernels_for(backend: str, device: torch.device, dtype: torch.dtype):
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "reference":
         return ReferenceKernels()
+    if backend.startswith("torch:"):  # one CUDA op forced, e.g. to benchmark it
+        if device.type != "cuda":
+            raise ValueError(f"backend {backend!r} names a CUDA kernel; use 'torch' on {device.type}")
+        return TorchCUDAKernels(backend.split(":", 1)[1])
     if backend == "flash_attn":
         if device.type != "cuda":
             raise ValueError("backend 'flash_attn' runs on CUDA tensors only; use 'torch' or 'reference'")
@@ -269,6 +286,8 @@ def kernels_for(backend: str, device: torch.device, dtype: torch.dtype):
 
 def available_backends(device: torch.device) -> list[str]:
     names = ["reference", "torch"] if device.type in ("cpu", "cuda") else ["reference"]
-    if device.type == "cuda" and flash_attn_module() is not None:
-        names.append("flash_attn")
+    if device.type == "cuda":
+        names += [f"torch:{op}" for op in CUDA_OPS]
+        if flash_attn_module() is not None:
+            names.append("flash_attn")
     return names

@@ -13,12 +13,12 @@ import math
 import torch
 
 from attention.backends import kernels_for
-from attention.masks import Rules, plan_spans, query_blocks, span_mask
+from attention.masks import Rules, plan_spans, query_blocks, span_mask, trim_queries
 from attention.merge import merge
 from attention.reference import attend_reference
 
-# Query block size when a window or chunk rule forces blocking: partial spans are at most about
-# BLOCK_Q x (BLOCK_Q + window) and everything else goes to the unmasked fast kernel.
+# Query block size under a sliding window: partial spans are at most about BLOCK_Q x (BLOCK_Q + window)
+# and everything else goes to the fast kernel. Chunk rules only cut blocks at chunk boundaries.
 BLOCK_Q = 4096
 MIN_WINDOW_BLOCK = 128
 
@@ -39,9 +39,7 @@ def _block_q(rules: Rules, Tq: int) -> int:
     if rules.window is not None:
         # Blocks no longer than the window keep the causal diagonal on the fast kernel.
         return max(MIN_WINDOW_BLOCK, min(BLOCK_Q, rules.window))
-    if rules.chunk_size is not None:
-        return BLOCK_Q
-    return max(Tq, 1)
+    return max(Tq, 1)  # chunk rules cut blocks at chunk boundaries anyway (masks.query_blocks)
 
 
 def attend(q, k, v, *, scale=None, causal=True, q_start=None, k_start=0, chunk_size=None,
@@ -66,6 +64,9 @@ def attend(q, k, v, *, scale=None, causal=True, q_start=None, k_start=0, chunk_s
     out = torch.zeros_like(q)
     lse = torch.full((B, Hq, Tq), float("-inf"), dtype=torch.float32, device=q.device)
     for q0, q1 in query_blocks(q_start, q_start + Tq, rules, _block_q(rules, Tq)):
+        q0, q1 = trim_queries(q0, q1, k_start, k_start + Tk, rules)  # the rest see no key: stay empty
+        if q0 >= q1:
+            continue
         qb = q[:, :, q0 - q_start : q1 - q_start]
         acc = None
         for span in plan_spans(q0, q1, k_start, k_start + Tk, rules):
@@ -76,9 +77,9 @@ def attend(q, k, v, *, scale=None, causal=True, q_start=None, k_start=0, chunk_s
             elif span.kind == "diag":
                 part = kern.diag(qb, kb, vb, scale)
             else:
+                # An all-False mask (possible when chunk and window combine) yields an empty part;
+                # checking for it first would cost a device sync.
                 mask = span_mask(q0, q1, span.start, span.end, rules, q.device)
-                if not bool(mask.any()):
-                    continue
                 part = kern.masked(qb, kb, vb, scale, mask)
             acc = part if acc is None else merge(acc[0], acc[1], part[0], part[1])
         if acc is not None:

@@ -13,7 +13,7 @@ import torch
 from attention.blockwise import attend
 from attention.kv_store import KVStore
 from attention.masks import Rules, block_is_visible
-from attention.merge import merge
+from attention.merge import merge_
 from attention.stream import BlockStream
 
 
@@ -39,7 +39,10 @@ def chunked_attention(q_chunk, store: KVStore, *, q_start: int, scale=None, caus
     for start, k, v in BlockStream(store, visible_blocks(store, q_start, Tq, rules), q_chunk.device):
         o, l = attend(q_chunk, k.to(q_chunk.dtype), v.to(q_chunk.dtype), scale=scale, causal=causal,
                       q_start=q_start, k_start=start, chunk_size=chunk_size, window=window, backend=backend)
-        out, lse = (o, l) if out is None else merge(out, lse, o, l)
+        if out is None:
+            out, lse = o.float(), l.clone()  # float32 accumulator, merged in place
+        else:
+            merge_(out, lse, o, l)
     if out is None:
         out = torch.zeros_like(q_chunk)
         lse = torch.full(q_chunk.shape[:3], float("-inf"), dtype=torch.float32, device=q_chunk.device)

@@ -88,39 +88,40 @@ def query_blocks(q0: int, q1: int, rules: Rules, block_q: int) -> list[tuple[int
     return out
 
 
+def trim_queries(q0: int, q1: int, k0: int, k1: int, rules: Rules) -> tuple[int, int]:
+    """The part of [q0, q1) that may see a key of [k0, k1) (empty when q0 >= q1 on return):
+    under causal, queries before k0 see none; under a window, queries at k1 - 1 + W or later."""
+    if rules.causal:
+        q0 = max(q0, k0)
+    if rules.window is not None:
+        q1 = min(q1, k1 - 1 + rules.window)
+    return q0, max(q0, q1)
+
+
 def plan_spans(q0: int, q1: int, k0: int, k1: int, rules: Rules) -> list[Span]:
     """Key spans of [k0, k1) that the query block [q0, q1) sees, in key order (see module doc).
 
-    Assumes the block does not cross a chunk boundary when chunk_size is set (query_blocks).
+    Assumes the block does not cross a chunk boundary when chunk_size is set (query_blocks), and
+    gets the diagonal on the fast kernel when the block starts at or after k0 (trim_queries).
     """
     assert rules.chunk_size is None or q0 // rules.chunk_size == (q1 - 1) // rules.chunk_size
     lo, hi = visible_key_range(q0, q1, rules)
     lo, hi = int(max(lo, k0)), int(min(hi, k1))
     if lo >= hi:
         return []
-    # Keys every query of the block sees: [flo, fhi).
-    flo, fhi = lo, hi
-    if rules.causal:
-        fhi = min(fhi, q0)  # key q0 goes to the diagonal span so it starts at the first query
-    if rules.window is not None:
-        flo = max(flo, q1 - rules.window)
+    # Keys every query of the block sees lie in [flo, fhi).
+    flo = lo if rules.window is None else max(lo, q1 - rules.window)
+    fhi = min(hi, q0) if rules.causal else hi
+    window_spares_diag = rules.window is None or q1 - 1 - q0 < rules.window
+    if rules.causal and lo <= q0 < hi and window_spares_diag:
+        # [lo, q0): a window's lower edge (masked), then keys all queries see; [q0, hi): diagonal.
+        edge = min(flo, q0)
+        spans = [Span(lo, edge, "masked"), Span(edge, q0, "full"), Span(q0, hi, "diag")]
+        return [s for s in spans if s.start < s.end]
     if flo >= fhi:
-        return [Span(lo, hi, _partial_kind(q0, q1, lo, hi, rules))]
-    spans = []
-    if lo < flo:
-        spans.append(Span(lo, flo, "masked"))
-    spans.append(Span(flo, fhi, "full"))
-    if fhi < hi:
-        spans.append(Span(fhi, hi, _partial_kind(q0, q1, fhi, hi, rules)))
-    return spans
-
-
-def _partial_kind(q0: int, q1: int, s0: int, s1: int, rules: Rules) -> str:
-    # The diagonal trick needs: the span starts at the first query, the causal rule is the
-    # only one cutting it (chunk is whole inside a block; window must not bite: q1-1 - s0 < W).
-    if rules.causal and s0 == q0 and (rules.window is None or q1 - 1 - s0 < rules.window):
-        return "diag"
-    return "masked"
+        return [Span(lo, hi, "masked")]
+    spans = [Span(lo, flo, "masked"), Span(flo, fhi, "full"), Span(fhi, hi, "masked")]
+    return [s for s in spans if s.start < s.end]
 
 
 def span_mask(q0: int, q1: int, s0: int, s1: int, rules: Rules, device) -> torch.Tensor:

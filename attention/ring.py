@@ -15,6 +15,8 @@ Shapes: B batch, Hq / Hkv query / key-value heads, T tokens of this rank's shard
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 
@@ -22,6 +24,7 @@ from attention.merge import merge
 from attention.shard import LAYOUTS, shard_ranges
 
 Range = tuple[int, int]
+_NCCL_READY: set = set()  # groups (None = the default group) that have run a collective
 
 
 def block_visible(q_range: Range, k_range: Range, causal: bool, chunk_size: int | None,
@@ -71,6 +74,16 @@ def last_needed_step(ranges_of: list[list[Range]], origin: int, causal: bool, ch
     return last
 
 
+@functools.lru_cache(maxsize=256)
+def ring_plan(seq_len: int, world_size: int, layout: str, align: int, causal: bool, chunk_size: int | None,
+              window: int | None) -> tuple[list[list[Range]], list[int]]:
+    """Every rank's position ranges and, per origin rank, the last step its KV is needed.
+    Cached: a model calls ring_attend with the same few arguments for every layer."""
+    ranges_of = [shard_ranges(seq_len, r, world_size, layout, align) for r in range(world_size)]
+    last_step = [last_needed_step(ranges_of, j, causal, chunk_size, window) for j in range(world_size)]
+    return ranges_of, last_step
+
+
 class RingComm:
     """P2P with the ring neighbours (group ranks r+1 and r-1); one batch of transfers in flight."""
 
@@ -82,6 +95,11 @@ class RingComm:
         if self.distributed and self.rank < 0:
             raise ValueError("this process is not a member of the `group` passed to ring_attend; "
                              "call ring_attend only on the group's ranks")
+        if self.world_size > 1 and dist.get_backend(group) == "nccl" and group not in _NCCL_READY:
+            # NCCL needs every rank in the first P2P batch of a group; ours may skip some, so
+            # one collective on the group comes first.
+            dist.all_reduce(torch.zeros(1, device="cuda"), group=group)
+            _NCCL_READY.add(group)
         self.send_to = self._global_rank((self.rank + 1) % self.world_size)
         self.recv_from = self._global_rank((self.rank - 1) % self.world_size)
         self._requests = []
@@ -117,14 +135,14 @@ class RingComm:
 
 
 def ring_attend(q, k, v, *, scale=None, causal=True, chunk_size=None, window=None, layout="zigzag",
-                group=None, seq_len=None):
+                group=None, seq_len=None, align=1, backend="auto"):
     """Exact attention for this rank's shard of a sequence sharded with `attention.shard`.
 
     q [B, Hq, T, D], k/v [B, Hkv, T, D]: this rank's shard (queries and keys at the same
     positions). Returns out [B, Hq, T, D] (q's dtype) and lse [B, Hq, T] float32, equal to
-    `attend` over the whole sequence, sharded the same way. `seq_len` (the global length)
-    saves one all-reduce when the caller knows it. Without an initialised process group it
-    runs as a world of one.
+    `attend` over the whole sequence, sharded the same way (same layout and align).
+    `seq_len` (the global length) saves one all-reduce when the caller knows it; `backend` goes
+    to `attend`. Without an initialised process group it runs as a world of one.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
@@ -144,13 +162,12 @@ def ring_attend(q, k, v, *, scale=None, causal=True, chunk_size=None, window=Non
     W, rank = comm.world_size, comm.rank
     if seq_len is None:
         seq_len = comm.total(q.shape[2], q.device)
-    ranges_of = [shard_ranges(seq_len, r, W, layout) for r in range(W)]
+    ranges_of, last_step = ring_plan(seq_len, W, layout, align, causal, chunk_size, window)
     mine = ranges_of[rank]
     if sum(e - s for s, e in mine) != q.shape[2]:
         raise ValueError(f"rank {rank} holds {q.shape[2]} tokens but the {layout} layout of {seq_len} "
-                         f"tokens on {W} ranks gives it {sum(e - s for s, e in mine)}; shard with "
-                         f"attention.shard(x, rank, world_size, layout={layout!r})")
-    last_step = [last_needed_step(ranges_of, j, causal, chunk_size, window) for j in range(W)]
+                         f"tokens on {W} ranks (align {align}) gives it {sum(e - s for s, e in mine)}; shard "
+                         f"with attention.shard(x, rank, world_size, layout={layout!r}, align={align})")
     mask = dict(causal=causal, chunk_size=chunk_size, window=window)
 
     q_offsets = _offsets(mine)
@@ -171,7 +188,7 @@ def ring_attend(q, k, v, *, scale=None, causal=True, chunk_size=None, window=Non
                 (qs, qe), (ks, ke) = mine[i], k_ranges[j]
                 out, lse = attend(q.narrow(2, q_offsets[i], qe - qs), kv[0].narrow(2, k_offsets[j], ke - ks),
                                   kv[1].narrow(2, k_offsets[j], ke - ks), scale=scale, q_start=qs,
-                                  k_start=ks, **mask)
+                                  k_start=ks, backend=backend, **mask)
                 acc[i] = (out.float(), lse.float()) if acc[i] is None else merge(*acc[i], out, lse)
         comm.wait()
         kv = tuple(incoming) if incoming else kv

@@ -44,6 +44,18 @@ def _register():
     from ctxprobe.commands.run import COMMANDS as run_commands  # run, runs, export, merge
     for command in run_commands:
         main.add_command(command)
+    from ctxprobe.commands.bench import bench  # bench
+    main.add_command(bench)
+    from ctxprobe.commands.inspect import inspect  # inspect
+
+    main.add_command(inspect)
+    from ctxprobe.commands.report import report  # report
+    main.add_command(report)
+    from ctxprobe.commands.compare import COMMANDS as compare_commands  # compare, baseline
+    for command in compare_commands:
+        main.add_command(command)
+    from ctxprobe.commands.history import history  # history
+    main.add_command(history)
     pass
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter
 
 from plots.style import DELTA_CMAP, length_label, new_figure, text_color
 
@@ -52,6 +53,7 @@ def delta_heatmap(rows, lengths, delta_RL, significant_RL, regressed_RL=None, n_
                 continue
             color = text_color(DELTA_CMAP(norm(value)))
             text = f"{100 * value:+.0f}" if percent else f"{value:+.2f}"
+            text = "0" if text.lstrip("+-").strip("0.") == "" else text
             text += "*" if significant_RL[r, c] else ""
             ax.text(c, r - (0.12 if n_RL is not None else 0), text, ha="center", va="center",
                     fontsize=9, fontweight="bold", color=color)
@@ -63,7 +65,10 @@ def delta_heatmap(rows, lengths, delta_RL, significant_RL, regressed_RL=None, n_
                                        edgecolor="black", linewidth=2.2))
     bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
     bar.set_label("B - A (percentage points)" if percent else "B - A (nats)")
+    if percent:
+        bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:+.0f}" if v else "0"))
     bar.outline.set_visible(False)
-    ax.set_title(title or "B - A   (* significant after correction, boxed = regression)",
-                 loc="left", fontsize=10, fontweight="bold" if title else "normal")
+    ax.set_title(title or "B - A", loc="left", fontsize=11, fontweight="bold")
+    ax.set_title("* significantly worse (Holm)   boxed: regression", loc="right", fontsize=8,
+                 color="#616161")
     return fig

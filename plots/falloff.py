@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 from matplotlib.ticker import FixedLocator, NullLocator
 
-from plots.style import length_label, new_figure
+from plots.style import approx_length_label, length_label, new_figure
 
 MARKER_COLORS = ("#1565c0", "#6a1b9a", "#00838f", "#ad1457")
 
@@ -44,12 +44,23 @@ def falloff(lengths, mean, lo, hi, *, threshold=None, markers=(), fit=None, titl
                    label=f"threshold {100 * threshold:.0f}%")
     low, high = lengths.min() / 1.3, lengths.max() * 1.3
     for marker, color in zip(markers, MARKER_COLORS * 4):
-        if marker.length is None or not np.isfinite(marker.length):
+        if marker.length is None or np.isnan(marker.length):
             continue
+        # A reading outside the tested lengths is drawn dotted at the edge and labelled "> max".
+        inside = lengths.min() <= marker.length <= lengths.max()
+        if inside:
+            text = "= " + _label(marker.length, lengths)
+        elif marker.length > lengths.max():
+            text = "> " + length_label(lengths.max())
+        else:
+            text = "< " + length_label(lengths.min())
         x = float(np.clip(marker.length, low, high))
-        ax.axvline(x, color=color, linewidth=1.4, label=f"{marker.label} = {length_label(round(marker.length))}")
+        ax.axvline(x, color=color, linewidth=1.4, linestyle="-" if inside else ":",
+                   label=f"{marker.label} {text}")
         if marker.lo is not None and marker.hi is not None:
-            ax.axvspan(max(marker.lo, low), min(marker.hi, high), color=color, alpha=0.08)
+            span_lo, span_hi = np.clip([marker.lo, marker.hi], low, high)
+            if span_hi > span_lo:
+                ax.axvspan(span_lo, span_hi, color=color, alpha=0.08)
 
     ax.set_xscale("log", base=2)
     ax.set_xlim(low, high)
@@ -67,3 +78,8 @@ def falloff(lengths, mean, lo, hi, *, threshold=None, markers=(), fit=None, titl
     if title:
         ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
     return fig
+
+
+def _label(length: float, tested) -> str:
+    # A tested length keeps its round name; a fitted one shows its precision.
+    return length_label(length) if length in tested else approx_length_label(length)

@@ -28,7 +28,12 @@ def history(run_labels, effective, lengths, score_RL, *, title=None):
         if lo is not None and hi is not None:
             top.fill_between(runs, np.asarray(lo, float), np.asarray(hi, float),
                              color=line.get_color(), alpha=0.15, linewidth=0)
-    top.set_yscale("log", base=2)
+    readings = np.concatenate([np.asarray(v[0], float) for v in effective.values()] or [np.array([])])
+    if np.any(np.isfinite(readings) & (readings > 0)):
+        top.set_yscale("log", base=2)
+    else:
+        top.text(0.5, 0.5, "no effective-length reading inside the tested lengths",
+                 transform=top.transAxes, ha="center", va="center", color="#616161")
     top.yaxis.set_major_formatter(FuncFormatter(lambda y, _: length_label(y) if y >= 1 else ""))
     top.yaxis.set_minor_locator(NullLocator())
     top.set_ylabel("effective length (tokens)")

@@ -45,6 +45,11 @@ def pre(value) -> Html:
     return Html(f"<pre>{text(value)}</pre>\n")
 
 
+def link(value, anchor: str) -> Html:
+    """A link to an anchor on the same page (never to another URL)."""
+    return Html(f'<a href="#{text(anchor)}">{text(value)}</a>')
+
+
 def span(value, cls: str) -> Html:
     return Html(f'<span class="{text(cls)}">{text(value)}</span>')
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import numpy as np
 from matplotlib.colors import LinearSegmentedColormap, to_rgb
 from matplotlib.figure import Figure
 
@@ -18,7 +17,7 @@ from matplotlib.figure import Figure
 # reads as "coin flip" at a glance. Grey marks grid points with no data.
 SCORE_CMAP = LinearSegmentedColormap.from_list(
     "ctxprobe_score", [(0.0, "#c62828"), (0.25, "#ef6c00"), (0.5, "#fbc02d"),
-                       (0.75, "#9ccc65"), (1.0, "#2e7d32")])
+                       (0.65, "#c0ca33"), (0.8, "#7cb342"), (1.0, "#2e7d32")])
 SCORE_CMAP = SCORE_CMAP.with_extremes(bad="#e0e0e0")
 # B minus A: red = worse, white = unchanged, green = better.
 DELTA_CMAP = LinearSegmentedColormap.from_list(
@@ -46,6 +45,11 @@ def length_label(length: float) -> str:
                 return _tenths(n, base) + unit
         if n < 1024:
             return str(n)
+    return approx_length_label(length)
+
+
+def approx_length_label(length: float) -> str:
+    """A measured or fitted length in binary units, three significant figures: '5.86K'."""
     for base, unit in ((1 << 20, "M"), (1 << 10, "K"), (1, "")):
         if length >= base or base == 1:
             value = length / base

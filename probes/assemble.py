@@ -3,9 +3,10 @@
 Token counts come from prefix sums over the haystack's pre-tokenized units, so no step
 re-tokenizes the haystack. Units start with a space, which makes tokenization stable at unit
 boundaries; the remainder under one unit is a *tail*: a token prefix of the next unit whose
-text re-tokenizes to itself. The rendered prompt is checked once against the assembled ids
-(the whole prompt up to FULL_VERIFY_MAX tokens, every junction between parts above that); on
-a mismatch the next tail candidate is tried.
+text re-tokenizes to itself. Each candidate is checked at every junction between parts (the
+two units that meet there, re-tokenized together), then, up to FULL_VERIFY_MAX tokens, the
+whole rendered prompt is re-tokenized once; on a mismatch the next tail candidate is tried
+(another unit's prefix, or up to 3 full units given back to the tail).
 
 Layout of the ids [L]:
   prefix | units[0:b1] | needle 1 | units[b1:b2] | needle 2 | ... | units[..k] | tail | suffix
@@ -14,9 +15,12 @@ where b_i is the unit boundary nearest the needle's requested depth.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from probes import prose
 
 FULL_VERIFY_MAX = 1 << 20  # above this, check every junction instead of the whole prompt
 _TAIL_CANDIDATES = 8
@@ -85,59 +89,81 @@ def assemble(tok, length: int, haystack, seed: int, sample: int, prefix: str, su
     pool = haystack.pool
     order = haystack.order_covering(seed, sample, budget, extra=_TAIL_CANDIDATES)
     cum = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(pool.lengths[order], out=cum[1:])
-    k = int(np.searchsorted(cum, budget, side="right")) - 1   # full units: order[:k]
-    r = budget - int(cum[k])                                    # tail tokens
+    np.cumsum(pool.lengths_of(order), out=cum[1:])
+    k_max = int(np.searchsorted(cum, budget, side="right")) - 1   # full units that fit
+    hay_ids = pool.gather(order[:k_max])
+    full = verify if verify is not None else length <= FULL_VERIFY_MAX
 
-    # Needle boundaries: the unit boundary nearest each requested depth, in 0..k.
-    bounds = []
-    for _, frac in needles:
-        target = frac * budget
-        i = int(np.searchsorted(cum[: k + 1], target))      # cum[i-1] < target <= cum[i]
-        if i > k:
-            i = k
-        elif i > 0 and target - cum[i - 1] <= cum[i] - target:
-            i -= 1
-        bounds.append(i)
-    hay_ids = pool.gather(order[:k])
-
-    tried = 0
-    for tail_text, tail_ids in _tail_candidates(tok, pool, order, k, r):
+    tried, problem = 0, "no tail fits"
+    for k, tail_text, tail_ids in _tail_candidates(tok, pool, order, k_max, cum, budget):
+        bounds = [_nearest_boundary(cum, k, frac * budget) for _, frac in needles]
         segments, spans = _layout(prefix, prefix_ids, suffix, suffix_ids, needles, needle_ids,
                                   bounds, order, k, cum, hay_ids, tail_text, tail_ids)
         ids = np.concatenate([s.ids for s in segments]).astype(np.int32, copy=False)
         assert len(ids) == length, (len(ids), length)
-        asm = Assembly(ids, segments, pool, spans,
-                       [100.0 * cum[b] / budget if budget else 100.0 * f
-                        for b, (_, f) in zip(bounds, needles)],
+        depths = [100.0 * cum[b] / budget if budget else 100.0 * f
+                  for b, (_, f) in zip(bounds, needles)]
+        asm = Assembly(ids, segments, pool, spans, depths,
                        len(prefix_ids) + budget + sum(len(n) for n in needle_ids), budget)
-        full = verify if verify is not None else length <= FULL_VERIFY_MAX
-        ok = _verify_full(tok, asm) if full else _verify_junctions(tok, asm)
-        asm.verified = "full" if full else "junctions"
-        tried += 1
-        if ok is None:
+        # Junctions first (cheap); the whole prompt once, only for a candidate that passes them.
+        problem = _verify_junctions(tok, asm)
+        asm.verified = "junctions"
+        if problem is None and full:
+            tried += 1
+            problem = _verify_full(tok, asm)
+            asm.verified = "full"
+        if problem is None:
             return asm
-        if tried >= 4:
+        if tried >= 3:
             break
     raise ValueError(
         f"could not assemble an exact {length}-token prompt with tokenizer {tok.name}: "
-        f"the rendered prompt re-tokenizes differently ({ok if tried else 'no tail fits'}); "
+        f"the rendered prompt re-tokenizes differently ({problem}); "
         "try another length or the byte tokenizer"
     )
 
 
-def _tail_candidates(tok, pool, order, k, r):
-    """(text, ids) of r-token prefixes of the next units whose text re-tokenizes to itself."""
-    if r == 0:
-        yield "", np.zeros(0, dtype=np.int32)
-        return
-    for j in range(k, len(order)):
-        ids = pool.unit_ids(order[j])
-        if len(ids) < r:
+def _nearest_boundary(cum: np.ndarray, k: int, target: float) -> int:
+    """The unit boundary b in 0..k whose token offset cum[b] is nearest `target`."""
+    i = int(np.searchsorted(cum[: k + 1], target))      # cum[i-1] < target <= cum[i]
+    if i > k:
+        return k
+    if i > 0 and target - cum[i - 1] <= cum[i] - target:
+        return i - 1
+    return i
+
+
+def _tail_candidates(tok, pool, order, k_max, cum, budget):
+    """(k, text, ids): k full units, then a tail of budget - cum[k] tokens whose text
+    re-tokenizes to itself. Giving back up to 3 full units to the tail gives other cut points
+    when a junction merges (e.g. "." before the question's newlines in Llama 3's pre-tokenizer);
+    cuts inside a unit come before whole units, which end in punctuation."""
+    levels = [(k, budget - int(cum[k])) for k in range(k_max, max(-1, k_max - 4), -1)]
+    window = range(k_max, min(len(order), k_max + _TAIL_CANDIDATES))
+    for k, r in levels:
+        if r == 0:
+            yield k, "", np.zeros(0, dtype=np.int32)
             continue
-        text = tok.decode(ids[:r])
-        if tok.encode_units([text])[0] == ids[:r].tolist():
-            yield text, ids[:r].copy()
+        lens = [len(pool.unit_ids(order[j])) for j in window]
+        for j in [j for j, n in zip(window, lens) if n > r] + [j for j, n in zip(window, lens) if n == r]:
+            for text, tail in _tail_if_stable(tok, pool.unit_ids(order[j])[:r]):
+                yield k, text, tail
+    # A user's text may have no stable cut at r tokens (e.g. bytes inside CJK characters):
+    # fall back to r-token runs of built-in ASCII prose, starting at its sentence starts.
+    units = tok.encode_units(prose.sentences(random.Random(0), 16))
+    starts = np.cumsum([0] + [len(u) for u in units])[:-1]
+    flat = np.asarray([t for u in units for t in u], dtype=np.int32)
+    for k, r in levels:
+        run = np.tile(flat, r // len(flat) + 2)
+        for start in starts[:4] if r else []:
+            for text, tail in _tail_if_stable(tok, run[start:start + r]):
+                yield k, text, tail
+
+
+def _tail_if_stable(tok, ids: np.ndarray):
+    text = tok.decode(ids)
+    if len(ids) and tok.encode_units([text])[0] == ids.tolist():
+        yield text, ids.copy()
 
 
 def _layout(prefix, prefix_ids, suffix, suffix_ids, needles, needle_ids, bounds, order, k, cum,

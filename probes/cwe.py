@@ -17,8 +17,8 @@ _TEXTS = tuple(" " + w for w in W.CWE_WORDS)
 
 
 class WordListHaystack:
-    """A word pool whose stream is built for the token budget: common words c times each,
-    the rest u times (c = 3u + 1), shuffled; then single uncommon words to fill the budget."""
+    """A word pool whose stream is built for the token budget: common words c >= 3u + 1 times
+    each, the others u or u + 1 times, shuffled, then uncommon words as tail candidates."""
 
     spec = "cwe"
 
@@ -28,28 +28,30 @@ class WordListHaystack:
         self.common_freq = None
 
     def minimum_budget(self) -> int:
-        return 4 * int(self.pool.lengths[self.common].sum())
+        return 4 * int(self.pool.lengths_of(self.common).sum())
 
     def order_covering(self, seed, sample, budget, extra):
-        lens, rng = self.pool.lengths, np.random.default_rng(self.seed)
+        lens = self.pool.lengths_of(np.arange(len(self.pool)))
+        rng = np.random.default_rng(self.seed)
         t_common, t_uncommon = int(lens[self.common].sum()), int(lens[self.uncommon].sum())
-        u = max(1, budget // (t_uncommon + 4 * t_common))
-        c = min(3 * u + 1, budget // t_common)
-        assert c >= 4, (budget, t_common)
-        self.common_freq = c
-        occ = [np.repeat(self.common, c)]
+        assert budget >= 4 * t_common, (budget, t_common)
+        # The largest u with (3u + 1) common rounds and u uncommon rounds within the budget.
+        u = max(1, (budget - t_common) // (t_uncommon + 3 * t_common))
+        c = 3 * u + 1
         left = budget - c * t_common
-        # u rounds over as many uncommon words as fit, then single words until one won't fit.
         shuffled = rng.permutation(self.uncommon)
         m = int(np.searchsorted(np.cumsum(lens[shuffled]) * u, left, side="right"))
-        occ.append(np.repeat(shuffled[:m], u))
         left -= u * int(lens[shuffled[:m]].sum())
+        c += left // t_common                       # spare whole rounds go to the common words
+        left -= (c - 3 * u - 1) * t_common
+        self.common_freq = c
+        # Then one more of each uncommon word until one won't fit: counts stay <= u + 1.
         rest = np.concatenate([shuffled[m:], shuffled[:m]])
         n_fill = int(np.searchsorted(np.cumsum(lens[rest]), left, side="right"))
-        occ.append(rest[:n_fill])
+        occ = np.concatenate([np.repeat(self.common, c), np.repeat(shuffled[:m], u), rest[:n_fill]])
         # The units after the budget (tail candidates) are uncommon words too.
         extras = np.resize(np.concatenate([rest[n_fill:], rest[:n_fill]]), extra + 1)
-        return np.concatenate([rng.permutation(np.concatenate(occ)), extras]).astype(np.int64)
+        return np.concatenate([rng.permutation(occ), extras]).astype(np.int64)
 
 
 def cwe(ctx, depth, common=10):

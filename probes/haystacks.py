@@ -35,34 +35,50 @@ def derive_seed(*parts) -> int:
 
 
 class UnitPool:
-    """Distinct unit texts and their token ids: flat [N_tokens] ids, offsets [N_units + 1]."""
+    """Distinct unit texts and their token ids, tokenized lazily (each unit once, when a stream
+    first reaches it): flat ids [N_tokens], and per unit its start in flat and its length."""
 
     def __init__(self, texts: list[str], tokenizer):
         self.texts = np.array(texts, dtype=object)
-        ids = tokenizer.encode_units(list(texts))
-        self.lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        self.offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum(self.lengths, out=self.offsets[1:])
-        self.flat = np.fromiter((t for x in ids for t in x), dtype=np.int32,
-                                count=int(self.offsets[-1]))
-        if (self.lengths == 0).any():
-            raise ValueError("a haystack unit tokenized to zero tokens; check the tokenizer")
+        self.tokenizer = tokenizer
+        self.lengths = np.full(len(texts), -1, dtype=np.int64)   # -1: not tokenized yet
+        self.starts = np.zeros(len(texts), dtype=np.int64)
+        self.flat = np.zeros(0, dtype=np.int32)
 
     def __len__(self):
         return len(self.lengths)
 
+    def ensure(self, order: np.ndarray) -> None:
+        """Tokenize the units of `order` not seen yet, in one batch."""
+        missing = np.unique(order[self.lengths[order] < 0]) if len(order) else order
+        if not len(missing):
+            return
+        ids = self.tokenizer.encode_units(self.texts[missing].tolist())
+        lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        if (lens == 0).any():
+            raise ValueError("a haystack unit tokenized to zero tokens; check the tokenizer")
+        self.starts[missing] = len(self.flat) + np.cumsum(lens) - lens
+        self.lengths[missing] = lens
+        chunk = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lens.sum()))
+        self.flat = np.concatenate([self.flat, chunk])
+
+    def lengths_of(self, order: np.ndarray) -> np.ndarray:
+        self.ensure(order)
+        return self.lengths[order]
+
     def unit_ids(self, i: int) -> np.ndarray:
-        return self.flat[self.offsets[i]:self.offsets[i + 1]]
+        self.ensure(np.array([i]))
+        return self.flat[self.starts[i]:self.starts[i] + self.lengths[i]]
 
     def gather(self, order: np.ndarray) -> np.ndarray:
         """Token ids of units `order` [n] concatenated, without a Python loop per token."""
-        lens = self.lengths[order]
+        lens = self.lengths_of(order)
         total = int(lens.sum())
         if total == 0:
             return np.zeros(0, dtype=np.int32)
         # Position p of the output reads flat[start(unit) + (p - out_start(unit))].
         out_starts = np.cumsum(lens) - lens
-        shift = np.repeat(self.offsets[order] - out_starts, lens)
+        shift = np.repeat(self.starts[order] - out_starts, lens)
         return self.flat[np.arange(total, dtype=np.int64) + shift]
 
     def text(self, order: np.ndarray) -> str:
@@ -86,16 +102,15 @@ class Haystack:
 
     def order_covering(self, seed: int, sample: int, budget: int, extra: int) -> np.ndarray:
         """Enough stream indices that their tokens exceed `budget`, plus `extra` more units."""
-        mean = max(float(self.pool.lengths.mean()), 1e-9)
+        probe = self.order(seed, sample, min(len(self.pool), 256))
+        mean = max(float(self.pool.lengths_of(probe).mean()), 1e-9)
         n = int(budget / mean) + extra + 1
         while True:
             order = self.order(seed, sample, n)
-            total = int(self.pool.lengths[order].sum())
-            if total > budget and n >= extra:
-                cum = np.cumsum(self.pool.lengths[order])
-                k = int(np.searchsorted(cum, budget, side="right"))
-                if n - k >= extra:
-                    return order
+            cum = np.cumsum(self.pool.lengths_of(order))
+            k = int(np.searchsorted(cum, budget, side="right"))
+            if k < n and n - k >= extra:
+                return order
             n = int(n * 1.25) + extra + 1
 
 
@@ -114,7 +129,7 @@ def _read_text_file(path: Path) -> str:
 def split_sentences(text: str) -> list[str]:
     """Whitespace-normalized sentences, each with a leading space; long runs cut by words."""
     units = []
-    for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
+    for sentence in re.split(r"(?<=[.!?])\s+|(?<=[。！？])\s*", " ".join(text.split())):
         while len(sentence) > _MAX_UNIT_CHARS:
             cut = sentence.rfind(" ", 0, _MAX_UNIT_CHARS)
             cut = cut if cut > 0 else _MAX_UNIT_CHARS
@@ -145,13 +160,20 @@ def _file_sentences(spec: str) -> list[str]:
 
 
 @lru_cache(maxsize=32)
-def _texts(spec: str | None, seed: int) -> tuple[tuple[str, ...], str]:
+def _texts(spec: str | None, seed: int, files_signature=None) -> tuple[tuple[str, ...], str]:
     if spec is None:
         rng = random.Random(derive_seed("prose", seed))
         return tuple(prose.sentences(rng, POOL_SIZE)), "shuffle"
     if spec == "noise":
         return tuple(NOISE), "cycle"
     return tuple(_file_sentences(spec)), "cycle"
+
+
+def _signature(spec: str):
+    """(path, size, mtime) of the haystack's files, so an edited file is read again."""
+    path = Path(spec)
+    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path] if path.is_file() else []
+    return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
 
 
 @lru_cache(maxsize=32)
@@ -181,6 +203,9 @@ def load_haystack(spec: str | None, seed: int, tokenizer) -> Haystack:
     """The haystack for `spec` (None = procedural, "noise", or a path), tokenized once."""
     if spec is not None:
         spec = str(spec)
-    texts, mode = _texts(spec, seed if spec is None else 0)
+    if spec in (None, "noise"):
+        texts, mode = _texts(spec, seed if spec is None else 0)
+    else:
+        texts, mode = _texts(spec, 0, _signature(spec))
     name = "procedural" if spec is None else spec
     return Haystack(name, pool_for(texts, tokenizer), mode)

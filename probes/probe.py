@@ -14,7 +14,7 @@ import numpy as np
 from probes.assemble import Assembly, assemble
 from probes.families import get_family
 from probes.haystacks import derive_seed, load_haystack
-from probes.tokenizers import load_tokenizer
+from probes.tokenizers import as_probe_tokenizer
 
 GENERATOR_VERSION = 1  # bump when the same inputs would render a different prompt
 
@@ -94,12 +94,17 @@ class Probe:
         return self.token_array[self.context_end:].tolist()
 
     def _hash(self) -> str:
-        head = json.dumps([GENERATOR_VERSION, self.family, self.params, self.length, self.depth,
-                           self.seed, self.sample, self.tokenizer_fingerprint, self.haystack,
+        head = json.dumps([GENERATOR_VERSION, self.family, self.params, self.length, float(self.depth),
+                           self.seed, self.sample, self.tokenizer_fingerprint, self._haystack_kind(),
                            self.answers, self.answer_text], sort_keys=True)
         h = hashlib.sha256(head.encode())
         h.update(np.ascontiguousarray(self.token_array, dtype="<i4").tobytes())
         return h.hexdigest()[:16]
+
+    def _haystack_kind(self) -> str:
+        # A user's file enters the hash through its token ids, not its path, so the same
+        # text hashes the same on every machine.
+        return self.haystack if self.haystack in ("procedural", "noise", "kv", "cwe") else "file"
 
     def to_json(self) -> dict:
         """The export record: everything another harness needs to run and score this probe."""
@@ -140,7 +145,7 @@ def make_probe(family: str, length: int, depth: float, *, seed: int = 0, sample:
     seed, sample = _check_int("seed", seed, 0), _check_int("sample", sample, 0)
     if isinstance(depth, bool) or not isinstance(depth, numbers.Real) or not 0 <= depth <= 100:
         raise ValueError(f"depth must be a percentage from 0 to 100; got {depth!r}")
-    tok = tokenizer if hasattr(tokenizer, "encode_units") else load_tokenizer(tokenizer)
+    tok = as_probe_tokenizer(tokenizer)
     rng = random.Random(derive_seed("needles", family, json.dumps(params, sort_keys=True),
                                     seed, sample))
     parts = fam.build(BuildContext(rng, tok, seed, sample, length), depth / 100, **params)

@@ -103,6 +103,42 @@ class HFTokenizer:
         return f"HFTokenizer({str(self.path)!r})"
 
 
+class WrappedTokenizer:
+    """Any object with encode(text) -> ids and decode(ids) -> text, given what assembly needs."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = getattr(inner, "name", type(inner).__name__)
+        self.fingerprint = getattr(inner, "fingerprint", None) or f"wrapped-{self.name}"
+        self.vocab_size = getattr(inner, "vocab_size", None)
+        self._anchor_ids = list(inner.encode(_ANCHOR))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.inner.encode(text))
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.asarray(self.encode(text), dtype=np.int32)
+
+    def decode(self, ids) -> str:
+        return self.inner.decode([int(i) for i in ids])
+
+    def encode_units(self, texts: list[str]) -> list[list[int]]:
+        a, out = self._anchor_ids, []
+        for text in texts:
+            ids = self.encode(_ANCHOR + text)
+            out.append(ids[len(a):] if ids[: len(a)] == a else self.encode(text))
+        return out
+
+
+def as_probe_tokenizer(tok):
+    """A tokenizer, a path (or None for bytes), or any encode/decode object -> probe tokenizer."""
+    if hasattr(tok, "encode_units"):
+        return tok
+    if hasattr(tok, "encode") and hasattr(tok, "decode"):
+        return WrappedTokenizer(tok)
+    return load_tokenizer(tok)
+
+
 def load_tokenizer(spec: str | Path | None) -> ByteTokenizer | HFTokenizer:
     """None or "byte" -> the built-in byte tokenizer; else a tokenizer.json or a dir with one."""
     if spec is None or str(spec) == "byte":

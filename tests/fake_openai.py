@@ -1,10 +1,12 @@
 """A deterministic fake OpenAI-compatible server on loopback, for the HTTP backend's tests.
 
-It answers chat and completions requests from a {prompt: answer} table, serves vLLM-style
-/tokenize and /detokenize with the built-in byte tokenizer, and can be told to misbehave:
+It answers chat and completions requests from a {prompt: answer} table, serves /tokenize and
+/detokenize (vLLM's or llama.cpp's form) with the built-in byte tokenizer, and can misbehave:
 `faults` is a list consumed one per completion request, each one of
     "429" (with Retry-After), "500", "hang" (sleep past the client's timeout), "malformed"
-    (invalid JSON), "no-choices" (valid JSON of the wrong shape), or None (answer normally).
+    (invalid JSON), "no-choices" (valid JSON of the wrong shape), "echo-auth" (a 401 whose
+    message quotes the Authorization header; "echo-auth-late" puts it across the 300th
+    character), "leak-auth" (an answer that quotes it), or None (answer normally).
 """
 
 from __future__ import annotations
@@ -15,9 +17,19 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+def answers_for(families, lengths, depths, samples, seed=0) -> dict[str, str]:
+    """{prompt: the gold answer text} for every cell, built as the sweep builds them (bytes)."""
+    from probes import load_tokenizer, make_probe
+
+    tok = load_tokenizer(None)
+    return {p.prompt: p.answer_text
+            for f in families for n in lengths for d in depths for s in range(samples)
+            for p in [make_probe(f, n, float(d), seed=seed, sample=s, tokenizer=tok)]}
+
+
 class FakeOpenAI:
     def __init__(self, answers: dict[str, str] | None = None, *, model: str = "fake-model",
-                 delay: float = 0.0, faults: list | None = None, tokenize: bool = True,
+                 delay: float = 0.0, faults: list | None = None, tokenize: str | None = "vllm",
                  hang_seconds: float = 2.0, retry_after: str = "0", unknown_answer: str = "I don't know"):
         self.answers = answers or {}
         self.model, self.delay, self.tokenize = model, delay, tokenize
@@ -86,12 +98,15 @@ class FakeOpenAI:
 
                 tok = load_tokenizer(None)
                 if self.path in ("/tokenize", "/detokenize"):
-                    if not fake.tokenize:
-                        return self._reply(404, {"detail": "Not Found"})
+                    vllm = fake.tokenize == "vllm"
+                    if fake.tokenize is None or ("prompt" if vllm else "content") not in body \
+                            and self.path == "/tokenize":
+                        return self._reply(404 if fake.tokenize is None else 422, {"detail": "no"})
                     if self.path == "/tokenize":
-                        ids = tok.encode(body["prompt"])
-                        return self._reply(200, {"tokens": ids, "count": len(ids), "max_model_len": 1 << 20})
-                    return self._reply(200, {"prompt": tok.decode(body["tokens"])})
+                        ids = tok.encode(body["prompt" if vllm else "content"])
+                        return self._reply(200, {"tokens": ids, "count": len(ids)} if vllm else {"tokens": ids})
+                    text = tok.decode(body["tokens"])
+                    return self._reply(200, {"prompt": text} if vllm else {"content": text})
                 if self.path not in ("/v1/chat/completions", "/v1/completions"):
                     return self._reply(404, {"error": "not found"})
                 fault = fake._next_fault()
@@ -103,11 +118,17 @@ class FakeOpenAI:
                     time.sleep(fake.hang_seconds)
                 if fault == "malformed":
                     return self._reply(200, b'{"choices": [{"text": "unterminated')
+                if fault in ("echo-auth", "echo-auth-late"):  # as hosted APIs quote a bad key
+                    auth = self.headers.get("Authorization", "")
+                    pad = "." * 230 if fault == "echo-auth-late" else ""  # key at chars 276-309
+                    return self._reply(401, {"error": f"{pad}Incorrect API key provided: {auth}"})
                 if fault == "no-choices":
                     return self._reply(200, {"object": "chat.completion", "choices": []})
                 chat = self.path.endswith("chat/completions")
                 prompt = body["messages"][-1]["content"] if chat else body["prompt"]
                 answer = fake.answers.get(prompt, fake.unknown_answer)
+                if fault == "leak-auth":  # a reply that quotes the key back
+                    answer += " " + self.headers.get("Authorization", "")
                 time.sleep(fake.delay)
                 choice = ({"index": 0, "message": {"role": "assistant", "content": answer}}
                           if chat else {"index": 0, "text": answer})

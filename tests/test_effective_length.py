@@ -7,7 +7,6 @@ from ctxprobe.analysis.effective_length import (
     LogisticFit, describe_length, effective_length, fit_logistic, threshold_length)
 from ctxprobe.analysis.intervals import mean_interval, wilson
 from ctxprobe.analysis.summary import curve, grid, values_by_length
-from plots.style import length_label
 
 LENGTHS = [1024 * 2**i for i in range(8)]  # 1K .. 128K
 
@@ -78,10 +77,16 @@ def test_no_falloff_reads_beyond_the_tested_range():
     eff = effective_length({x: np.ones(4) for x in LENGTHS}, n_boot=50)
     assert eff.threshold.length == LENGTHS[-1]
     assert eff.l50 == np.inf and eff.l50_ci == (np.inf, np.inf)
-    assert describe_length(eff.l85, eff.tested, length_label) == ">128K"
+    assert describe_length(eff.l85, eff.tested) == ">128K"
     dead = effective_length({x: np.zeros(4) for x in LENGTHS}, n_boot=50)
     assert dead.threshold.length is None
-    assert describe_length(dead.l50, dead.tested, length_label) == "<1K"
+    assert describe_length(dead.l50, dead.tested) == "<1K"
+
+
+def test_single_length_has_a_threshold_reading_but_no_fit():
+    eff = effective_length({4096: np.array([1.0, 1.0, 0.0])})
+    assert eff.threshold.length is None and eff.fit is None and eff.l50 is None
+    assert effective_length({4096: np.ones(3)}).threshold.length == 4096
 
 
 def test_empty_input_is_a_clear_error():

@@ -35,9 +35,11 @@ CASES = {
     "window_noncausal_zigzag": (31, 1, 2, 2, 8, dict(causal=False, window=5), "zigzag"),
     "causal_contiguous_gqa": (33, 1, 6, 2, 8, dict(causal=True), "contiguous"),
     "chunked_contiguous": (41, 2, 4, 4, 8, dict(causal=True, chunk_size=8), "contiguous"),
-    "tiny_zigzag": (5, 1, 2, 1, 4, dict(causal=True), "zigzag"),  # some ranks hold nothing
+    "tiny_zigzag": (2, 1, 2, 1, 4, dict(causal=True), "zigzag"),  # W >= 3: some ranks hold nothing
+    "tiny_full": (3, 1, 2, 1, 4, dict(causal=False), "zigzag"),
 }
 WORLD_SIZES = (2, 3, 4)
+MODEL_WORLD_SIZES = (2, 3)
 
 
 # --- sharding ---------------------------------------------------------------------------------
@@ -59,6 +61,17 @@ def test_zigzag_places_chunk_r_and_its_mirror():
     assert shard_ranges(80, 1, 4, "zigzag") == [chunks[1], chunks[6]]
     assert shard_ranges(80, 0, 1, "zigzag") == [(0, 80)]  # adjacent pieces coalesce
     assert [e - s for s, e in chunk_bounds(10, 4)] == [3, 3, 2, 2]  # torch.tensor_split sizes
+
+
+def test_aligned_boundaries_fall_on_multiples_of_align():
+    for seq_len, world_size in itertools.product([7, 100, 129, 1000], [1, 2, 3, 4]):
+        for start, end in chunk_bounds(seq_len, 2 * world_size, align=16):
+            assert start % 16 == 0 or start == seq_len  # empty chunks sit at the end
+            assert end % 16 == 0 or end == seq_len
+        x = torch.arange(seq_len).view(1, 1, seq_len)
+        shards = [shard(x, r, world_size, align=16) for r in range(world_size)]
+        assert torch.equal(unshard(shards, align=16), x)
+    assert chunk_bounds(40, 2, align=16) == [(0, 32), (32, 40)]
 
 
 def test_shard_rejects_bad_input_with_the_fix():
@@ -93,9 +106,12 @@ def test_zigzag_balances_causal_work_and_local_layers_need_no_ring():
         work.append(int(visible(q, torch.arange(seq_len), True, None, None).sum()))
     assert len(set(work)) == 1  # every rank sees the same number of (query, key) pairs
     assert all(last_needed_step(ranges_of, j, True, None, None) == world_size - 1 for j in range(world_size))
-    # Chunked-local attention with chunks aligned to contiguous shards: no KV leaves its rank.
-    aligned = [shard_ranges(seq_len, r, world_size, "contiguous") for r in range(world_size)]
-    assert all(last_needed_step(aligned, j, True, 16, None) == 0 for j in range(world_size))
+    # Chunked-local attention: misaligned zigzag shards send KV all the way round (a late piece's
+    # left neighbour is the previous rank's late piece); shards aligned to the chunks send none.
+    misaligned = [shard_ranges(seq_len, r, world_size, "zigzag") for r in range(world_size)]
+    assert last_needed_step(misaligned, 1, True, 12, None) == world_size - 1
+    aligned = [shard_ranges(seq_len + 3, r, world_size, "zigzag", align=12) for r in range(world_size)]
+    assert all(last_needed_step(aligned, j, True, 12, None) == 0 for j in range(world_size))
 
 
 def test_without_a_process_group_ring_attend_is_attend():
@@ -123,7 +139,29 @@ def _max_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float(diff.max()) if diff.numel() else 0.0
 
 
-def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+def _model_prefill(rank: int, world_size: int, model_dir: str) -> dict:
+    """A tiny Llama 4 (chunked-local RoPE layers + a global NoPE layer) prefilled sequence-parallel:
+    each rank embeds its shard, runs every block with ring_attend, and the gathered logits must
+    equal the one-process forward."""
+    from attention import gather, shard_positions
+    from ctxprobe.models import load_model
+
+    m = load_model(model_dir)
+    seq_len, align = 300, m.config.chunk_size  # 64 in the tiny preset: local layers stay on their rank
+    ids = torch.randint(0, m.config.vocab_size, (seq_len,), generator=torch.Generator().manual_seed(3))
+    pos = shard_positions(seq_len, rank, world_size, align=align)
+    with torch.inference_mode():
+        x = m.embed(ids[pos])
+        for block in m.blocks:
+            q, k, v = block.qkv(x, pos)
+            out, _ = ring_attend(q, k, v, scale=block.scale, seq_len=seq_len, align=align, **block.mask)
+            x = block.finish(x, out)
+        logits = gather(m.head(x).float(), seq_len, dim=0, align=align)
+        want = m.logits(ids.tolist())
+    return dict(out=_max_error(logits, want), pieces=len(shard_ranges(seq_len, rank, world_size, align=align)))
+
+
+def _worker(rank: int, world_size: int, port: int, out_dir: str, model_dir: str | None) -> None:
     import torch.distributed as dist
 
     import attention.ring
@@ -149,16 +187,17 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
                                    layout=layout, **mask)
             results[name] = dict(out=_max_error(out, shard(ref_out, rank, world_size, layout)),
                                  lse=_max_error(lse, shard(ref_lse, rank, world_size, layout)))
-        # Chunks aligned to contiguous shards: exact, and no KV crosses the ring.
+        # Shards aligned to the local chunks (zigzag, odd length): exact, and no KV crosses the ring.
         transfers.clear()
-        seq_len = 16 * world_size
-        q, k, v = (torch.randn(1, 2, seq_len, 8, generator=torch.Generator().manual_seed(1)) for _ in range(3))
-        out, lse = ring_attend(*(shard(t, rank, world_size, "contiguous") for t in (q, k, v)),
-                               layout="contiguous", chunk_size=16, seq_len=seq_len)
+        seq_len = 32 * world_size + 5
+        g = torch.Generator().manual_seed(1)
+        q, k, v = (torch.randn(1, 2, seq_len, 8, generator=g) for _ in range(3))
+        out, lse = ring_attend(*(shard(t, rank, world_size, align=16) for t in (q, k, v)),
+                               chunk_size=16, align=16, seq_len=seq_len)
         ref_out, ref_lse = attend(q, k, v, chunk_size=16)
         results["aligned_chunks_no_transfer"] = dict(
-            out=_max_error(out, shard(ref_out, rank, world_size, "contiguous")),
-            lse=_max_error(lse, shard(ref_lse, rank, world_size, "contiguous")),
+            out=_max_error(out, shard(ref_out, rank, world_size, align=16)),
+            lse=_max_error(lse, shard(ref_lse, rank, world_size, align=16)),
             transfers=sum(transfers))
         # A sub-group that excludes rank 0: group ranks differ from global ranks.
         members = list(range(1, world_size))
@@ -171,6 +210,8 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             ref_out, ref_lse = attend(q, k, v)
             results["subgroup"] = dict(out=_max_error(out, shard(ref_out, sub_rank, len(members))),
                                        lse=_max_error(lse, shard(ref_lse, sub_rank, len(members))))
+        if model_dir is not None:
+            results["model_prefill"] = _model_prefill(rank, world_size, model_dir)
         dist.barrier()
     finally:
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
@@ -193,7 +234,12 @@ def world(request, tmp_path_factory):
     world_size = request.param
     if world_size not in _WORLDS:
         out_dir = str(tmp_path_factory.mktemp(f"ring{world_size}"))
-        mp.spawn(_worker, args=(world_size, _free_port(), out_dir), nprocs=world_size, join=True)
+        model_dir = None
+        if world_size in MODEL_WORLD_SIZES:
+            from ctxprobe.models.tiny import save_tiny
+
+            model_dir = str(save_tiny(tmp_path_factory.mktemp("tiny_llama4"), "llama4")[0])
+        mp.spawn(_worker, args=(world_size, _free_port(), out_dir, model_dir), nprocs=world_size, join=True)
         _WORLDS[world_size] = []
         for rank in range(world_size):
             with open(os.path.join(out_dir, f"rank{rank}.json")) as f:
@@ -225,3 +271,11 @@ def test_ring_attend_on_a_subgroup(world):
     assert "subgroup" not in world[0]
     for rank, results in enumerate(world[1:], start=1):
         assert results["subgroup"]["out"] <= TOL and results["subgroup"]["lse"] <= TOL, f"rank {rank}"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("world", MODEL_WORLD_SIZES, indirect=True)
+def test_tiny_model_prefill_over_ranks_equals_one_process(world):
+    for rank, results in enumerate(world):
+        assert results["model_prefill"]["out"] <= TOL, f"rank {rank}: logits differ by {results['model_prefill']}"
+    assert max(r["model_prefill"]["pieces"] for r in world) == 2  # some rank holds two separate pieces

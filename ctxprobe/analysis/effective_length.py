@@ -48,7 +48,7 @@ class LogisticFit:
 @dataclass(frozen=True)
 class EffectiveLength:
     threshold: ThresholdLength
-    fit: LogisticFit | None           # None when the cutoff is 0 (nothing to fit against)
+    fit: LogisticFit | None           # None with one tested length or a zero cutoff
     l50: float | None
     l50_ci: tuple[float, float] | None
     l85: float | None                 # at the cutoff, which is 0.85 only by default
@@ -95,7 +95,7 @@ def effective_length(values_by_length: dict[int, np.ndarray], *, threshold: floa
     rule = threshold_length(lengths, means, threshold=threshold, relative=relative)
     tested = (int(lengths[0]), int(lengths[-1]))
     half = 0.5 * short_score(means) if relative else 0.5
-    if rule.cutoff <= 0 or half <= 0:
+    if rule.cutoff <= 0 or half <= 0 or len(lengths) < 2:  # nothing to fit a fall-off to
         return EffectiveLength(rule, None, None, None, None, None, tested)
 
     fit = fit_logistic(lengths, means, counts)
@@ -113,15 +113,27 @@ def effective_length(values_by_length: dict[int, np.ndarray], *, threshold: floa
                            ci["l85"], tested)
 
 
-def describe_length(value: float | None, tested: tuple[int, int], label) -> str:
+def describe_length(value: float | None, tested: tuple[int, int]) -> str:
     """A fitted length for a table: '23.1K', or '>1M' / '<1K' outside the tested range."""
+    from plots.style import approx_length_label, length_label  # matplotlib only when printing
+
     if value is None:
         return "-"
     if value > tested[1]:
-        return ">" + label(tested[1])
+        return ">" + length_label(tested[1])
     if value < tested[0]:
-        return "<" + label(tested[0])
-    return label(value)
+        return "<" + length_label(tested[0])
+    return approx_length_label(value)
+
+
+def describe_with_ci(eff: EffectiveLength, value: float | None, ci) -> str:
+    """'16.0K [12.6K, 21.1K]' for a fitted length and its interval; '-' when there is none."""
+    if value is None:
+        return "-"
+    text = describe_length(value, eff.tested)
+    if ci is not None:
+        text += f" [{describe_length(ci[0], eff.tested)}, {describe_length(ci[1], eff.tested)}]"
+    return text
 
 
 def _newton(x_L, y_BL, w_L):

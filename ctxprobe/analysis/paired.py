@@ -3,8 +3,8 @@
 Both tests are one-sided: a regression gate asks whether B got worse, not whether it changed.
 - Binary scores: exact McNemar. Only discordant pairs carry information; under "no change"
   each is equally likely to favour A or B, so the count favouring A is Binomial(d, 1/2).
-- Graded values (log-probabilities, fractional scores): paired bootstrap of the mean
-  difference, centred to impose the null.
+- Graded values (log-probabilities, fractional scores): a studentized paired bootstrap
+  (bootstrap-t) of the mean difference.
 - Holm's step-down correction across all (family, length) cells controls the family-wise error
   rate (the chance of one or more false regressions in a comparison) at alpha.
 """

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from ctxprobe.backends.base import CellResult
 from ctxprobe.errors import UserError
 
+_TOKENIZE_WORKERS = 8  # /tokenize requests in flight while pre-tokenizing a haystack
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _FINGERPRINT_TEXT = "ctxprobe tokenizer fingerprint: The quick brown fox, 1234567 jumps; über naïve 東京."
 
@@ -113,7 +114,7 @@ class JsonClient:
             with self._opener.open(req, timeout=self.timeout) as resp:
                 body = resp.read()
         except urllib.error.HTTPError as e:
-            detail = self.redact(_read_quietly(e)[:300])
+            detail = self.redact(_read_quietly(e))[:300]  # redact, then cut: never half a key
             message = f"HTTP {e.code} from {url}: {detail}".strip()
             if e.code in RETRY_STATUSES:
                 raise _Retryable(message, e.code, parse_retry_after(e.headers.get("Retry-After")))
@@ -125,7 +126,8 @@ class JsonClient:
         try:
             return json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise RequestFailed(f"malformed JSON from {url}: {self.redact(body[:120].decode(errors='replace'))!r}")
+            start = self.redact(body.decode(errors="replace"))[:120]
+            raise RequestFailed(f"malformed JSON from {url}: {start!r}") from None
 
 
 class _Retryable(Exception):
@@ -145,7 +147,14 @@ class RemoteTokenizer:
 
     `style` is "vllm" ({"model", "prompt"} -> {"tokens"}) or "llama.cpp" ({"content"} ->
     {"tokens"}). Encodings are cached: a haystack's sentences recur across cells.
+
+    probes caches haystack pools by tokenizer fingerprint and keeps the first tokenizer object
+    it saw, which may outlive its server (several runs in one process). Equal fingerprints mean
+    equal tokenization, so every instance sends its requests through the newest instance with
+    its fingerprint (`_newest`), whose server is the one alive.
     """
+
+    _newest: dict[str, "RemoteTokenizer"] = {}
 
     def __init__(self, client: JsonClient, root_url: str, model: str, style: str):
         self.client, self.root_url, self.model, self.style = client, root_url, model, style
@@ -153,25 +162,42 @@ class RemoteTokenizer:
         self.vocab_size = None  # servers do not report it
         self._cache: dict[str, list[int]] = {}
         self._lock = threading.Lock()
-        digest = hashlib.sha256(json.dumps([self.name, self.encode(_FINGERPRINT_TEXT)]).encode())
+        digest = hashlib.sha256(json.dumps([self.name, self._tokenize(_FINGERPRINT_TEXT)]).encode())
         self.fingerprint = digest.hexdigest()[:16]
+        RemoteTokenizer._newest[self.fingerprint] = self
+
+    def _live(self) -> "RemoteTokenizer":
+        return RemoteTokenizer._newest.get(self.fingerprint, self)
+
+    def _tokenize(self, text: str) -> list[int]:
+        if self.style == "vllm":
+            payload = {"model": self.model, "prompt": text, "add_special_tokens": False}
+        else:
+            payload = {"content": text, "add_special": False}
+        return _token_list(self.client.request(f"{self.root_url}/tokenize", payload),
+                           f"{self.root_url}/tokenize")
 
     def encode(self, text: str) -> list[int]:
         ids = self._cache.get(text)
         if ids is None:
-            if self.style == "vllm":
-                payload = {"model": self.model, "prompt": text, "add_special_tokens": False}
-            else:
-                payload = {"content": text, "add_special": False}
-            reply = self.client.request(f"{self.root_url}/tokenize", payload)
-            ids = _token_list(reply, f"{self.root_url}/tokenize")
+            ids = self._live()._tokenize(text)
             with self._lock:
                 self._cache[text] = ids
         return list(ids)
 
     def encode_units(self, texts: list[str]) -> list[list[int]]:
-        """Each text as it tokenizes mid-text: after an anchor whose tokens are then dropped."""
+        """Each text as it tokenizes mid-text: after an anchor whose tokens are then dropped.
+
+        A long haystack has tens of thousands of units and /tokenize takes one text per
+        request, so uncached units are sent several at a time.
+        """
         anchor = self.encode(".")
+        fresh = list(dict.fromkeys(t for t in ("." + x for x in texts) if t not in self._cache))
+        if len(fresh) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(_TOKENIZE_WORKERS, len(fresh))) as pool:
+                list(pool.map(self.encode, fresh))
         out = []
         for text in texts:
             ids = self.encode("." + text)
@@ -184,12 +210,15 @@ class RemoteTokenizer:
         return np.asarray(self.encode(text), dtype=np.int32)
 
     def decode(self, ids: list[int]) -> str:
+        live = self._live()
+        if live is not self:
+            return live.decode(ids)
         if self.style == "vllm":
             reply = self.client.request(f"{self.root_url}/detokenize",
-                                        {"model": self.model, "tokens": list(ids)})
+                                        {"model": self.model, "tokens": [int(i) for i in ids]})
             text = reply.get("prompt") if isinstance(reply, dict) else None
         else:
-            reply = self.client.request(f"{self.root_url}/detokenize", {"tokens": list(ids)})
+            reply = self.client.request(f"{self.root_url}/detokenize", {"tokens": [int(i) for i in ids]})
             text = reply.get("content") if isinstance(reply, dict) else None
         if not isinstance(text, str):
             raise RequestFailed(f"malformed /detokenize reply from {self.root_url}")
@@ -246,8 +275,8 @@ class HttpBackend:
             "max_new_tokens": max_new_tokens, "concurrency": concurrency, "timeout": timeout,
             "retries": retries,
         }
-        self.identity = {"kind": "http", "base_url": self.base_url, "served_model": self.served_model,
-                         "api": api, "max_new_tokens": max_new_tokens}
+        self.identity = {"kind": "http", "served_model": self.served_model, "api": api,
+                         "max_new_tokens": max_new_tokens}
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -324,7 +353,7 @@ class HttpBackend:
             text = choice["message"]["content"] if self.api == "chat" else choice["text"]
         except (KeyError, IndexError, TypeError):
             raise RequestFailed(f"malformed {self.api} reply: no choices[0] text "
-                                f"({self.client.redact(json.dumps(reply)[:120])})") from None
+                                f"({self.client.redact(json.dumps(reply))[:120]})") from None
         if text is None:
             text = ""
         if not isinstance(text, str):

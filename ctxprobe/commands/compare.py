@@ -11,7 +11,6 @@ from ctxprobe.analysis.baseline import read_baseline, write_baseline
 from ctxprobe.analysis.compare import METRICS, Comparison, compare as compare_cells
 from ctxprobe.commands.report import db_option
 from ctxprobe.store import Store
-from plots.style import length_label, save
 
 
 def load_cells(ref: str, db: str) -> tuple[str, list[dict]]:
@@ -25,6 +24,8 @@ def load_cells(ref: str, db: str) -> tuple[str, list[dict]]:
 
 
 def format_table(result: Comparison) -> str:
+    from plots.style import length_label  # matplotlib loads only when a command runs
+
     score = result.metric == "score"
     value = (lambda v: f"{100 * v:.1f}%") if score else (lambda v: f"{v:.3f}")
     change = (lambda v: f"{100 * v:+.1f}") if score else (lambda v: f"{v:+.3f}")
@@ -74,6 +75,8 @@ def compare(ctx, run_a, run_b, db, alpha, min_drop, metric, plot_path):
     if unpaired:
         click.echo(f"({result.unpaired_a} cells of A and {result.unpaired_b} of B had no partner "
                    "with the same seed and probe and were left out)")
+    from plots.style import length_label, save
+
     if plot_path:
         from ctxprobe.analysis.figures import delta_figure
 

@@ -76,26 +76,26 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
     from ctxprobe.grid import parse_depths, parse_lengths
     from ctxprobe.planner import parse_shard
     from ctxprobe.store import Store
-    from ctxprobe.sweep import SweepSpec, open_run, run_sweep, summarize
+    from ctxprobe.sweep import SweepSpec, check_families, open_run, run_sweep, summarize
 
     spec = SweepSpec(families=[f.strip() for f in probes.split(",") if f.strip()],
                      lengths=parse_lengths(lengths), depths=parse_depths(depths),
                      samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard))
-    store = Store(db)  # refuse a bad --db before loading a model or calling a server
-    backend = open_backend(model_spec, max_new_tokens=max_new_tokens, concurrency=concurrency,
-                           served_model=served_model, api=api, api_key_env=api_key_env,
-                           tokenizer=tokenizer, timeout=timeout, retries=retries,
-                           chat_template=chat_template, device=device, dtype=dtype)
-    try:
-        run = open_run(store, backend, spec, model_spec=model_spec, name=name,
-                       command=_command_line(ctx))
-        stats = run_sweep(store, run, backend, spec, progress=not quiet)
-    finally:
-        backend.close()
-    click.echo(summarize(store.cells(run.id)))
+    check_families(spec.families)
+    with Store(db) as store:  # refuse a bad --db before loading a model or calling a server
+        backend = open_backend(model_spec, max_new_tokens=max_new_tokens, concurrency=concurrency,
+                               served_model=served_model, api=api, api_key_env=api_key_env,
+                               tokenizer=tokenizer, timeout=timeout, retries=retries,
+                               chat_template=chat_template, device=device, dtype=dtype)
+        try:
+            run = open_run(store, backend, spec, model_spec=model_spec, name=name,
+                           command=_command_line(ctx))
+            stats = run_sweep(store, run, backend, spec, progress=not quiet)
+        finally:
+            backend.close()
+        click.echo(summarize(store.cells(run.id)))
     click.echo(f"run {run.name}: {stats.finished} cell(s) done now ({stats.errored} errored), "
                f"{stats.skipped} already stored, in {stats.seconds:.1f} s; db {db}")
-    store.close()
 
 
 @click.command("runs")

@@ -12,17 +12,19 @@ from ctxprobe.models.config import ARCHITECTURES, ModelConfig
 from ctxprobe.models.model import Model
 
 
-def load_model(path, device=None, dtype=None) -> Model:
+def load_model(path, device=None, dtype=None, weights_device=None) -> Model:
     """Load an HF checkpoint dir (config.json, *.safetensors, optional tokenizer.json and chat template).
 
     device: None picks CUDA when available, else CPU. dtype: None keeps the checkpoint's dtype.
+    weights_device: where the blocks' weights live (default: device); "cpu" with a CUDA device keeps
+    them in pinned host memory for a runner that streams them in one layer at a time.
     """
     from ctxprobe.models.chat import read_template
     from ctxprobe.models.loader import load_weights, read_config
 
     root = Path(path)
     cfg = read_config(root)
-    model = load_weights(root, cfg, device=device, dtype=dtype)
+    model = load_weights(root, cfg, device=device, dtype=dtype, weights_device=weights_device)
     model.path = str(root)
     model.chat_template, model.special_tokens = read_template(root)
     if (root / "tokenizer.json").exists():

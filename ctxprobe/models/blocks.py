@@ -188,7 +188,7 @@ class Block(nn.Module):
     def qkv(self, x_TD, pos_T):
         """-> q [1, Hq, T, Dh], k [1, Hkv, T, Dh], v [1, Hkv, T, Dh], ready for attention.attend."""
         q, k, v = self.project(x_TD)
-        q, k = self.position(q, k, pos_T)
+        q, k = self.position(q, k, torch.as_tensor(pos_T, device=q.device))
         return q[None], k[None], v[None]
 
     def finish(self, x_TD, attn_1HTD):

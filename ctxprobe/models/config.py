@@ -71,7 +71,8 @@ class ModelConfig:
 
 def _require(cfg: dict, key: str, where: str):
     if key not in cfg or cfg[key] is None:
-        raise UserError(f"{where}: config.json has no '{key}'; is this a complete {cfg.get('model_type', 'HF')} config?")
+        kind = cfg.get("model_type", "HF")
+        raise UserError(f"{where}: config.json has no '{key}'; is this a complete {kind} config?")
     return cfg[key]
 
 
@@ -105,12 +106,15 @@ def from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
     get = lambda k: _require(text, k, where)  # noqa: E731
     n_layers, n_heads, dim = get("num_hidden_layers"), get("num_attention_heads"), get("hidden_size")
     n_kv = text.get("num_key_value_heads") or n_heads
+    act = text.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise UserError(f"{where}: hidden_act '{act}' is not supported; these families use silu")
     theta, scaling = _rope(text, 500000.0 if arch.startswith("Llama4") else 10000.0)
     base = dict(arch=arch, vocab_size=get("vocab_size"), dim=dim, n_layers=n_layers, n_heads=n_heads,
                 n_kv_heads=n_kv, head_dim=text.get("head_dim") or dim // n_heads,
                 ffn_dim=get("intermediate_size"), norm_eps=float(get("rms_norm_eps")),
                 rope_theta=theta, rope_scaling=scaling,
-                tie_embeddings=bool(cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
+                tie_embeddings=bool(text.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))),
                 max_position=int(text.get("max_position_embeddings") or 0),
                 dtype=str(cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype")
                           or text.get("torch_dtype") or "float32"),
@@ -135,9 +139,8 @@ def _qwen3_moe(cfg: dict, n: int) -> dict:
     step, dense = cfg.get("decoder_sparse_step", 1), set(cfg.get("mlp_only_layers") or [])
     n_experts = cfg.get("num_experts", cfg.get("num_local_experts")) or 0  # transformers 5 writes the latter
     moe = [i not in dense and n_experts > 0 and (i + 1) % step == 0 for i in range(n)]
+    # As in transformers, the window (when switched on) applies to every layer; max_window_layers is unused.
     window = cfg.get("sliding_window") if cfg.get("use_sliding_window") else None
-    if window is not None and cfg.get("max_window_layers", n) < n:
-        raise UserError("config.json: sliding window on only some layers (max_window_layers) is not supported")
     return dict(n_experts=n_experts, top_k=cfg["num_experts_per_tok"], moe_ffn_dim=cfg["moe_intermediate_size"],
                 norm_topk_prob=bool(cfg.get("norm_topk_prob", False)), moe_layers=moe, sliding_window=window)
 
@@ -153,7 +156,8 @@ def _llama4(cfg: dict, n: int) -> dict:
     types = cfg.get("layer_types") or ["chunked_attention" if r and chunk is not None else "full_attention"
                                        for r in rope]
     return dict(n_experts=cfg.get("num_local_experts", 0), top_k=cfg.get("num_experts_per_tok", 1),
-                moe_ffn_dim=cfg["intermediate_size"], ffn_dim=cfg.get("intermediate_size_mlp", cfg["intermediate_size"]),
+                moe_ffn_dim=cfg["intermediate_size"],
+                ffn_dim=cfg.get("intermediate_size_mlp", cfg["intermediate_size"]),
                 moe_layers=[i in moe_ids for i in range(n)], rope_layers=rope, chunk_size=chunk,
                 chunked_layers=[t == "chunked_attention" for t in types[:n]],
                 l2_qk_norm=bool(cfg.get("use_qk_norm", True)),

@@ -23,7 +23,7 @@ def _numel(module: torch.nn.Module) -> int:
 
 def layer_kinds(cfg) -> dict[str, int]:
     """{"attention: ...": n, "feed-forward: ...": n} counts of layers by kind."""
-    kinds: dict[str, int] = {}
+    kinds: dict[str, int] = {}  # attention kinds first, then feed-forward kinds
     for i in range(cfg.n_layers):
         mask = cfg.layer_mask(i)
         span = (f"local, chunks of {mask['chunk_size']}" if mask["chunk_size"]
@@ -33,7 +33,7 @@ def layer_kinds(cfg) -> dict[str, int]:
                else "feed-forward: dense")
         for k in (attn, ffn):
             kinds[k] = kinds.get(k, 0) + 1
-    return kinds
+    return dict(sorted(kinds.items(), key=lambda kv: not kv[0].startswith("attention")))
 
 
 def kv_span(cfg, layer: int, length: int) -> int:
@@ -47,8 +47,13 @@ def describe(path: str | Path, length: int | None = None, dtype=None) -> dict:
     """A dict of facts about a checkpoint dir; memory figures in bytes for `length` tokens."""
     cfg = read_config(path)
     headers = read_headers(Path(path))
+    plan_copies(headers, build_empty(cfg), cfg, KEYMAPS[cfg.arch])   # raises on any bad key or shape
+    return dict(path=str(path), shards=len(headers), **describe_config(cfg, length=length, dtype=dtype))
+
+
+def describe_config(cfg, length: int | None = None, dtype=None) -> dict:
+    """The facts that follow from the config alone (counted on a meta-device model)."""
     model = build_empty(cfg)
-    plan_copies(headers, model, cfg, KEYMAPS[cfg.arch])   # raises on any missing/unexpected/mis-shaped key
     dt = _dtype(dtype or cfg.dtype)
     elem = torch.empty(0, dtype=dt).element_size()
 
@@ -63,7 +68,7 @@ def describe(path: str | Path, length: int | None = None, dtype=None) -> dict:
                  for i in range(cfg.n_layers)]
     layer_bytes = [_numel(b) * elem for b in model.blocks]
     facts = dict(
-        path=str(path), arch=cfg.arch, family=cfg.family, dtype=str(dt).removeprefix("torch."),
+        arch=cfg.arch, family=cfg.family, dtype=str(dt).removeprefix("torch."),
         layers=cfg.n_layers, dim=cfg.dim, heads=cfg.n_heads, kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
         vocab=cfg.vocab_size, params_total=total, params_active=total - idle_experts,
         layer_kinds=layer_kinds(cfg),
@@ -71,7 +76,6 @@ def describe(path: str | Path, length: int | None = None, dtype=None) -> dict:
         kv_bytes_per_token_global=kv_layer * sum(is_global),
         kv_bytes_per_token_local=kv_layer * (cfg.n_layers - sum(is_global)),
         weight_bytes=total * elem, largest_layer_weight_bytes=max(layer_bytes, default=0),
-        shards=len(headers),
     )
     if length is not None:
         kv_layers = [kv_layer * kv_span(cfg, i, length) for i in range(cfg.n_layers)]

@@ -15,7 +15,7 @@ class RopeBlock(Block):
         self.rope_args = (cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
 
     def position(self, q, k, pos_T):
-        ang = rope.angles(pos_T, rope.inv_freq(*self.rope_args))
+        ang = rope.angles(pos_T, rope.inv_freq(*self.rope_args, device=pos_T.device))
         return rope.rotate_half_split(q, ang), rope.rotate_half_split(k, ang)
 
 

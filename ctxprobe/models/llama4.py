@@ -32,7 +32,7 @@ class Llama4Block(Block):
 
     def position(self, q, k, pos_T):
         if self.use_rope:
-            ang = rope.angles(pos_T, rope.inv_freq(*self.rope_args))
+            ang = rope.angles(pos_T, rope.inv_freq(*self.rope_args, device=pos_T.device))
             q, k = rope.rotate_adjacent_pairs(q, ang), rope.rotate_adjacent_pairs(k, ang)
         if self.l2_qk_norm:
             q, k = rms_norm(q, None, self.norm_eps), rms_norm(k, None, self.norm_eps)

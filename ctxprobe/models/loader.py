@@ -49,21 +49,29 @@ def build_empty(cfg: ModelConfig) -> nn.Module:
         return BUILDERS[cfg.family](cfg)
 
 
-def load_weights(path: str | Path, cfg: ModelConfig, device=None, dtype=None) -> nn.Module:
+def load_weights(path: str | Path, cfg: ModelConfig, device=None, dtype=None, weights_device=None) -> nn.Module:
+    """Check the whole checkpoint, allocate, then copy shard by shard.
+
+    weights_device: where block weights live (default: `device`). "cpu" with a CUDA `device` keeps
+    them in pinned host memory for a runner that streams one layer at a time.
+    """
     root = _checkpoint_dir(path)
     headers = read_headers(root)
     model = build_empty(cfg)
     plan = plan_copies(headers, model, cfg, KEYMAPS[cfg.arch])
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    weights_device = torch.device(weights_device or device)
+    pin = weights_device.type == "cpu" and device.type == "cuda"
     dtype = _dtype(dtype or cfg.dtype)
-    for module in model.modules():
+    for module_name, module in model.named_modules():
+        where = weights_device if module_name.startswith("blocks.") else device
         for name, p in module._parameters.items():
             if p is not None:
-                module._parameters[name] = nn.Parameter(
-                    torch.empty(p.shape, dtype=dtype, device=device), requires_grad=False)
+                t = torch.empty(p.shape, dtype=dtype, device=where, pin_memory=pin and where.type == "cpu")
+                module._parameters[name] = nn.Parameter(t, requires_grad=False)
     params = dict(model.named_parameters())
     for file, copies in plan.items():
-        with safe_open(str(file), framework="pt", device="cpu") as f:
+        with safe_open(str(file), framework="pt", device="cpu") as f:   # memory-mapped, one shard at a time
             for key, (name, expert) in copies.items():
                 dest = params[name] if expert is None else params[name][expert]
                 dest.copy_(f.get_tensor(key))
@@ -176,8 +184,8 @@ def plan_copies(headers: dict, model: nn.Module, cfg: ModelConfig, keymap: dict)
     if misshaped:
         problems.append(f"{len(misshaped)} mis-shaped key(s): " + "; ".join(misshaped[:5]))
     if missing:
-        names = [n if e is None else f"{n}[{e}]" for n, e in missing]
-        problems.append(f"{len(missing)} missing weight(s): " + ", ".join(names[:5]))
+        names = [stored_key(keymap, n, e) for n, e in missing]
+        problems.append(f"{len(missing)} missing key(s): " + ", ".join(names[:5]))
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:5]))
     if problems:
@@ -185,6 +193,18 @@ def plan_copies(headers: dict, model: nn.Module, cfg: ModelConfig, keymap: dict)
         raise UserError(f"{root}: checkpoint does not match {cfg.arch} as configured in config.json: "
                         + " | ".join(problems))
     return plan
+
+
+def stored_key(keymap: dict, name: str, expert: int | None) -> str:
+    """The checkpoint key that should have filled our parameter `name` (expert slice `expert`)."""
+    for hf, ours in keymap.items():
+        if ours is None or ours.endswith("[{}]") != (expert is not None):
+            continue
+        pattern = re.escape(ours.removesuffix("[{}]")).replace(r"\{\}", r"(\d+)")
+        m = re.fullmatch(pattern, name)
+        if m:
+            return hf.format(*m.groups(), *([] if expert is None else [expert]))
+    return name if expert is None else f"{name}[{expert}]"
 
 
 def _stacked(name: str) -> bool:
@@ -210,6 +230,11 @@ def _read_json(file: Path) -> dict:
         return json.loads(file.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{file}: not valid JSON ({e})") from None
+
+
+def parse_dtype(d) -> torch.dtype:
+    """A torch dtype or its name ('bfloat16', 'bf16', 'torch.float32', ...) -> torch.dtype."""
+    return _dtype(d)
 
 
 def _dtype(d) -> torch.dtype:

@@ -55,6 +55,19 @@ class Model(nn.Module):
             x = block.finish(x, out)
         return self.head(x).float()
 
+    def score(self, context_ids, branches, **runner_options):
+        """Teacher-forced scores of (question_ids, answer_ids) branches over one prefilled context
+        -> list[BranchScore] (exact, logprob, first_rank, greedy). See ctxprobe/runner/score.py."""
+        from ctxprobe.runner.score import score
+
+        return score(self, context_ids, branches, **runner_options)
+
+    def generate(self, prompt_ids, max_new_tokens: int, stop_ids=None, **runner_options) -> list[int]:
+        """Greedy continuation, reusing the layer-by-layer prefill's KV. See ctxprobe/runner/generate.py."""
+        from ctxprobe.runner.generate import generate
+
+        return generate(self, prompt_ids, max_new_tokens, stop_ids, **runner_options)
+
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """Render messages with the checkpoint's own chat template (UserError when it has none)."""
         from ctxprobe.models.chat import render_chat

@@ -15,11 +15,13 @@ import math
 import torch
 
 
-def inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
-    """[Dh/2] float32 inverse frequencies on the CPU, llama3-scaled when `scaling` is given."""
-    key = (head_dim, float(theta), tuple(sorted(scaling.items())) if scaling else None)
+def inv_freq(head_dim: int, theta: float, scaling: dict | None = None, device=None) -> torch.Tensor:
+    """[Dh/2] float32 inverse frequencies, llama3-scaled when `scaling` is given; cached per device
+    so that a forward pass makes no host-to-device copy for them."""
+    device = torch.device(device or "cpu")
+    key = (head_dim, float(theta), tuple(sorted(scaling.items())) if scaling else None, str(device))
     if key not in _FREQ_CACHE:
-        _FREQ_CACHE[key] = _inv_freq(head_dim, theta, scaling)
+        _FREQ_CACHE[key] = _inv_freq(head_dim, theta, scaling).to(device)
     return _FREQ_CACHE[key]
 
 

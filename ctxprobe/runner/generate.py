@@ -19,6 +19,10 @@ def generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *,
     if max_new_tokens <= 0:
         return []
     stop = set(stop_ids or ())
+    if settings is None:
+        from ctxprobe.runner.planner import auto_settings
+
+        settings = auto_settings(model, len(prompt_ids), keep_kv=True, extra_tokens=max_new_tokens)
     done = prefill(model, prompt_ids, settings=settings, keep_kv=max_new_tokens > 1)
     device = model_device(model)
     out = [int(done.last_logits.argmax())]

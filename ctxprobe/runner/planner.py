@@ -43,16 +43,14 @@ def parse_bytes(text, what: str = "--gpu-memory") -> int:
 
 
 def parse_tokens(text, what: str = "--length") -> int:
-    """'128k' (131072), '1M' (1048576), '4096' -> tokens."""
+    """'128k' (131072), '1M' (1048576), '4096' -> tokens (k = 1024, M = 1048576, as ctxprobe.grid)."""
     if isinstance(text, int):
+        if text < 1:
+            raise UserError(f"{what}: a prompt needs at least one token, got {text}")
         return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmg]?)\s*", str(text).lower())
-    if not m:
-        raise UserError(f"{what}: cannot read {text!r} as a token count; write e.g. 4096, 128k or 1M")
-    n = int(float(m.group(1)) * _UNITS[m.group(2)])
-    if n < 1:
-        raise UserError(f"{what}: a prompt needs at least one token, got {text!r}")
-    return n
+    from ctxprobe.grid import parse_size
+
+    return parse_size(str(text))
 
 
 def fmt_bytes(n: float) -> str:
@@ -195,7 +193,8 @@ class Plan:
                  + (" (one layer ahead of the compute)" if self.weights == "streamed" else ""),
                  f"  hidden states: {fmt_bytes(self.length * s.dim * s.dtype_bytes)}, {self.hidden_tier} tier",
                  *kv_lines,
-                 f"  peak device memory: {fmt_bytes(self.gpu_bytes)} ({budget(self.gpu_budget)})",
+                 *([f"  peak GPU memory: {fmt_bytes(self.gpu_bytes)} ({budget(self.gpu_budget)})"]
+                   if self.device.startswith("cuda") else []),
                  f"  peak host memory: {fmt_bytes(self.host_bytes)} ({budget(self.host_budget)})"]
         if self.disk_bytes:
             lines.append(f"  disk: {fmt_bytes(self.disk_bytes)} in {self.offload_dir}")
@@ -270,7 +269,7 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
         if on_gpu:
             fits = device_budget is None or weights_gpu + shape.activation_bytes(c) + used <= device_budget
         else:
-            fits = host_budget is None or shape.activation_bytes(c) <= host_budget // 8
+            fits = host_budget is None or weights_gpu + shape.activation_bytes(c) <= host_budget
         if not fits:
             continue
         all_device = all(t == "device" for t in tiers)
@@ -281,8 +280,8 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
     if chunk is None:
         c = chunks[-1]
         if not on_gpu:
-            raise _short("host memory", 8 * shape.activation_bytes(c), host_budget,
-                         f"even {c}-token chunks do not fit; raise --host-memory")
+            raise _short("host memory", weights_gpu + shape.activation_bytes(c), host_budget,
+                         f"the weights and even {c}-token chunks do not fit; raise --host-memory")
         need = weights_gpu + shape.activation_bytes(c) + 2 * block * kvt
         raise _short("GPU memory", need, device_budget,
                      f"even {c}-token chunks with KV streamed from host do not fit; raise --gpu-memory"
@@ -328,3 +327,47 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
                 weights="resident" if resident else "streamed", kv_tiers=kv_tiers, hidden_tier=hidden_tier,
                 offload_dir=offload_dir, keep_kv=keep_kv, gpu_bytes=gpu_bytes, host_bytes=host_need(),
                 disk_bytes=disk, gpu_budget=gpu_budget if on_gpu else None, host_budget=host_budget, shape=shape)
+
+
+def plan_for_checkpoint(path, length, *, dtype=None, device=None, gpu_memory=None, host_memory=None,
+                        offload_dir=None, keep_kv: bool = False) -> Plan:
+    """The plan for a checkpoint directory (config.json only; no weights are read).
+    device: None = cuda when a GPU budget is given or a GPU is present, else cpu."""
+    from ctxprobe.models.loader import _dtype, read_config
+
+    cfg = read_config(path)
+    if device is None:
+        import torch
+
+        device = "cuda" if gpu_memory is not None or torch.cuda.is_available() else "cpu"
+    dt = _dtype(dtype or cfg.dtype)
+    shape = ModelShape.from_config(cfg, dt.itemsize)
+    if device.startswith("cuda") and gpu_memory is None and not _cuda_present():
+        raise UserError("planning for a GPU on a machine without one: pass --gpu-memory (e.g. 80GiB)")
+    return plan_run(shape, length, device=device, gpu_memory=gpu_memory, host_memory=host_memory,
+                    offload_dir=offload_dir, keep_kv=keep_kv)
+
+
+def _cuda_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def auto_settings(model, length: int, *, keep_kv: bool = False, extra_tokens: int = 0) -> Settings:
+    """The plan's settings for a loaded model under this machine's free memory (no offload dir:
+    a run that needs disk raises UserError). Models without a ModelConfig get the defaults."""
+    from ctxprobe.runner.prefill import model_device, model_dtype
+
+    try:
+        shape = ModelShape.from_config(model.config, model_dtype(model).itemsize)
+    except AttributeError:   # a hand-built model (tests): no per-layer config to plan from
+        return Settings()
+    device = str(model_device(model))
+    gpu, host = default_budgets(device)
+    if gpu is not None:
+        import torch
+
+        gpu += torch.cuda.memory_allocated(device)   # the model's own weights are part of the budget
+    return plan_run(shape, length, device=device, gpu_memory=gpu, host_memory=host, keep_kv=keep_kv,
+                    extra_tokens=extra_tokens).settings()

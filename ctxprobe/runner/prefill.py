@@ -98,8 +98,11 @@ def _ids(ids, device) -> torch.Tensor:
 def prefill(model, ids, *, settings: Settings | None = None, riders=(), keep_kv: bool = False,
             all_logits: bool = False) -> Prefilled:
     """Run the prompt `ids` layer by layer; riders are token lists placed after it, one per branch."""
-    settings = settings or Settings()
     T = len(ids)
+    if settings is None:
+        from ctxprobe.runner.planner import auto_settings
+
+        settings = auto_settings(model, T, keep_kv=keep_kv, extra_tokens=max((len(r) for r in riders), default=0))
     if T == 0:
         raise UserError("the prompt is empty: prefill needs at least one token")
     if any(len(r) == 0 for r in riders):

@@ -91,6 +91,9 @@ class Store:
             if current_version(conn) < LATEST:
                 raise UserError(f"database {self.path} has an older schema; open it once "
                                 "without read-only (e.g. `ctxprobe runs --db ...`) to upgrade it")
+        except sqlite3.OperationalError as e:
+            raise UserError(f"cannot read database {self.path} ({e}); check its permissions "
+                            "and those of its directory") from None
         except sqlite3.DatabaseError as e:
             raise UserError(f"{self.path} is not a ctxprobe results database ({e}); "
                             "pass another --db") from None

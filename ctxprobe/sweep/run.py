@@ -50,18 +50,23 @@ def run_settings(spec: SweepSpec, backend) -> dict:
             "backend": backend.identity, "tokenizer": backend.tokenizer.fingerprint}
 
 
-def default_run_name(model_spec: str, settings: dict) -> str:
+def default_run_name(model_spec: str, backend, settings: dict) -> str:
     """Same model and settings -> same name, so rerunning a command finds its run."""
-    stem = model_spec.rstrip("/").split("/")[-1] or model_spec
+    label = backend.settings.get("served_model") or model_spec.rstrip("/").split("/")[-1]
+    label = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in label).strip("-") or "run"
     digest = hashlib.sha256(json.dumps([model_spec, settings], sort_keys=True).encode())
-    return f"{stem}-{digest.hexdigest()[:8]}"
+    return f"{label[-40:]}-{digest.hexdigest()[:8]}"
 
 
 def open_run(store: Store, backend, spec: SweepSpec, *, model_spec: str, name: str | None = None,
              command: str = "") -> Run:
-    """The run to fill: an existing one with the same settings (resume), or a new one."""
+    """The run to fill: an existing one with the same model and settings (resume), or a new one.
+
+    The server URL is not part of a run's identity, so a sweep survives a server restarted on
+    another port (pass the same --name); the served model's identity is.
+    """
     settings = run_settings(spec, backend)
-    name = name or default_run_name(model_spec, settings)
+    name = name or default_run_name(model_spec, backend, settings)
     run = store.find_run(name)
     if run is None:
         return store.create_run(name=name, model_spec=model_spec,
@@ -69,10 +74,10 @@ def open_run(store: Store, backend, spec: SweepSpec, *, model_spec: str, name: s
                                 backend=backend.settings,
                                 tokenizer_fingerprint=backend.tokenizer.fingerprint,
                                 version=__version__, command=command, settings=settings)
-    if run.model_spec != model_spec or run.settings != settings:
+    if run.model_fingerprint != backend.model_fingerprint or run.settings != settings:
         differ = sorted(k for k in set(settings) | set(run.settings)
                         if settings.get(k) != run.settings.get(k))
-        if run.model_spec != model_spec:
+        if run.model_fingerprint != backend.model_fingerprint:
             differ.insert(0, "model")
         raise UserError(f"run {name!r} in {store.path} was made with other settings "
                         f"({', '.join(differ)} differ); pass another --name to start a new run")
@@ -95,7 +100,7 @@ def score_cell(cell: Cell, probe, result: CellResult, seed: int) -> dict:
     return row
 
 
-def _check_families(families: list[str]) -> None:
+def check_families(families: list[str]) -> None:
     from probes import FAMILIES
 
     unknown = [f for f in families if f not in FAMILIES]
@@ -105,7 +110,7 @@ def _check_families(families: list[str]) -> None:
 
 def run_sweep(store: Store, run: Run, backend, spec: SweepSpec, *, progress: bool = True) -> SweepStats:
     """Answer every cell of `spec` not yet stored for `run`; each cell commits as it finishes."""
-    _check_families(spec.families)
+    check_families(spec.families)
     cells = spec.cells()
     stats = SweepStats(planned=len(cells))
     todo = pending(cells, store.done_keys(run.id))

@@ -1,0 +1,105 @@
+"""A run's HTML report: metadata and provenance, effective lengths, per-family heatmaps and
+fall-off curves (and log-probability heatmaps for native runs), failing examples with the
+model's responses. Every piece of stored text is escaped: responses are model output and may
+contain HTML. `ctxprobe report` writes the string this returns.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ctxprobe.analysis import figures
+from ctxprobe.analysis.effective_length import describe_with_ci, effective_lengths
+from ctxprobe.analysis.summary import errored, families, usable
+from plots import html
+from plots.style import length_label
+
+EXAMPLES_PER_FAMILY = 8
+
+
+def effective_rows(effs: dict, cells) -> list[list[str]]:
+    rows = []
+    for family, eff in effs.items():
+        scored = [c["score"] for c in usable(cells) if c["family"] == family]
+        rule = eff.threshold
+        rows.append([family, len(scored), f"{100 * sum(scored) / len(scored):.1f}%",
+                     f"{100 * rule.cutoff:.0f}%" + (" (relative)" if rule.relative else ""),
+                     length_label(rule.length) if rule.length else f"none (<{length_label(eff.tested[0])})",
+                     describe_with_ci(eff, eff.l50, eff.l50_ci), describe_with_ci(eff, eff.l85, eff.l85_ci)])
+    return rows
+
+
+def metadata_rows(run, cells) -> list[list]:
+    lengths = sorted({c["length"] for c in cells})
+    depths = sorted({c["depth"] for c in cells})
+    return [
+        ["run", f"{run.name} (id {run.id})"], ["created", run.created],
+        ["model", run.model_spec], ["model fingerprint", run.model_fingerprint],
+        ["backend", json.dumps(run.backend, sort_keys=True)],
+        ["tokenizer fingerprint", run.tokenizer_fingerprint],
+        ["settings", json.dumps(run.settings, sort_keys=True)],
+        ["ctxprobe version", run.version], ["command", html.code(run.command)],
+        ["cells", f"{len(cells)} stored, {errored(cells)} errored (left out of every figure)"],
+        ["lengths", ", ".join(length_label(x) for x in lengths)],
+        ["depths", ", ".join(f"{d:g}%" for d in depths)],
+        ["seeds", ", ".join(str(s) for s in sorted({c["seed"] for c in cells}))],
+    ]
+
+
+def failing_examples(cells, family: str, limit: int = EXAMPLES_PER_FAMILY) -> html.Html:
+    failed = [c for c in usable(cells) if c["family"] == family and c["score"] < 1]
+    failed.sort(key=lambda c: (c["length"], c["depth"], c["sample"]))
+    if not failed:
+        return html.paragraph("No failing cells.", cls="muted")
+    # Spread the examples evenly over the failures (sorted by length): short and long both show.
+    picked = failed[:: max(1, len(failed) // limit)][:limit]
+    parts = [html.paragraph(f"{len(failed)} failing cells; {len(picked)} shown.", cls="muted")]
+    for c in picked:
+        summary = (f"{length_label(c['length'])} tokens, depth {c['depth']:g}%, sample {c['sample']}: "
+                   f"score {c['score']:.2f}" + (f", log-prob {c['logprob']:.2f}" if c.get("logprob") is not None else "")
+                   + (f", first-token rank {c['first_rank']}" if c.get("first_rank") is not None else ""))
+        parts.append(html.details(summary, html.paragraph("response:"),
+                                  html.pre(c.get("response") or "(no response stored)"),
+                                  html.paragraph("probe hash ", html.code(c.get("probe_hash") or "-"))))
+    return html.join(*parts)
+
+
+def error_examples(cells, limit: int = 10) -> html.Html:
+    bad = [c for c in cells if c.get("error")]
+    if not bad:
+        return html.Html("")
+    rows = [[c["family"], length_label(c["length"]), f"{c['depth']:g}%", c["sample"], c["error"]]
+            for c in bad[:limit]]
+    return html.join(html.heading(f"Errored cells ({len(bad)})"),
+                     html.table(["family", "length", "depth", "sample", "error"], rows))
+
+
+def build_report(run, cells, *, relative: bool = False, threshold: float = 0.85) -> str:
+    """The whole report as one HTML string (images inline, no external references)."""
+    scored = usable(cells)
+    body = [html.table(["field", "value"], metadata_rows(run, cells))]
+    if not scored:
+        body.append(html.paragraph("This run has no scored cells yet.", cls="bad"))
+        return html.page(f"ctxprobe report: {run.name}", *body, error_examples(cells))
+    effs = effective_lengths(scored, threshold=threshold, relative=relative)
+    percent = round(100 * threshold)
+    body += [html.heading("Effective context length"),
+             html.paragraph("Threshold rule: the largest length up to which every tested length "
+                            "scores at least the cutoff. Fit: a logistic curve of score against "
+                            f"log-length; L50 and L{percent} with 95% bootstrap intervals."),
+             html.table(["family", "cells", "mean score", "cutoff", "threshold rule", "L50 (fit)",
+                         f"L{percent} (fit)"], effective_rows(effs, scored))]
+    if len(effs) > 1:
+        links = [html.join(html.link(f, f"family-{f}"), " ") for f in families(scored)]
+        body += [html.heading("All families"), html.paragraph("Families: ", *links),
+                 html.image(figures.grid_figure(scored), "all families")]
+    for family in families(scored):
+        body += [html.heading(family, anchor=f"family-{family}"),
+                 html.image(figures.heatmap_figure(scored, family), f"{family} depth x length heatmap"),
+                 html.image(figures.falloff_figure(scored, family, effs[family]), f"{family} fall-off")]
+        logprob = figures.logprob_figure(scored, family)
+        if logprob is not None:
+            body.append(html.image(logprob, f"{family} log-probability heatmap"))
+        body += [html.heading("Failing examples", level=3), failing_examples(scored, family)]
+    body.append(error_examples(cells))
+    return html.page(f"ctxprobe report: {run.name}", *body)

@@ -1,0 +1,71 @@
+"""`ctxprobe bench`: time a layer-by-layer prefill of a checkpoint or a named random-weight preset."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ctxprobe.runner.bench import H100_SXM_BF16_TFLOPS
+
+
+def _model(path, preset, device, dtype, stream_weights):
+    from ctxprobe.errors import UserError
+
+    if (path is None) == (preset is None):
+        raise UserError("bench: give a checkpoint PATH or --preset NAME (one of them)")
+    if preset is not None:
+        from ctxprobe.runner.presets import build_preset
+
+        return build_preset(preset, device=device, dtype=dtype, weights_device="cpu" if stream_weights else None)
+    from ctxprobe.models import load_model
+
+    return load_model(path, device=device, dtype=dtype)
+
+
+@click.command("bench")
+@click.argument("path", required=False, type=click.Path())
+@click.option("--preset", default=None, help="A random-weight shape instead of a checkpoint: tiny, scout-4l, scout-48l.")
+@click.option("--length", "lengths", default="4k", show_default=True,
+              help="Prompt lengths in tokens, comma-separated (128k = 131072, 1M = 1048576).")
+@click.option("--device", default=None, help="cuda or cpu (default: cuda when available).")
+@click.option("--dtype", default=None, help="float32 / bfloat16 (default: the checkpoint's; bfloat16 for scout presets).")
+@click.option("--gpu-memory", default=None, help="GPU memory budget, e.g. 78GiB (default: what is free).")
+@click.option("--host-memory", default=None, help="Host memory budget, e.g. 120GiB (default: what is available).")
+@click.option("--offload-dir", default=None, type=click.Path(), help="Directory for disk-tier hidden states and KV.")
+@click.option("--chunk", default=None, help="Tokens per prefill step (default: the planner's choice).")
+@click.option("--stream-weights", is_flag=True, help="Keep block weights in host memory; stream them per layer.")
+@click.option("--peak-tflops", default=H100_SXM_BF16_TFLOPS, show_default=True, type=float,
+              help="The card's dense bf16 peak, for model FLOP utilisation.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per length instead of text.")
+def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload_dir, chunk, stream_weights,
+          peak_tflops, as_json):
+    """Prefill random prompts layer by layer and report tokens/s, model FLOP utilisation against
+    --peak-tflops, peak GPU and host memory and host<->GPU traffic. The memory plan is printed
+    first; a run that cannot fit its budgets stops there with what is short.
+
+    Example: ctxprobe bench --preset scout-4l --length 128k,1M --dtype bfloat16
+    """
+    import torch
+
+    from ctxprobe.runner.bench import bench_prefill
+    from ctxprobe.runner.planner import ModelShape, default_budgets, parse_tokens, plan_run
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = _model(path, preset, device, dtype, stream_weights)
+    shape = ModelShape.from_config(model.config, model.dtype.itemsize)
+    free_gpu, free_host = default_budgets(device)
+    if gpu_memory is None and free_gpu is not None:   # the model's own weights count as available
+        gpu_memory = free_gpu + torch.cuda.memory_allocated(device)
+    host_memory = host_memory or free_host
+    for text in lengths.split(","):
+        n = parse_tokens(text.strip())
+        plan = plan_run(shape, n, device=device, gpu_memory=gpu_memory, host_memory=host_memory,
+                        offload_dir=offload_dir)
+        settings = plan.settings()
+        if chunk:
+            settings.chunk_tokens = parse_tokens(chunk, "--chunk")
+        if not as_json:
+            click.echo(plan.describe())
+        result = bench_prefill(model, n, settings=settings, peak_tflops=peak_tflops)
+        click.echo(json.dumps(result.to_json()) if as_json else result.line())

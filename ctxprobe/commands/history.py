@@ -1,0 +1,105 @@
+"""`ctxprobe history`: effective length and per-length scores across runs, as a table and a chart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import click
+import numpy as np
+
+from ctxprobe.analysis.effective_length import EffectiveLength, describe_with_ci, effective_length
+from ctxprobe.analysis.summary import usable, values_by_length
+from ctxprobe.commands.report import db_option
+from ctxprobe.errors import UserError
+from ctxprobe.store import Store
+
+
+@dataclass
+class RunPoint:
+    """One run's reading: its effective length and mean score per length."""
+    name: str
+    created: str
+    model: str
+    cells: int
+    eff: EffectiveLength
+    score_by_length: dict[int, float]
+
+
+def collect(store: Store, *, model: str | None, family: str | None, relative: bool,
+            threshold: float) -> list[RunPoint]:
+    runs = sorted(store.runs(), key=lambda r: (r.created, r.id))
+    if model:
+        runs = [r for r in runs if model in r.model_spec or model == r.model_fingerprint]
+        if not runs:
+            known = sorted({r.model_spec for r in store.runs()})
+            raise UserError(f"no run in {store.path} has a model matching {model!r} "
+                            f"(models: {', '.join(known[:5]) or 'none yet'})")
+    points = []
+    for run in runs:
+        cells = [c for c in usable(store.cells(run.id)) if family is None or c["family"] == family]
+        if not cells:
+            continue
+        by_length = values_by_length(cells)
+        eff = effective_length(by_length, threshold=threshold, relative=relative)
+        points.append(RunPoint(run.name, run.created, run.model_spec, len(cells), eff,
+                               {x: float(v.mean()) for x, v in by_length.items()}))
+    if not points:
+        what = f" for family {family!r}" if family else ""
+        raise UserError(f"no scored cells{what} in {store.path}: run `ctxprobe run` first or check --family")
+    return points
+
+
+def format_table(points: list[RunPoint]) -> str:
+    from plots.style import length_label
+
+    lengths = sorted({x for p in points for x in p.score_by_length})
+    header = ["run", "created", "model", "cells", "threshold rule", "L50 (fit)"] + [length_label(x) for x in lengths]
+    rows = [header]
+    for p in points:
+        rule = p.eff.threshold.length
+        rows.append([p.name, p.created, p.model, str(p.cells),
+                     length_label(rule) if rule else f"<{length_label(p.eff.tested[0])}",
+                     describe_with_ci(p.eff, p.eff.l50, p.eff.l50_ci)]
+                    + [f"{100 * p.score_by_length[x]:.0f}%" if x in p.score_by_length else "-" for x in lengths])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def history_figure(points: list[RunPoint], title: str):
+    import plots
+
+    lengths = sorted({x for p in points for x in p.score_by_length})
+    score_RL = np.array([[p.score_by_length.get(x, np.nan) for x in lengths] for p in points])
+
+    def finite(values):  # inf (never fell) and 0 (never reached) cannot sit on a log axis
+        return np.array([v if v is not None and 0 < v < np.inf else np.nan for v in values], float)
+
+    rule = finite([p.eff.threshold.length for p in points])
+    l50 = finite([p.eff.l50 for p in points])
+    lo = finite([p.eff.l50_ci[0] if p.eff.l50_ci else None for p in points])
+    hi = finite([p.eff.l50_ci[1] if p.eff.l50_ci else None for p in points])
+    effective = {"threshold rule": (rule, None, None), "L50 (fit, 95% band)": (l50, lo, hi)}
+    return plots.history([p.name for p in points], effective, lengths, score_RL, title=title)
+
+
+@click.command()
+@db_option
+@click.option("--model", help="Only runs whose model spec contains this text (or whose fingerprint equals it).")
+@click.option("--family", help="Only this probe family (default: all families pooled).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write a chart (.png or .svg).")
+@click.option("--relative", is_flag=True, help="Threshold relative to each run's shortest-length score.")
+@click.option("--threshold", default=0.85, show_default=True, type=float, help="Score cutoff (fraction).")
+def history(db, model, family, output, relative, threshold):
+    """Effective context length and score per length across runs, oldest first.
+
+    Example: ctxprobe history --model llama --family niah -o history.png
+    """
+    with Store(db, readonly=True) as store:
+        points = collect(store, model=model, family=family, relative=relative, threshold=threshold)
+    click.echo(format_table(points))
+    if output:
+        from plots.style import save
+
+        title = f"{family or 'all families'}" + (f", model ~ {model}" if model else "")
+        save(history_figure(points, title), output)
+        click.echo(f"wrote {output}")

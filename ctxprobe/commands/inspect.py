@@ -1,0 +1,40 @@
+"""`ctxprobe inspect PATH`: what a checkpoint is and what a context length will cost."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ctxprobe.grid import parse_size
+
+
+@click.command("inspect")
+@click.argument("path", type=click.Path())
+@click.option("--length", default=None, help="Context length in tokens (4k = 4096) to size memory for.")
+@click.option("--dtype", default=None, help="Weight/KV dtype to size for (default: the checkpoint's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+@click.option("--gpu-memory", default=None, help="With --length: plan for a GPU with this budget, e.g. 80GiB.")
+@click.option("--host-memory", default=None,
+              help="With --length: host memory budget, e.g. 120GiB (default: available).")
+@click.option("--offload-dir", default=None, type=click.Path(), help="With --length: directory for the disk tier.")
+def inspect(path, length, dtype, as_json, gpu_memory, host_memory, offload_dir):
+    """Architecture, parameters (total and active), layers by kind, KV bytes per token and,
+    with --length, the memory each tier needs. Reads headers only; checks every key and shape.
+
+    Example: ctxprobe inspect ./Llama-4-Scout-17B-16E-Instruct --length 1M
+    """
+    from ctxprobe.models.inspect import describe, format_facts
+
+    facts = describe(path, length=parse_size(length) if length else None, dtype=dtype)
+    if length:   # the streaming runner's memory plan (ctxprobe/runner/planner.py)
+        from ctxprobe.runner.planner import default_budgets, plan_for_checkpoint
+
+        host_memory = host_memory or default_budgets("cpu")[1]
+        facts["plan"] = plan_for_checkpoint(path, parse_size(length), dtype=dtype, gpu_memory=gpu_memory,
+                                            host_memory=host_memory, offload_dir=offload_dir).describe()
+    click.echo(json.dumps(facts, indent=2) if as_json
+               else format_facts(facts) + ("\n" + facts["plan"] if "plan" in facts else ""))
+
+
+COMMANDS = [inspect]

@@ -1,0 +1,73 @@
+"""Measure one streamed prefill: tokens/s, model FLOP utilisation, peak memory, host<->device traffic.
+
+MFU = model FLOPs (2 x active parameters per token + causal attention over the visible pairs,
+ModelShape.flops) / wall time / the card's dense bf16 peak (989 TFLOP/s for an H100 SXM).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ctxprobe.runner.planner import ModelShape, Plan, fmt_bytes
+from ctxprobe.runner.prefill import Settings, model_device, model_dtype, prefill
+
+H100_SXM_BF16_TFLOPS = 989.0
+
+
+@dataclass
+class BenchResult:
+    length: int
+    seconds: float
+    tokens_per_s: float
+    tflops: float                # achieved model TFLOP/s
+    mfu: float                   # tflops / peak
+    peak_gpu_bytes: int | None   # torch's peak allocated on the device (None on CPU)
+    peak_host_bytes: int         # the process's peak resident set so far
+    bytes_moved: int             # host/disk <-> device traffic: hidden states, KV, weights
+    chunk_tokens: int
+    device: str
+
+    def line(self) -> str:
+        gpu = "-" if self.peak_gpu_bytes is None else fmt_bytes(self.peak_gpu_bytes)
+        return (f"{self.length:>10,} tokens  {self.seconds:8.2f} s  {self.tokens_per_s:12,.0f} tok/s  "
+                f"{self.tflops:9.3f} TFLOP/s  MFU {100 * self.mfu:5.1f}%  peak GPU {gpu}  "
+                f"peak host {fmt_bytes(self.peak_host_bytes)}  moved {fmt_bytes(self.bytes_moved)}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_prefill(model, length: int, *, settings: Settings | Plan | None = None,
+                  peak_tflops: float = H100_SXM_BF16_TFLOPS, seed: int = 0, warmup: int = 512) -> BenchResult:
+    """Prefill `length` random tokens once (logits of the last position only) and time it, after an
+    untimed `warmup`-token prefill (kernel selection, lazy initialisation)."""
+    if isinstance(settings, Plan):
+        settings = settings.settings()
+    settings = settings or Settings()
+    device = model_device(model)
+    shape = ModelShape.from_config(model.config, torch.finfo(model_dtype(model)).bits // 8)
+    ids = torch.randint(0, model.config.vocab_size, (length,), generator=torch.Generator().manual_seed(seed))
+    if warmup:
+        prefill(model, ids[:min(warmup, length)], settings=settings)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    t0 = time.perf_counter()
+    done = prefill(model, ids, settings=settings)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    tflops = shape.flops(length) / seconds / 1e12
+    return BenchResult(length=length, seconds=seconds, tokens_per_s=length / seconds, tflops=tflops,
+                       mfu=tflops / peak_tflops,
+                       peak_gpu_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+                       peak_host_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                       bytes_moved=done.bytes_moved, chunk_tokens=settings.chunk_tokens, device=str(device))

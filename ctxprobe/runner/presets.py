@@ -1,0 +1,83 @@
+"""Named model shapes with random weights, built on the fly: benchmark a layout without a checkpoint.
+
+    model = build_preset("scout-4l", device="cuda", dtype="bfloat16")
+
+`scout-*` use Llama 4 Scout's widths (its published config.json): hidden 5120, 40 query heads,
+8 KV heads of 128, 16 experts (top-1) of 8192 plus a shared expert, dense MLP 16384, vocab 202048,
+local layers in 8192-token chunks, every 4th layer global and NoPE. `tiny` is the same layout at
+toy widths, for CPUs and tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ctxprobe.errors import UserError
+
+SCOUT = dict(architectures=["Llama4ForCausalLM"], model_type="llama4_text", vocab_size=202048,
+             hidden_size=5120, intermediate_size=8192, intermediate_size_mlp=16384, num_attention_heads=40,
+             num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5, num_local_experts=16,
+             num_experts_per_tok=1, interleave_moe_layer_step=1, no_rope_layer_interval=4,
+             attention_chunk_size=8192, use_qk_norm=True, attn_temperature_tuning=True, floor_scale=8192,
+             attn_scale=0.1, max_position_embeddings=10485760, tie_word_embeddings=False,
+             rope_scaling=dict(rope_type="llama3", rope_theta=500000.0, factor=16.0, low_freq_factor=1.0,
+                               high_freq_factor=1.0, original_max_position_embeddings=8192),
+             rope_theta=500000.0, torch_dtype="bfloat16", bos_token_id=200000, eos_token_id=[200001])
+
+PRESETS = {
+    "tiny": dict(SCOUT, vocab_size=512, hidden_size=64, intermediate_size=32, intermediate_size_mlp=96,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4,
+                 attention_chunk_size=64, floor_scale=64, num_hidden_layers=4, torch_dtype="float32",
+                 max_position_embeddings=1 << 20,
+                 rope_scaling=dict(SCOUT["rope_scaling"], original_max_position_embeddings=64)),
+    "scout-4l": dict(SCOUT, num_hidden_layers=4),
+    "scout-48l": dict(SCOUT, num_hidden_layers=48),
+}
+
+
+def preset_config(name: str):
+    from ctxprobe.models.config import from_hf
+
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return from_hf(dict(PRESETS[name]), where=f"preset {name}")
+
+
+@torch.no_grad()
+def build_preset(name: str, *, device="cpu", dtype=None, seed: int = 0, weights_device=None):
+    """A model of preset `name` with N(0, 1/fan_in) weights drawn directly where they will live.
+
+    weights_device: where block weights live (default: device); 'cpu' with device 'cuda' makes the
+    runner stream them in one layer ahead. Embedding and head always live on `device`.
+    """
+    from ctxprobe.models.loader import _dtype, build_empty
+
+    cfg = preset_config(name)
+    dt = _dtype(dtype or cfg.dtype)
+    cfg.dtype = str(dt).removeprefix("torch.")
+    model = build_empty(cfg)
+    device = torch.device(device)
+    weights_device = torch.device(weights_device or device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    for mod_name, module in model.named_modules():
+        where = weights_device if mod_name.startswith("blocks.") else device
+        for name, p in module._parameters.items():
+            if p is None:
+                continue
+            t = torch.empty(p.shape, dtype=dt, device=device)
+            if p.dim() == 1:
+                t.fill_(1.0)
+            else:
+                # Llama 4's fused experts store [E, D_in, D_out]; everything else [.., D_out, D_in].
+                fan_in = p.shape[-2] if name in ("gate_up", "down") else p.shape[-1]
+                t.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=g)
+            if where != device:
+                t = t.to(where).pin_memory() if device.type == "cuda" else t.to(where)
+            module._parameters[name] = nn.Parameter(t, requires_grad=False)
+    if cfg.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    model.path = f"preset:{name}"
+    return model

@@ -1,0 +1,153 @@
+"""The OpenAI-compatible HTTP backend against a misbehaving server on loopback: retries with
+backoff on 429 (honouring Retry-After), 500 and timeouts; malformed replies become errored
+cells; the sweep always completes."""
+
+import time
+
+import pytest
+from fake_openai import FakeOpenAI, answers_for
+
+from ctxprobe.backends.http import (HttpBackend, JsonClient, RequestFailed, RetryPolicy,
+                                    parse_retry_after)
+from ctxprobe.errors import UserError
+from ctxprobe.store import Store
+from ctxprobe.sweep import SweepSpec, open_run, run_sweep
+
+GRID = dict(families=["niah"], lengths=[512, 576], depths=[0.0, 100.0], samples=2)
+
+
+def backend_for(fake, **kw):
+    kw.setdefault("retry_base", 0.01)
+    kw.setdefault("environ", {})
+    return HttpBackend(fake.url, **kw)
+
+
+def sweep(tmp_path, backend, name="r"):
+    with Store(tmp_path / f"{name}.db") as store:
+        spec = SweepSpec(**GRID)
+        run = open_run(store, backend, spec, model_spec=f"openai:{backend.base_url}")
+        stats = run_sweep(store, run, backend, spec, progress=False)
+        return stats, store.cells(run.id)
+
+
+def test_retry_policy_backs_off_exponentially_with_jitter_and_honours_retry_after():
+    policy = RetryPolicy(base=1.0, cap=8.0)
+    for attempt, step in enumerate([1, 2, 4, 8, 8]):
+        delays = [policy.delay(attempt, None) for _ in range(200)]
+        assert 0.5 * step <= min(delays) and max(delays) < 1.5 * step
+        assert max(delays) - min(delays) > 0.1 * step  # jittered, not fixed
+    assert policy.delay(0, 7.0) == 7.0
+    assert policy.delay(0, 1e6) == policy.max_retry_after
+
+
+def test_parse_retry_after_reads_seconds_and_http_dates():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
+    assert 25 < parse_retry_after(when) <= 31
+
+
+def test_client_retries_429_500_and_timeouts_then_succeeds():
+    waits = []
+    with FakeOpenAI(faults=["429", "500", "hang"], retry_after="2", hang_seconds=1.0) as fake:
+        client = JsonClient(fake.url, timeout=0.3, policy=RetryPolicy(retries=3, base=0.01),
+                            sleep=waits.append)
+        reply = client.request("completions", {"model": "m", "prompt": "hi"})
+        assert reply["choices"][0]["text"] == "I don't know"
+        assert fake.completions_served() == 4
+    assert waits[0] == 2.0                      # the server's Retry-After, not the backoff
+    assert all(w < 0.1 for w in waits[1:])      # then the policy's own (tiny) backoff
+
+
+def test_client_gives_up_after_its_retries_and_does_not_retry_client_errors():
+    with FakeOpenAI(faults=["500"] * 5) as fake:
+        client = JsonClient(fake.url, policy=RetryPolicy(retries=2, base=0.001))
+        with pytest.raises(RequestFailed, match="HTTP 500.*gave up after 3 attempts"):
+            client.request("completions", {"prompt": "x"})
+        assert fake.completions_served() == 3
+        with pytest.raises(RequestFailed, match="HTTP 404"):
+            client.request("nowhere", {"prompt": "x"})
+
+
+def test_malformed_json_is_not_retried():
+    with FakeOpenAI(faults=["malformed"]) as fake:
+        client = JsonClient(fake.url, policy=RetryPolicy(retries=3, base=0.001))
+        with pytest.raises(RequestFailed, match="malformed JSON"):
+            client.request("completions", {"prompt": "x"})
+        assert fake.completions_served() == 1
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_a_sweep_through_faults_completes_with_retries_and_errored_cells(tmp_path, api):
+    answers = answers_for(**GRID)
+    faults = ["429", "malformed", "500", "hang", "no-choices"]
+    with FakeOpenAI(answers, faults=faults, hang_seconds=1.0) as fake:
+        backend = backend_for(fake, api=api, concurrency=3, timeout=0.4)
+        stats, cells = sweep(tmp_path, backend)
+        served = fake.completions_served()
+    assert stats.finished == len(cells) == 8
+    errors = [c for c in cells if c["error"]]
+    assert len(errors) == stats.errored == 2    # the malformed reply and the one with no choices
+    assert all("malformed" in c["error"] for c in errors)
+    assert all(c["score"] is None for c in errors)
+    good = [c for c in cells if not c["error"]]
+    assert all(c["score"] == c["strict"] == c["lenient"] == 1.0 and c["exact"] is None for c in good)
+    assert all(c["prompt_tokens"] == c["length"] for c in good)   # the server's count of our prompt
+    assert served == 8 + 3                      # one retry each for 429, 500 and the timeout
+
+
+def test_rerun_retries_only_the_errored_cells(tmp_path):
+    answers = answers_for(**GRID)
+    with FakeOpenAI(answers, faults=["malformed", "malformed"]) as fake:
+        backend = backend_for(fake, concurrency=1)
+        first, _ = sweep(tmp_path, backend)
+        second, cells = sweep(tmp_path, backend)
+        assert fake.completions_served() == 8 + 2
+    assert first.errored == 2 and second.finished == 2 and second.skipped == 6
+    assert second.errored == 0 and all(c["score"] == 1.0 for c in cells)
+
+
+def test_lenient_passes_a_chatty_answer_that_strict_fails(tmp_path):
+    answers = {p: f"Sure! The number is{a}." for p, a in answers_for(**GRID).items()}
+    with FakeOpenAI(answers) as fake:
+        _, cells = sweep(tmp_path, backend_for(fake))
+    assert all(c["lenient"] == 1.0 and c["strict"] == 0.0 == c["score"] for c in cells)
+
+
+@pytest.mark.parametrize("style", ["vllm", "llama.cpp"])
+def test_lengths_are_counted_with_the_servers_tokenize(style):
+    with FakeOpenAI(tokenize=style) as fake:
+        backend = backend_for(fake)
+        assert backend.settings["tokenizer"] == f"server/{style}"
+        tok = backend.tokenizer
+        assert tok.encode("héllo") == list("héllo".encode())
+        assert tok.decode(tok.encode("héllo")) == "héllo"
+        assert tok.encode_units([" a b", " c"]) == [list(b" a b"), list(b" c")]
+
+
+def test_no_tokenize_endpoint_needs_a_tokenizer():
+    with FakeOpenAI(tokenize=None) as fake:
+        with pytest.raises(UserError, match="no /tokenize endpoint.*--tokenizer"):
+            backend_for(fake)
+        backend = backend_for(fake, tokenizer_path="byte")
+        assert backend.tokenizer.fingerprint == "byte-utf8-v1"
+
+
+def test_unreachable_server_and_unknown_model_are_user_errors():
+    with FakeOpenAI() as fake:
+        url = fake.url
+        assert backend_for(fake).served_model == "fake-model"   # the only one listed
+    with pytest.raises(UserError, match="cannot reach server"):
+        HttpBackend(url, environ={}, retries=0)
+
+
+def test_a_tokenizer_outliving_its_server_uses_the_live_one():
+    # probes caches haystack pools by tokenizer fingerprint and keeps the first object it saw.
+    with FakeOpenAI() as first:
+        stale = backend_for(first).tokenizer
+    with FakeOpenAI() as second:
+        live = backend_for(second).tokenizer
+        assert stale.fingerprint == live.fingerprint
+        assert stale.encode("never seen before") == list(b"never seen before")
+        assert stale.decode([104, 105]) == "hi"
+        assert any(r["path"] == "/tokenize" for r in second.log)

@@ -1,0 +1,87 @@
+"""The memory planner: tiers and chunk size from budgets, refusal of impossible budgets with what is
+short and by how much, and plans that drive the runner to the same logits."""
+
+import pytest
+import torch
+
+from ctxprobe.errors import UserError
+from ctxprobe.runner import prefill
+from ctxprobe.runner.planner import ModelShape, fmt_bytes, parse_bytes, parse_tokens, plan_run
+from ctxprobe.runner.presets import build_preset, preset_config
+
+SCOUT_4L = ModelShape.from_config(preset_config("scout-4l"), 2)
+SCOUT_48L = ModelShape.from_config(preset_config("scout-48l"), 2)
+
+
+def test_scout_shape_matches_published_figures():
+    # 8 KV heads x 128 x (K+V) x bf16 = 4 KiB per token per layer; 1 of every 4 layers global.
+    assert SCOUT_48L.kv_bytes_per_token == 4096
+    assert [lay.kind for lay in SCOUT_4L.layers] == ["chunked"] * 3 + ["global"]
+    assert sum(lay.kind == "global" for lay in SCOUT_48L.layers) == 12
+    # ~17B active and ~109B total parameters (bf16 weights ~218 GB) for the full model.
+    active = sum(lay.active_params for lay in SCOUT_48L.layers)
+    assert 15e9 < active + 2 * 202048 * 5120 < 18e9
+    assert 200e9 < SCOUT_48L.weight_bytes < 225e9
+
+
+def test_parse_sizes():
+    assert parse_bytes("80GiB") == parse_bytes("80G") == 80 << 30
+    assert parse_bytes("80GB") == 80 * 10**9
+    assert parse_bytes("512MiB") == 512 << 20 and parse_bytes(1234) == 1234
+    assert parse_tokens("128k") == 131072 and parse_tokens("1M") == 1 << 20 and parse_tokens(77) == 77
+    with pytest.raises(UserError, match="--host-memory"):
+        parse_bytes("lots", "--host-memory")
+    with pytest.raises(UserError):
+        parse_tokens("many")
+
+
+def test_one_h100_holds_scout_4l_at_10m_with_host_hidden_states():
+    plan = plan_run(SCOUT_4L, "10M", device="cuda", gpu_memory="78GiB", host_memory="120GiB")
+    assert plan.weights == "resident" and plan.hidden_tier == "host"
+    assert plan.kv_tiers == ["device"] * 4 and plan.gpu_bytes <= 78 << 30
+    assert "10,485,760 tokens" in plan.describe()
+
+
+def test_short_gpu_moves_kv_to_host_then_refuses():
+    plan = plan_run(SCOUT_4L, "10M", device="cuda", gpu_memory="40GiB", host_memory="1TiB")
+    assert plan.kv_tiers[3] == "host" and plan.gpu_bytes <= 40 << 30
+    with pytest.raises(UserError, match=r"GPU memory: .* short by \d"):
+        plan_run(SCOUT_4L, "1M", device="cuda", gpu_memory="10GiB", host_memory="1TiB")
+
+
+def test_big_model_streams_weights():
+    plan = plan_run(SCOUT_48L, "1M", device="cuda", gpu_memory="78GiB", host_memory="1TiB")
+    assert plan.weights == "streamed" and plan.gpu_bytes <= 78 << 30
+
+
+def test_short_host_needs_offload_dir_and_names_the_shortfall(tmp_path):
+    with pytest.raises(UserError) as err:
+        plan_run(SCOUT_4L, "2M", device="cuda", gpu_memory="78GiB", host_memory="16GiB")
+    msg = str(err.value)   # the hidden states of 2M tokens x 5120 x bf16 are 20 GiB
+    assert msg.startswith("host memory") and "short by 4.0 GiB" in msg and "--offload-dir" in msg
+    plan = plan_run(SCOUT_4L, "2M", device="cuda", gpu_memory="78GiB", host_memory="16GiB",
+                    offload_dir=str(tmp_path))
+    assert plan.hidden_tier == "disk" and plan.disk_bytes == 2 * (1 << 20) * 5120 * 2
+
+
+def test_cli_refuses_before_any_work(runner):
+    from ctxprobe.cli import main
+
+    res = runner.invoke(main, ["bench", "--preset", "tiny", "--length", "64k", "--device", "cpu",
+                               "--host-memory", "1MiB"])
+    assert res.exit_code == 2
+    assert "host memory" in res.output and "short by" in res.output and "tokens/s" not in res.output
+
+
+def test_plan_settings_reproduce_logits(tmp_path):
+    """A plan squeezed onto disk drives the runner to the same logits as the plain forward."""
+    m = build_preset("tiny", dtype="float32")
+    shape = ModelShape.from_config(m.config, 4)
+    ids = torch.randint(0, m.config.vocab_size, (300,), generator=torch.Generator().manual_seed(0)).tolist()
+    budget = shape.weight_bytes + shape.activation_bytes(512) + 1000
+    plan = plan_run(shape, len(ids), device="cpu", host_memory=budget,
+                    offload_dir=str(tmp_path), kv_block_tokens=64)
+    assert plan.hidden_tier == "disk" and set(plan.kv_tiers) == {"disk"}, plan.describe()
+    got = prefill(m, ids, settings=plan.settings(), all_logits=True).logits
+    assert (got - m.logits(ids)).abs().max().item() <= 1e-4
+    assert fmt_bytes(plan.disk_bytes) in plan.describe()

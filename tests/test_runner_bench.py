@@ -1,0 +1,61 @@
+"""`ctxprobe bench`, `ctxprobe inspect --length` plan output and bench/runner.py, at CPU sizes."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from ctxprobe.cli import main
+from ctxprobe.runner.planner import ModelShape
+from ctxprobe.runner.presets import preset_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_cli_reports_figures(runner):
+    res = runner.invoke(main, ["bench", "--preset", "tiny", "--length", "200,300", "--device", "cpu",
+                               "--chunk", "64", "--json", "--peak-tflops", "1"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
+    assert [r["length"] for r in rows] == [200, 300] and all(r["chunk_tokens"] == 64 for r in rows)
+    shape = ModelShape.from_config(preset_config("tiny"), 4)
+    for r in rows:
+        assert r["tokens_per_s"] > 0 and r["peak_host_bytes"] > 0 and r["peak_gpu_bytes"] is None
+        assert r["tflops"] == pytest.approx(shape.flops(r["length"]) / r["seconds"] / 1e12, rel=1e-6)
+        assert r["mfu"] == pytest.approx(r["tflops"] / 1.0)
+
+
+def test_bench_cli_text_and_help(runner):
+    res = runner.invoke(main, ["bench", "--preset", "tiny", "--length", "256", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "plan for 256 tokens on cpu" in res.output and "tok/s" in res.output and "MFU" in res.output
+    assert "Example:" in runner.invoke(main, ["bench", "--help"]).output
+    bad = runner.invoke(main, ["bench", "--preset", "nope", "--device", "cpu"])
+    assert bad.exit_code == 2 and "unknown preset 'nope'" in bad.output
+
+
+def test_inspect_shows_the_plan(runner, tmp_path):
+    pytest.importorskip("transformers")
+    from ctxprobe.models.tiny import save_tiny
+
+    path, _ = save_tiny(tmp_path / "llama4", "llama4", max_shard_size="2MB")
+    res = runner.invoke(main, ["inspect", str(path), "--length", "1M", "--gpu-memory", "1GiB",
+                               "--host-memory", "2GiB"])
+    assert res.exit_code == 0, res.output
+    assert "plan for 1,048,576 tokens on cuda" in res.output and "peak GPU memory" in res.output
+    short = runner.invoke(main, ["inspect", str(path), "--length", "1M", "--gpu-memory", "1MiB"])
+    assert short.exit_code == 2 and "GPU memory" in short.output and "short by" in short.output
+
+
+def test_bench_script_runs_on_cpu(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["bench/runner.py", "--lengths", "128,256", "--longest", "512",
+                                      "--budget-s", "120"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(ROOT / "bench" / "runner.py"), run_name="__main__")
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line[5:]) for line in out.splitlines() if line.startswith("JSON ")]
+    assert {r["length"] for r in rows} >= {128, 256}
+    assert any(r["kv_tier_global"] == "host" for r in rows)

@@ -1,0 +1,56 @@
+"""The sweep planner: canonical cells, disjoint shards that cover the grid, resume skipping,
+work batches and context groups."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from ctxprobe.errors import UserError
+from ctxprobe.planner import (Cell, group_by_context, parse_shard, pending, plan_cells, shard,
+                              work_order)
+
+
+def test_cells_are_canonical_and_deduplicated():
+    cells = plan_cells(["kv", "niah", "kv"], [2048, 1024, 1024], [100, 0], 2)
+    assert len(cells) == 2 * 2 * 2 * 2
+    assert cells[0] == Cell("kv", 1024, 0.0, 0) and cells[-1] == Cell("niah", 2048, 100.0, 1)
+    assert cells == plan_cells(["kv", "niah"], [1024, 2048], [0, 100], 2)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_shards_are_disjoint_balanced_and_cover_the_grid(n):
+    cells = plan_cells(["a", "b"], [1, 2, 3], [0, 50, 100], 3)
+    parts = [shard(cells, i, n) for i in range(n)]
+    flat = [c for p in parts for c in p]
+    assert sorted(flat) == sorted(cells) and len(set(flat)) == len(cells)
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert parts == [shard(cells, i, n) for i in range(n)]  # deterministic
+
+
+def test_parse_shard():
+    assert parse_shard(None) == (0, 1) and parse_shard("3/4") == (3, 4)
+    for bad in ("4/4", "-1/2", "1", "a/b", "0/0"):
+        with pytest.raises(UserError, match="bad --shard"):
+            parse_shard(bad)
+
+
+def test_pending_skips_stored_keys_and_bad_grids_are_refused():
+    cells = plan_cells(["a"], [1], [0, 100], 1)
+    assert pending(cells, {("a", 1, 0.0, 0)}) == [Cell("a", 1, 100.0, 0)]
+    with pytest.raises(UserError):
+        plan_cells([], [1], [0], 1)
+    with pytest.raises(UserError):
+        plan_cells(["a"], [1], [0], 0)
+
+
+def test_work_goes_sample_by_sample_shortest_first():
+    batches = work_order(plan_cells(["a", "b"], [2, 1], [0, 100], 2))
+    assert [(b[0].sample, b[0].length) for b in batches] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert all(len(b) == 4 for b in batches)
+
+
+def test_probes_with_one_context_are_grouped():
+    probes = [SimpleNamespace(context_ids=ids, name=i) for i, ids in
+              enumerate([[1, 2], [1, 3], [1, 2], [4], [1, 3]])]
+    groups = group_by_context(probes)
+    assert [[p.name for p in g] for g in groups] == [[0, 2], [1, 4], [3]]
