@@ -11,7 +11,8 @@ from attention.chunked import chunked_attention
 from attention.kv_store import TIERS, KVStore
 from attention.merge import merge
 from attention.reference import attend_reference
-from attention.ring import ring_attend; from attention.shard import gather, shard, shard_positions, shard_ranges, unshard  # noqa: E702 (ring attention, issue 9)
+from attention.ring import ring_attend
+from attention.shard import gather, shard, shard_positions, shard_ranges, unshard
 from attention.stream import BlockStream
 
 __all__ = ["attend", "attend_reference", "merge", "KVStore", "TIERS", "chunked_attention",

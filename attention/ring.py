@@ -189,7 +189,8 @@ def ring_attend(q, k, v, *, scale=None, causal=True, chunk_size=None, window=Non
                 out, lse = attend(q.narrow(2, q_offsets[i], qe - qs), kv[0].narrow(2, k_offsets[j], ke - ks),
                                   kv[1].narrow(2, k_offsets[j], ke - ks), scale=scale, q_start=qs,
                                   k_start=ks, backend=backend, **mask)
-                acc[i] = (out.float(), lse.float()) if acc[i] is None else merge(*acc[i], out, lse)
+                # The first part stays in q's dtype; merges accumulate in float32.
+                acc[i] = (out, lse) if acc[i] is None else merge(*acc[i], out, lse)
         comm.wait()
         kv = tuple(incoming) if incoming else kv
     return _assemble(acc, mine, q)
@@ -208,10 +209,12 @@ def _assemble(acc, ranges: list[Range], q: torch.Tensor):
     outs, lses = [], []
     for part, (s, e) in zip(acc, ranges):
         if part is None:  # no key visible to any query of this piece
-            part = (q.new_zeros(B, Hq, e - s, D, dtype=torch.float32),
-                    torch.full((B, Hq, e - s), float("-inf"), device=q.device))
+            part = (q.new_zeros(B, Hq, e - s, D),
+                    torch.full((B, Hq, e - s), float("-inf"), dtype=torch.float32, device=q.device))
         outs.append(part[0])
         lses.append(part[1])
     if not outs:
         return q.new_zeros(q.shape), torch.full(q.shape[:3], float("-inf"), device=q.device)
-    return torch.cat(outs, dim=2).to(q.dtype), torch.cat(lses, dim=2)
+    if len(outs) == 1:
+        return outs[0].to(q.dtype), lses[0].float()
+    return torch.cat([o.to(q.dtype) for o in outs], dim=2), torch.cat([x.float() for x in lses], dim=2)

@@ -7,9 +7,9 @@ Layouts, for a sequence of T tokens on W ranks:
 Chunk sizes follow torch.tensor_split: T % n chunks of ceil(T/n) first, then floor(T/n),
 so any T works (chunks may be empty when T < n). With `align` the sizes count units of align
 tokens, so chunk boundaries fall on multiples of align: give a chunked-local model's chunk size
-(Llama 4: 8192) and its local layers need no KV from other ranks at all. A rank's shard is its chunks concatenated
-in position order; `shard_ranges` gives their absolute [start, end) positions, coalesced
-where adjacent and without empty pieces.
+(Llama 4: 8192) and its local layers need no KV from other ranks at all. A rank's shard is its
+chunks concatenated in position order; `shard_ranges` gives their absolute [start, end)
+positions, coalesced where adjacent and without empty pieces.
 """
 
 from __future__ import annotations

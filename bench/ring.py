@@ -36,7 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--layout", default="zigzag", choices=["zigzag", "contiguous"])
-    p.add_argument("--chunk-size", type=int, default=None, help="chunked-local mask (default: causal, global)")
+    p.add_argument("--chunk-size", type=int, default=None, help="chunked-local mask (default: global causal)")
+    p.add_argument("--align", type=int, default=1, help="shard boundaries on multiples of this (e.g. the chunk size)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--backend", default=None, help="gloo or nccl (default: nccl if enough GPUs, else gloo)")
     return p.parse_args(argv)
@@ -58,17 +59,21 @@ def seconds(fn, device) -> float:
 def inputs(args, device):
     g = torch.Generator(device="cpu").manual_seed(0)
     dtype = getattr(torch, args.dtype)
-    shapes = [(1, args.heads, args.seq_len, args.head_dim)] + [(1, args.kv_heads, args.seq_len, args.head_dim)] * 2
+    T, D = args.seq_len, args.head_dim
+    shapes = [(1, args.heads, T, D), (1, args.kv_heads, T, D), (1, args.kv_heads, T, D)]
     return [torch.randn(s, generator=g).to(device=device, dtype=dtype) for s in shapes]
 
 
 def causal_flops(args) -> float:
-    """4 D FLOPs per visible (query, key) pair and head; causal sees about half of all pairs."""
-    T = args.seq_len
-    pairs = T * (T + 1) / 2 if args.chunk_size is None else None
-    if pairs is None:
-        full, rest = divmod(T, args.chunk_size)
-        pairs = full * args.chunk_size * (args.chunk_size + 1) / 2 + rest * (rest + 1) / 2
+    """4 D FLOPs per visible (query, key) pair and query head."""
+    def triangle(n):
+        return n * (n + 1) / 2
+
+    if args.chunk_size is None:
+        pairs = triangle(args.seq_len)
+    else:
+        full, rest = divmod(args.seq_len, args.chunk_size)
+        pairs = full * triangle(args.chunk_size) + triangle(rest)
     return 4 * args.head_dim * args.heads * pairs
 
 
@@ -82,11 +87,11 @@ def worker(rank: int, args, port: int, backend: str) -> None:
                             world_size=args.world_size, timeout=datetime.timedelta(minutes=5))
     q, k, v = inputs(args, device)
     mask = dict(causal=True, chunk_size=args.chunk_size)
-    local = [shard(t, rank, args.world_size, args.layout).contiguous() for t in (q, k, v)]
+    local = [shard(t, rank, args.world_size, args.layout, align=args.align).contiguous() for t in (q, k, v)]
 
     def run_ring():  # start together, and count until the slowest rank is done
         dist.barrier()
-        result = ring_attend(*local, layout=args.layout, seq_len=args.seq_len, **mask)
+        result = ring_attend(*local, layout=args.layout, seq_len=args.seq_len, align=args.align, **mask)
         dist.barrier()
         return result
 
@@ -106,9 +111,11 @@ def worker(rank: int, args, port: int, backend: str) -> None:
     out, _ = run_ring()
     if rank == 0:
         ref, _ = attend(q, k, v, **mask)
-        diff = (out.float() - shard(ref, 0, args.world_size, args.layout).float()).abs().max().item()
+        want = shard(ref, 0, args.world_size, args.layout, align=args.align)
+        diff = (out.float() - want.float()).abs().max().item()
         tflops = causal_flops(args) / 1e12
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+        cpu = f"CPU ({os.cpu_count()} cores)"
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
         print(f"device {name}, backend {backend}, world {args.world_size}, layout {args.layout}, "
               f"T {args.seq_len}, heads {args.heads}/{args.kv_heads} x {args.head_dim}, {args.dtype}, "
               f"mask {'chunk ' + str(args.chunk_size) if args.chunk_size else 'causal'}")

@@ -158,7 +158,8 @@ def _model_prefill(rank: int, world_size: int, model_dir: str) -> dict:
             x = block.finish(x, out)
         logits = gather(m.head(x).float(), seq_len, dim=0, align=align)
         want = m.logits(ids.tolist())
-    return dict(out=_max_error(logits, want), pieces=len(shard_ranges(seq_len, rank, world_size, align=align)))
+    pieces = len(shard_ranges(seq_len, rank, world_size, align=align))
+    return dict(out=_max_error(logits, want), pieces=pieces)
 
 
 def _worker(rank: int, world_size: int, port: int, out_dir: str, model_dir: str | None) -> None:
@@ -277,5 +278,6 @@ def test_ring_attend_on_a_subgroup(world):
 @pytest.mark.parametrize("world", MODEL_WORLD_SIZES, indirect=True)
 def test_tiny_model_prefill_over_ranks_equals_one_process(world):
     for rank, results in enumerate(world):
-        assert results["model_prefill"]["out"] <= TOL, f"rank {rank}: logits differ by {results['model_prefill']}"
+        got = results["model_prefill"]
+        assert got["out"] <= TOL, f"rank {rank}: logits differ by {got['out']}"
     assert max(r["model_prefill"]["pieces"] for r in world) == 2  # some rank holds two separate pieces

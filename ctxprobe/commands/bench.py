@@ -9,15 +9,29 @@ import click
 from ctxprobe.runner.bench import H100_SXM_BF16_TFLOPS
 
 
-def _model(path, preset, device, dtype, stream_weights):
+def _config(path, preset):
     from ctxprobe.errors import UserError
 
     if (path is None) == (preset is None):
         raise UserError("bench: give a checkpoint PATH or --preset NAME (one of them)")
     if preset is not None:
+        from ctxprobe.runner.presets import preset_config
+
+        return preset_config(preset)
+    from ctxprobe.models.loader import read_config
+
+    return read_config(path)
+
+
+def _model(path, preset, device, dtype, stream_weights):
+    if preset is not None:
         from ctxprobe.runner.presets import build_preset
 
         return build_preset(preset, device=device, dtype=dtype, weights_device="cpu" if stream_weights else None)
+    if stream_weights:
+        from ctxprobe.errors import UserError
+
+        raise UserError("--stream-weights works with --preset only; checkpoints load where --device says")
     from ctxprobe.models import load_model
 
     return load_model(path, device=device, dtype=dtype)
@@ -25,11 +39,13 @@ def _model(path, preset, device, dtype, stream_weights):
 
 @click.command("bench")
 @click.argument("path", required=False, type=click.Path())
-@click.option("--preset", default=None, help="A random-weight shape instead of a checkpoint: tiny, scout-4l, scout-48l.")
+@click.option("--preset", default=None,
+              help="A random-weight shape instead of a checkpoint: tiny, scout-4l, scout-48l.")
 @click.option("--length", "lengths", default="4k", show_default=True,
               help="Prompt lengths in tokens, comma-separated (128k = 131072, 1M = 1048576).")
 @click.option("--device", default=None, help="cuda or cpu (default: cuda when available).")
-@click.option("--dtype", default=None, help="float32 / bfloat16 (default: the checkpoint's; bfloat16 for scout presets).")
+@click.option("--dtype", default=None,
+              help="float32 / bfloat16 (default: the checkpoint's; bfloat16 for scout presets).")
 @click.option("--gpu-memory", default=None, help="GPU memory budget, e.g. 78GiB (default: what is free).")
 @click.option("--host-memory", default=None, help="Host memory budget, e.g. 120GiB (default: what is available).")
 @click.option("--offload-dir", default=None, type=click.Path(), help="Directory for disk-tier hidden states and KV.")
@@ -51,21 +67,24 @@ def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload
     from ctxprobe.runner.bench import bench_prefill
     from ctxprobe.runner.planner import ModelShape, default_budgets, parse_tokens, plan_run
 
+    from ctxprobe.models.loader import _dtype
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = _model(path, preset, device, dtype, stream_weights)
-    shape = ModelShape.from_config(model.config, model.dtype.itemsize)
+    cfg = _config(path, preset)
+    shape = ModelShape.from_config(cfg, _dtype(dtype or cfg.dtype).itemsize)
     free_gpu, free_host = default_budgets(device)
-    if gpu_memory is None and free_gpu is not None:   # the model's own weights count as available
-        gpu_memory = free_gpu + torch.cuda.memory_allocated(device)
+    gpu_memory = gpu_memory or free_gpu
     host_memory = host_memory or free_host
-    for text in lengths.split(","):
-        n = parse_tokens(text.strip())
-        plan = plan_run(shape, n, device=device, gpu_memory=gpu_memory, host_memory=host_memory,
-                        offload_dir=offload_dir)
+    # Every length is planned before anything is built: a run that cannot fit stops here.
+    plans = [plan_run(shape, parse_tokens(text.strip()), device=device, gpu_memory=gpu_memory,
+                      host_memory=host_memory, offload_dir=offload_dir) for text in lengths.split(",")]
+    stream_weights = stream_weights or any(p.weights == "streamed" for p in plans)
+    model = _model(path, preset, device, dtype, stream_weights)
+    for plan in plans:
         settings = plan.settings()
         if chunk:
             settings.chunk_tokens = parse_tokens(chunk, "--chunk")
         if not as_json:
             click.echo(plan.describe())
-        result = bench_prefill(model, n, settings=settings, peak_tflops=peak_tflops)
+        result = bench_prefill(model, plan.length, settings=settings, peak_tflops=peak_tflops)
         click.echo(json.dumps(result.to_json()) if as_json else result.line())

@@ -102,7 +102,8 @@ def from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
     if arch is None:
         raise UserError(f"{where}: architecture {archs or cfg.get('model_type')} is not supported; "
                         f"supported: {', '.join(ARCHITECTURES)}")
-    text = cfg.get("text_config") or cfg if arch == "Llama4ForConditionalGeneration" else cfg
+    # The multimodal Llama 4 config nests the text model's settings under text_config.
+    text = (cfg.get("text_config") or cfg) if arch == "Llama4ForConditionalGeneration" else cfg
     get = lambda k: _require(text, k, where)  # noqa: E731
     n_layers, n_heads, dim = get("num_hidden_layers"), get("num_attention_heads"), get("hidden_size")
     n_kv = text.get("num_key_value_heads") or n_heads

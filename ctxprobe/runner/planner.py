@@ -106,7 +106,8 @@ class ModelShape:
     def from_config(cls, cfg, dtype_bytes: int | None = None) -> "ModelShape":
         """From ctxprobe.models' ModelConfig (duck-typed: dims, per-layer flags, experts)."""
         if dtype_bytes is None:
-            dtype_bytes = {"float32": 4, "float64": 8}.get(str(getattr(cfg, "dtype", "bfloat16")).replace("torch.", ""), 2)
+            name = str(getattr(cfg, "dtype", "bfloat16")).replace("torch.", "")
+            dtype_bytes = {"float32": 4, "float64": 8}.get(name, 2)
         D, Hq, Hkv, Dh = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         attn = D * Hq * Dh * 2 + D * Hkv * Dh * 2
         layers = []
