@@ -2,8 +2,8 @@
 
 Spawns --world-size processes in a process group (NCCL when each rank can have its own GPU,
 else gloo on CPU), times `ring_attend` on each rank's shard, and times plain `attend` over the
-whole sequence in one process. With one rank the ring has no transfers, so the figure is the
-cost of the ring wrapper itself (planning, piece split, merge). Checks the outputs agree.
+whole sequence in one process. With one rank the ring has no transfers and one attend call,
+so the figure is the cost of the ring wrapper itself. Checks that the outputs agree.
 
     python bench/ring.py                                   # CPU, small
     python bench/ring.py --seq-len 131072 --heads 40 --kv-heads 8 --head-dim 128 --dtype bfloat16
@@ -37,7 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--layout", default="zigzag", choices=["zigzag", "contiguous"])
     p.add_argument("--chunk-size", type=int, default=None, help="chunked-local mask (default: global causal)")
-    p.add_argument("--align", type=int, default=1, help="shard boundaries on multiples of this (e.g. the chunk size)")
+    p.add_argument("--align", type=int, default=1, help="put shard boundaries on multiples of this")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--backend", default=None, help="gloo or nccl (default: nccl if enough GPUs, else gloo)")
     return p.parse_args(argv)

@@ -73,7 +73,8 @@ def test_tokenizer_directory_and_hash_depends_on_tokenizer(bpe):
 
 
 def test_file_haystack_bpe(bpe, tmp_path):
-    (tmp_path / "t.txt").write_text("The quick brown fox jumps. Über naïve café déjà vu! 12345 and 67.\n" * 30)
+    text = "The quick brown fox jumps. Über naïve café déjà vu! 12345 and 67.\n"
+    (tmp_path / "t.txt").write_text(text * 30)
     for length in range(1200, 1210):
         check_probe(make_probe("multikey", length, 50, haystack=str(tmp_path), tokenizer=bpe), bpe, length)
 

@@ -12,13 +12,25 @@ SMALL = Settings(chunk_tokens=23, kv_block_tokens=8)
 
 
 @pytest.fixture(scope="module")
-def llama4(tmp_path_factory):
+def checkpoint(tmp_path_factory):
     pytest.importorskip("transformers")
     from ctxprobe.models import load_model
     from ctxprobe.models.tiny import save_tiny
 
-    path, _ = save_tiny(tmp_path_factory.mktemp("llama4"), "llama4", max_shard_size="2MB")
-    return load_model(path, device="cpu", dtype="float32")
+    built = {}
+
+    def get(family):
+        if family not in built:
+            path, _ = save_tiny(tmp_path_factory.mktemp(family), family, max_shard_size="2MB")
+            built[family] = load_model(path, device="cpu", dtype="float32")
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def llama4(checkpoint):
+    return checkpoint("llama4")
 
 
 def rand_ids(n, vocab, seed):
@@ -38,9 +50,9 @@ def branches_for(m, ctx, seed):
             (rand_ids(9, V, seed + 4), rand_ids(1, V, seed + 5))]
 
 
-@pytest.mark.parametrize("which", ["toy", "llama4"])
-def test_score_equals_full_forward_per_branch(which, request):
-    m = ToyModel() if which == "toy" else request.getfixturevalue("llama4")
+@pytest.mark.parametrize("which", ["toy", "llama", "mixtral", "qwen3_moe", "llama4"])
+def test_score_equals_full_forward_per_branch(which, checkpoint):
+    m = ToyModel() if which == "toy" else checkpoint(which)
     ctx = rand_ids(70 if which == "toy" else 140, m.config.vocab_size, seed=7)
     branches = branches_for(m, ctx, seed=11)
     got, want = score(m, ctx, branches, settings=SMALL), score_reference(m, ctx, branches)

@@ -28,13 +28,15 @@ def _model(path, preset, device, dtype, stream_weights):
         from ctxprobe.runner.presets import build_preset
 
         return build_preset(preset, device=device, dtype=dtype, weights_device="cpu" if stream_weights else None)
-    if stream_weights:
-        from ctxprobe.errors import UserError
-
-        raise UserError("--stream-weights works with --preset only; checkpoints load where --device says")
     from ctxprobe.models import load_model
 
-    return load_model(path, device=device, dtype=dtype)
+    if not stream_weights:
+        return load_model(path, device=device, dtype=dtype)
+    # Blocks stay in host memory (the runner streams them one layer ahead); embedding and head move.
+    model = load_model(path, device="cpu", dtype=dtype)
+    for part in (model.tok_embeddings, model.norm, model.output):
+        part.to(device)
+    return model
 
 
 @click.command("bench")
@@ -64,10 +66,9 @@ def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload
     """
     import torch
 
+    from ctxprobe.models.loader import _dtype
     from ctxprobe.runner.bench import bench_prefill
     from ctxprobe.runner.planner import ModelShape, default_budgets, parse_tokens, plan_run
-
-    from ctxprobe.models.loader import _dtype
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = _config(path, preset)

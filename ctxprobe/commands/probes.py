@@ -30,7 +30,8 @@ def _parse_params(pairs) -> dict:
 def probe_options(f):
     """Options shared by `show` and `export`."""
     for option in reversed([
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the haystack and needles."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of the haystack and needles."),
         click.option("--tokenizer", "tokenizer_path", default=None,
                      help="tokenizer.json or a model directory holding one (default: bytes)."),
         click.option("--haystack", default=None,

@@ -3,8 +3,8 @@
 Layer l reads chunk [s, e) of the buffer, computes, and writes the result back in place: chunk i's
 output depends only on chunk i's input and on keys already in the layer's KV, so one buffer
 suffices. Tiers: host memory (pinned under CUDA, so each chunk is one DMA) or a memory-mapped file
-on disk when host memory is short. Under CUDA the next chunk is copied to the device on a side
-stream while the current one computes (double buffering).
+on disk when host memory is short. Under CUDA the next chunk is copied to the device on one side
+stream while the current one computes (double buffering), and results go back on another.
 
 Shapes: T prompt tokens, D hidden size.
 """
@@ -38,15 +38,25 @@ class HiddenBuffer:
             itemsize = torch.finfo(dtype).bits // 8
             self._mm = np.memmap(self.path, dtype=np.uint8, mode="w+", shape=(n_tokens, dim * itemsize))
             self.buf_TD = torch.from_numpy(self._mm).view(dtype)   # [T, D], backed by the file
-        self._stream = torch.cuda.Stream(self.device) if self.cuda else None
-        self._pending = None   # (s, e, device tensor, event) prefetched on the side stream
+        # Copies run on their own streams so that they overlap compute: h2d for prefetches, d2h for
+        # write-backs. Every read first waits for the write-backs (d2h) queued before it.
+        self._h2d = torch.cuda.Stream(self.device) if self.cuda else None
+        self._d2h = torch.cuda.Stream(self.device) if self.cuda else None
+        self._pending = None   # (s, e, device tensor, event) prefetched on the h2d stream
 
     def write(self, s: int, x_TD: torch.Tensor):
         dst = self.buf_TD[s:s + x_TD.shape[0]]
-        if x_TD.device != dst.device:
-            self.bytes_moved += x_TD.numel() * x_TD.element_size()
-        # Non-blocking into pinned memory is safe: later reads are device copies on ordered streams.
-        dst.copy_(x_TD, non_blocking=self.cuda and self.tier == "host")
+        if x_TD.device == dst.device:
+            dst.copy_(x_TD)
+            return
+        self.bytes_moved += x_TD.numel() * x_TD.element_size()
+        if self.tier != "host":    # a memory map is pageable: a plain synchronous copy
+            dst.copy_(x_TD)
+            return
+        self._d2h.wait_stream(torch.cuda.current_stream(self.device))   # x is computed
+        with torch.cuda.stream(self._d2h):
+            dst.copy_(x_TD, non_blocking=True)
+        x_TD.record_stream(self._d2h)     # keep x's memory until the copy is done
 
     def read(self, s: int, e: int) -> torch.Tensor:
         """Chunk [s, e) on the device (a prefetched copy when `prefetch(s, e)` came first)."""
@@ -60,14 +70,16 @@ class HiddenBuffer:
         if src.device == self.device:
             return src.clone()
         self.bytes_moved += src.numel() * src.element_size()
+        if self.cuda:
+            torch.cuda.current_stream(self.device).wait_stream(self._d2h)
         return src.to(self.device, non_blocking=self.cuda and self.tier == "host")
 
     def prefetch(self, s: int, e: int):
         """Start copying chunk [s, e) to the device on a side stream (CUDA only; a no-op on CPU)."""
         if not self.cuda:
             return
-        stream = self._stream
-        stream.wait_stream(torch.cuda.current_stream(self.device))   # its host data must be written
+        stream = self._h2d
+        stream.wait_stream(self._d2h)   # its host data must be written back first
         with torch.cuda.stream(stream):
             src = self.buf_TD[s:e]
             x = src.to(self.device, non_blocking=self.tier == "host")
