@@ -75,3 +75,20 @@ def test_killed_sweep_resumes_to_the_same_rows(tmp_path, runner, monkeypatch):
     assert len(killed) == len(set(r[:4] for r in killed)) == TOTAL
     assert killed == uninterrupted
     assert all(r[COMPARED.index("score")] == 1.0 for r in killed)
+
+
+def test_ctrl_c_exits_at_once_and_says_how_to_resume(tmp_path):
+    db = tmp_path / "r.db"
+    with FakeOpenAI(answers_for(**GRID), delay=5.0) as fake:   # every answer takes 5 s
+        proc = subprocess.Popen(command(fake.url, db), env=env(), cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while fake.completions_served() < 2 and time.time() < deadline:  # both workers waiting
+            time.sleep(0.02)
+        start = time.time()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        elapsed = time.time() - start
+    assert proc.returncode == 130, err
+    assert elapsed < 3.0, f"took {elapsed:.1f} s to stop: it waited for the requests in flight"
+    assert "interrupted: 0 cell(s)" in err and "rerun the same command to resume" in err

@@ -72,12 +72,13 @@ class JsonClient:
     """POST/GET JSON with a per-request timeout and the retry policy."""
 
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 120.0,
-                 policy: RetryPolicy = RetryPolicy(), sleep=time.sleep):
+                 policy: RetryPolicy = RetryPolicy(), sleep=None):
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.timeout = timeout
         self.policy = policy
-        self._sleep = sleep
+        self.stopping = threading.Event()  # set by close(): no new attempts, backoffs cut short
+        self._sleep = sleep or self.stopping.wait
         host = urllib.parse.urlsplit(self.base_url).hostname or ""
         # A proxy configured for the outside world must not capture a server on loopback.
         handlers = [urllib.request.ProxyHandler({})] if host in ("127.0.0.1", "localhost", "::1") else []
@@ -91,6 +92,8 @@ class JsonClient:
         url = path if "://" in path else f"{self.base_url}/{path.lstrip('/')}"
         retries = self.policy.retries if retries is None else retries
         for attempt in range(retries + 1):
+            if self.stopping.is_set():
+                raise RequestFailed(f"request to {url} cancelled: the sweep is stopping")
             try:
                 return self._once(url, payload)
             except _Retryable as e:
@@ -361,4 +364,4 @@ class HttpBackend:
         return text
 
     def close(self) -> None:
-        pass
+        self.client.stopping.set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shlex
 import sys
 
@@ -87,15 +88,29 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
                                served_model=served_model, api=api, api_key_env=api_key_env,
                                tokenizer=tokenizer, timeout=timeout, retries=retries,
                                chat_template=chat_template, device=device, dtype=dtype)
+        run = open_run(store, backend, spec, model_spec=model_spec, name=name,
+                       command=_command_line(ctx))
         try:
-            run = open_run(store, backend, spec, model_spec=model_spec, name=name,
-                           command=_command_line(ctx))
             stats = run_sweep(store, run, backend, spec, progress=not quiet)
+        except KeyboardInterrupt:
+            _stop_now(store, run, backend)
         finally:
             backend.close()
         click.echo(summarize(store.cells(run.id)))
     click.echo(f"run {run.name}: {stats.finished} cell(s) done now ({stats.errored} errored), "
                f"{stats.skipped} already stored, in {stats.seconds:.1f} s; db {db}")
+
+
+def _stop_now(store, run, backend) -> None:
+    """Ctrl-C: every finished cell is already committed, so say how to resume and exit at
+    once rather than wait for requests in flight (up to --timeout each) to come back."""
+    backend.close()
+    stored, _ = store.cell_counts(run.id)
+    click.echo(f"\ninterrupted: {stored} cell(s) of run {run.name} are stored; rerun the same "
+               "command to resume", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 @click.command("runs")

@@ -64,7 +64,7 @@ def model_dtype(model) -> torch.dtype:
     return p.dtype if p is not None else torch.float32
 
 
-def new_layer_kv(model, block, settings: Settings, layer: int, device, dtype) -> LayerKV:
+def new_layer_kv(block, settings: Settings, layer: int, device, dtype) -> LayerKV:
     return LayerKV(tier=settings.kv_tier(layer), device=device, dtype=dtype, n_kv_heads=block.n_kv_heads,
                    head_dim=block.head_dim, block_tokens=settings.kv_block_tokens, mask=block.mask,
                    scale=block.scale, offload_dir=settings.offload_dir)
@@ -99,14 +99,14 @@ def prefill(model, ids, *, settings: Settings | None = None, riders=(), keep_kv:
             all_logits: bool = False) -> Prefilled:
     """Run the prompt `ids` layer by layer; riders are token lists placed after it, one per branch."""
     T = len(ids)
-    if settings is None:
-        from ctxprobe.runner.planner import auto_settings
-
-        settings = auto_settings(model, T, keep_kv=keep_kv, extra_tokens=max((len(r) for r in riders), default=0))
     if T == 0:
         raise UserError("the prompt is empty: prefill needs at least one token")
     if any(len(r) == 0 for r in riders):
         raise UserError("a branch has no tokens: give each branch at least one question or answer token")
+    if settings is None:
+        from ctxprobe.runner.planner import auto_settings
+
+        settings = auto_settings(model, T, keep_kv=keep_kv, extra_tokens=max((len(r) for r in riders), default=0))
     device, dtype = model_device(model), model_dtype(model)
     C = settings.chunk_tokens
     spans = [(s, min(s + C, T)) for s in range(0, T, C)]
@@ -121,7 +121,7 @@ def prefill(model, ids, *, settings: Settings | None = None, riders=(), keep_kv:
     weights = LayerWeights(model.blocks, device)
     for layer, block in enumerate(model.blocks):
         weights.enter(layer)     # this layer's weights on the device; the next one's on their way
-        kv = new_layer_kv(model, block, settings, layer, device, dtype)
+        kv = new_layer_kv(block, settings, layer, device, dtype)
         for i, (s, e) in enumerate(spans):
             x = hidden.read(s, e)
             if i + 1 < len(spans):
