@@ -133,10 +133,12 @@ def test_no_tokenize_endpoint_needs_a_tokenizer():
         assert backend.tokenizer.fingerprint == "byte-utf8-v1"
 
 
-def test_unreachable_server_and_unknown_model_are_user_errors():
+def test_setup_finds_the_served_model_and_refuses_an_unreachable_server():
     with FakeOpenAI() as fake:
         url = fake.url
         assert backend_for(fake).served_model == "fake-model"   # the only one listed
+        bare = HttpBackend(url.removesuffix("/v1"), environ={})   # a bare host means /v1
+        assert bare.base_url == url
     with pytest.raises(UserError, match="cannot reach server"):
         HttpBackend(url, environ={}, retries=0)
 

@@ -85,3 +85,12 @@ def test_plan_settings_reproduce_logits(tmp_path):
     got = prefill(m, ids, settings=plan.settings(), all_logits=True).logits
     assert (got - m.logits(ids)).abs().max().item() <= 1e-4
     assert fmt_bytes(plan.disk_bytes) in plan.describe()
+
+
+def test_generation_keeps_every_layer_and_spills_the_rest_to_host():
+    plan = plan_run(SCOUT_48L, "2M", device="cuda", gpu_memory="78GiB", host_memory="1TiB", keep_kv=True,
+                    extra_tokens=64)
+    assert plan.keep_kv and plan.weights == "streamed"
+    assert "device" in plan.kv_tiers and "host" in plan.kv_tiers and plan.gpu_bytes <= 78 << 30
+    one = plan_run(SCOUT_48L, "2M", device="cuda", gpu_memory="78GiB", host_memory="1TiB")
+    assert plan.host_bytes > one.host_bytes   # the kept KV lives on the host

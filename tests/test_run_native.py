@@ -113,3 +113,16 @@ def test_branches_sharing_a_context_score_as_they_do_alone(checkpoint):
     for got in together:
         assert (got.exact, got.first_rank, got.response) == (alone.exact, alone.first_rank, alone.response)
         assert got.logprob == pytest.approx(alone.logprob, abs=1e-4)
+
+
+def test_builtin_spec_runs_the_built_in_model_and_finds_its_cliff(runner, tmp_path):
+    # The built-in model is built to retrieve up to ~5.8K tokens and fail beyond.
+    db = tmp_path / "r.db"
+    result = runner.invoke(main, ["run", "--model", "builtin", "--probe", "niah", "--lengths", "2k,8k",
+                                  "--depths", "50", "--db", str(db), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "effective length (score >= 85%): 2K" in result.output
+    with Store(db) as store:
+        [run] = store.runs()
+        scores = {c["length"]: c["score"] for c in store.cells(run.id)}
+    assert run.name.startswith("builtin-") and scores == {2048: 1.0, 8192: 0.0}

@@ -4,6 +4,9 @@ divide the prompt."""
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from ctxprobe.runner import Settings, prefill
 from runner_toy import ToyModel
@@ -87,3 +90,16 @@ def test_mixed_tiers_per_layer(models, tmp_path):
     got = prefill(m, prompt, settings=settings, all_logits=True)
     assert (got.logits - m.logits(prompt)).abs().max().item() <= 1e-4
     assert got.bytes_moved > 0   # disk-tier KV and hidden states were read back
+
+
+@hypothesis_settings(max_examples=15, deadline=None)
+@given(length=st.integers(1, 40), chunk=st.integers(1, 45), block=st.integers(1, 12),
+       local=st.sampled_from([{}, {"chunk_size": 3}, {"chunk_size": 8}, {"window": 1}, {"window": 6}]),
+       tier=st.sampled_from(["device", "host"]), seed=st.integers(0, 3))
+def test_prefill_property(length, chunk, block, local, tier, seed):
+    """Any prompt length, chunking, block size and local mask: the same logits as the plain forward."""
+    m = ToyModel(masks=({}, local), seed=seed, dim=16, n_heads=2, n_kv_heads=1)
+    prompt = ids(length, m.config.vocab_size, seed=seed)
+    got = prefill(m, prompt, settings=Settings(chunk_tokens=chunk, kv_block_tokens=block, kv_tiers=tier),
+                  all_logits=True).logits
+    assert (got - m.logits(prompt)).abs().max().item() <= 1e-4

@@ -27,7 +27,7 @@ from ctxprobe.errors import UserError
 
 _TOKENIZE_WORKERS = 8  # /tokenize requests in flight while pre-tokenizing a haystack
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-_FINGERPRINT_TEXT = "ctxprobe tokenizer fingerprint: The quick brown fox, 1234567 jumps; über naïve 東京."
+_FINGERPRINT_TEXT = "ctxprobe fingerprint: The quick brown fox, 1234567 jumps; über naïve 東京."
 
 
 class RequestFailed(Exception):
@@ -255,8 +255,9 @@ class HttpBackend:
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UserError(f"bad server URL {base_url!r}: use openai:http://HOST:PORT/v1")
+        # No credentials in the URL we keep; a bare host means the usual /v1 prefix.
         self.base_url = urllib.parse.urlunsplit(
-            (parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path.rstrip("/"), "", ""))
+            (parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path.rstrip("/") or "/v1", "", ""))
         self.root_url = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
         if api_key_env is None and environ.get("OPENAI_API_KEY"):
             api_key_env = "OPENAI_API_KEY"
@@ -317,7 +318,8 @@ class HttpBackend:
                 _token_list(self.client.request(f"{self.root_url}/tokenize", payload, retries=1), "")
             except RequestFailed:
                 continue
-            return RemoteTokenizer(self.client, self.root_url, self.served_model, style), f"server/{style}"
+            tokenizer = RemoteTokenizer(self.client, self.root_url, self.served_model, style)
+            return tokenizer, f"server/{style}"
         raise UserError(f"server {self.base_url} has no /tokenize endpoint, so ctxprobe cannot "
                         "build prompts of exact token lengths; pass --tokenizer PATH (the model's "
                         "tokenizer.json or its directory)")

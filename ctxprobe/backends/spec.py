@@ -1,6 +1,7 @@
 """Turn a --model spec into a backend.
 
     path/to/checkpoint        the native runner on a local HF-format checkpoint
+    builtin                   the native runner on the built-in model (ctxprobe/builtin/model)
     openai:BASE_URL           an OpenAI-compatible server (e.g. openai:http://127.0.0.1:8000/v1)
 """
 
@@ -24,13 +25,15 @@ def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
                            max_new_tokens=max_new_tokens, concurrency=concurrency,
                            timeout=timeout, retries=retries, retry_base=retry_base)
     path = Path(spec)
+    if spec == "builtin" and not path.exists():
+        path = Path(__file__).resolve().parents[1] / "builtin" / "model"
     if path.is_dir() and (path / "config.json").is_file():
         from ctxprobe.backends.native import NativeBackend
 
-        return NativeBackend(spec, chat_template=chat_template, max_new_tokens=max_new_tokens,
+        return NativeBackend(str(path), chat_template=chat_template, max_new_tokens=max_new_tokens,
                              device=device, dtype=dtype)
     if path.is_dir():
         raise UserError(f"model directory {spec} has no config.json; pass an HF-format checkpoint "
                         "directory or openai:BASE_URL")
-    raise UserError(f"unknown model spec {spec!r}: pass a checkpoint directory or "
+    raise UserError(f"unknown model spec {spec!r}: pass a checkpoint directory, builtin, or "
                     "openai:BASE_URL (e.g. openai:http://127.0.0.1:8000/v1)")

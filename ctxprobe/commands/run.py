@@ -38,7 +38,8 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--lengths", required=True, help="Context lengths in tokens, e.g. 1k,4k,16k.")
 @click.option("--depths", default="50", show_default=True, help="Needle depths in %, e.g. 0,50,100.")
 @click.option("--samples", default=1, show_default=True, type=int, help="Samples per cell.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the haystacks and needles.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the haystacks and needles.")
 @db_option
 @click.option("--name", default=None, help="Run name [default: model and a hash of the settings].")
 @click.option("--max-new-tokens", default=32, show_default=True, type=int,

@@ -228,7 +228,8 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
              offload_dir: str | None = None, keep_kv: bool = False, extra_tokens: int = 0,
              kv_block_tokens: int = 16384) -> Plan:
     """Choose chunk size and tiers for a prefill of `length` tokens (+ extra_tokens for branches or
-    generation). gpu_memory / host_memory: budgets (bytes or '80GiB'); None = what is free now."""
+    generation). gpu_memory / host_memory: budgets (bytes or '80GiB'); None = no limit (callers
+    pass `default_budgets()` for what this machine has free)."""
     length = parse_tokens(length)
     gpu_budget = None if gpu_memory is None else parse_bytes(gpu_memory, "--gpu-memory")
     host_budget = None if host_memory is None else parse_bytes(host_memory, "--host-memory")
@@ -238,7 +239,6 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
     n = length + extra_tokens
     block = max(1, min(kv_block_tokens, 1 << max(0, (n - 1).bit_length())))
     kvt = shape.kv_bytes_per_token
-    live = [shape.live_kv_tokens(lay, n, CHUNKS[0], block) * kvt for lay in shape.layers]
     hidden = length * shape.dim * shape.dtype_bytes
 
     # Weights: resident when they take at most 60% of the device budget, else streamed per layer.

@@ -80,14 +80,27 @@ def layer_step(block, kv: LayerKV, x_TD: torch.Tensor, start: int) -> torch.Tens
     return block.finish(x_TD, out.to(x_TD.dtype))
 
 
-def rider_step(block, kv: LayerKV, x_TD: torch.Tensor, start: int) -> torch.Tensor:
-    """Branch tokens at [start, start + T) through one block: they see kv and themselves, nothing else."""
-    pos_T = torch.arange(start, start + x_TD.shape[0], device=x_TD.device)
-    q, k, v = block.qkv(x_TD, pos_T)
-    out_ctx, lse_ctx = kv.attend(q, start)
-    out_own, lse_own = attention.attend(q, k, v, scale=block.scale, q_start=start, k_start=start, **block.mask)
-    out, _ = attention.merge(out_ctx, lse_ctx, out_own, lse_own)
-    return block.finish(x_TD, out.to(x_TD.dtype))
+def riders_step(block, kv: LayerKV, xs: list[torch.Tensor], start: int) -> list[torch.Tensor]:
+    """Branch tokens, each at [start, start + T_b), through one block: each sees kv and itself only.
+
+    On global layers every context key is visible to every branch query, so all branches' queries
+    go over the context KV in one pass (one stream of a host-tier KV instead of one per branch).
+    """
+    qkv = [block.qkv(x, torch.arange(start, start + x.shape[0], device=x.device)) for x in xs]
+    local = block.mask.get("chunk_size") is not None or block.mask.get("window") is not None
+    if len(xs) > 1 and not local:
+        out_all, lse_all = kv.attend(torch.cat([q for q, _, _ in qkv], dim=2), start)
+        sizes = [x.shape[0] for x in xs]
+        ctx = list(zip(out_all.split(sizes, dim=2), lse_all.split(sizes, dim=2)))
+    else:
+        ctx = [kv.attend(q, start) for q, _, _ in qkv]
+    out = []
+    for x, (q, k, v), (out_ctx, lse_ctx) in zip(xs, qkv, ctx):
+        out_own, lse_own = attention.attend(q, k, v, scale=block.scale, q_start=start, k_start=start,
+                                            **block.mask)
+        merged, _ = attention.merge(out_ctx, lse_ctx, out_own, lse_own)
+        out.append(block.finish(x, merged.to(x.dtype)))
+    return out
 
 
 def _ids(ids, device) -> torch.Tensor:
@@ -127,7 +140,7 @@ def prefill(model, ids, *, settings: Settings | None = None, riders=(), keep_kv:
             if i + 1 < len(spans):
                 hidden.prefetch(*spans[i + 1])
             hidden.write(s, layer_step(block, kv, x, s))
-        rider_x = [rider_step(block, kv, x, T) for x in rider_x]
+        rider_x = riders_step(block, kv, rider_x, T) if rider_x else rider_x
         weights.leave(layer)
         moved += kv.bytes_moved
         if keep_kv:

@@ -105,7 +105,8 @@ def check_families(families: list[str]) -> None:
 
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
-        raise UserError(f"unknown probe family {unknown[0]!r}: choose from {', '.join(sorted(FAMILIES))}")
+        raise UserError(f"unknown probe family {unknown[0]!r}: choose from "
+                        f"{', '.join(sorted(FAMILIES))}")
 
 
 def run_sweep(store: Store, run: Run, backend, spec: SweepSpec, *, progress: bool = True) -> SweepStats:

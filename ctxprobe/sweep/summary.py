@@ -58,8 +58,9 @@ def summarize(cells: list[dict], threshold: float = THRESHOLD) -> str:
     for family in sorted({c["family"] for c in cells}):
         mine = [c for c in cells if c["family"] == family]
         eff = effective_length(mine, threshold)
+        shortest = format_length(min(c["length"] for c in mine))
         reading = (format_length(eff) if eff is not None
-                   else f"below the shortest length tested ({format_length(min(c['length'] for c in mine))})")
+                   else f"below the shortest length tested ({shortest})")
         lines += [f"{family}: score (%) by depth and length", score_table(mine),
                   f"{family}: effective length (score >= {threshold:.0%}): {reading}", ""]
     errors = sum(1 for c in cells if c.get("error"))
