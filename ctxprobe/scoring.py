@@ -1,8 +1,9 @@
 """Scoring a free-form response against a probe's gold answers.
 
 strict:  the response, stripped, is exactly the gold answer(s) in order, as a continuation of
-         the answer prefix. A chat model that repeats the prefix, separates several answers
-         with commas or "and", or ends with a full stop still passes; anything else fails.
+         the answer prefix. A chat model that repeats the prefix, quotes or bolds the answer,
+         separates several answers with commas or "and", or ends with a full stop still
+         passes; anything else fails.
 lenient: the fraction of gold answers found anywhere in the response, case-insensitively
          (RULER's string_match_all), so "The number is 1234567." scores 1.0.
 """
