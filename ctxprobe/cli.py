@@ -47,7 +47,6 @@ def _register():
     from ctxprobe.commands.bench import bench  # bench
     main.add_command(bench)
     from ctxprobe.commands.inspect import inspect  # inspect
-
     main.add_command(inspect)
     from ctxprobe.commands.report import report  # report
     main.add_command(report)
@@ -56,7 +55,8 @@ def _register():
         main.add_command(command)
     from ctxprobe.commands.history import history  # history
     main.add_command(history)
-    pass
+    from ctxprobe.commands.demo import demo  # demo
+    main.add_command(demo)
 
 
 _register()

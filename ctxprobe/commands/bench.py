@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ctxprobe.runner.bench import H100_SXM_BF16_TFLOPS
+from ctxprobe.hardware import H100_SXM_BF16_TFLOPS
 
 
 def _config(path, preset):

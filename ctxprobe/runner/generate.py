@@ -19,6 +19,13 @@ def generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *,
     if max_new_tokens <= 0:
         return []
     stop = set(stop_ids or ())
+    from ctxprobe.runner import distributed
+
+    if distributed.active() is not None:  # under torchrun: the prompt's K/V stays sharded over the ranks
+        from ctxprobe.runner.sharded import sharded_generate
+
+        return sharded_generate(model, prompt_ids, max_new_tokens, stop, distributed.active(),
+                                chunk_tokens=settings.chunk_tokens if settings else None)
     if settings is None:
         from ctxprobe.runner.planner import auto_settings
 

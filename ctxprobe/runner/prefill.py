@@ -116,6 +116,13 @@ def prefill(model, ids, *, settings: Settings | None = None, riders=(), keep_kv:
         raise UserError("the prompt is empty: prefill needs at least one token")
     if any(len(r) == 0 for r in riders):
         raise UserError("a branch has no tokens: give each branch at least one question or answer token")
+    from ctxprobe.runner import distributed
+
+    if distributed.active() is not None:  # under torchrun: the prompt is sharded over the ranks
+        from ctxprobe.runner.sharded import sharded_prefill
+
+        return sharded_prefill(model, ids, distributed.active(), riders=riders, keep_kv=keep_kv,
+                               all_logits=all_logits, chunk_tokens=settings.chunk_tokens if settings else None)
     if settings is None:
         from ctxprobe.runner.planner import auto_settings
 

@@ -18,17 +18,12 @@ def format_length(n: int) -> str:
 def effective_length(cells: list[dict], threshold: float = THRESHOLD) -> int | None:
     """Largest tested length L such that the mean score at every length <= L is >= threshold;
     None when even the shortest length falls below it. Errored cells are left out."""
-    by_length = defaultdict(list)
-    for c in cells:
-        if c.get("score") is not None and not c.get("error"):
-            by_length[c["length"]].append(c["score"])
-    best = None
-    for length in sorted(by_length):
-        scores = by_length[length]
-        if sum(scores) / len(scores) < threshold - 1e-12:
-            break
-        best = length
-    return best
+    from ctxprobe.analysis.effective_length import threshold_length
+    from ctxprobe.analysis.summary import values_by_length
+
+    by_length = values_by_length(cells)
+    lengths = sorted(by_length)
+    return threshold_length(lengths, [by_length[n].mean() for n in lengths], threshold=threshold).length
 
 
 def score_table(cells: list[dict]) -> str:
