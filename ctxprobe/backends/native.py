@@ -82,6 +82,10 @@ class NativeBackend:
                          "template_sha256": template_hash if self.use_template else None,
                          "max_new_tokens": max_new_tokens, "device": str(self.model.device),
                          "dtype": str(self.model.dtype).replace("torch.", "")}
+        from ctxprobe.runner import distributed
+
+        if distributed.active() is not None:  # provenance only: a sharded run resumes a one-process run
+            self.settings["ranks"] = distributed.active().size
         self.identity = {"kind": "native", "chat_template": self.use_template,
                          "template_sha256": self.settings["template_sha256"],
                          "max_new_tokens": max_new_tokens}

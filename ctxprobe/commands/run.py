@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from ctxprobe.errors import UserError
 from ctxprobe.store import CELL_KEYS, DEFAULT_PATH
 
 db_option = click.option("--db", "db", default=DEFAULT_PATH, show_default=True,
@@ -80,6 +81,12 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
     from ctxprobe.store import Store
     from ctxprobe.sweep import SweepSpec, check_families, open_run, run_sweep, summarize
 
+    from ctxprobe.runner import distributed
+
+    world = distributed.init_from_env(device)  # None unless torchrun started several processes
+    if world is not None:
+        return _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed, db, name,
+                            max_new_tokens, haystack, shard, chat_template, device, dtype, quiet)
     spec = SweepSpec(families=[f.strip() for f in probes.split(",") if f.strip()],
                      lengths=parse_lengths(lengths), depths=parse_depths(depths),
                      samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard))
@@ -100,6 +107,56 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
         click.echo(summarize(store.cells(run.id)))
     click.echo(f"run {run.name}: {stats.finished} cell(s) done now ({stats.errored} errored), "
                f"{stats.skipped} already stored, in {stats.seconds:.1f} s; db {db}")
+
+
+def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed, db, name, max_new_tokens,
+                 haystack, shard, chat_template, device, dtype, quiet) -> None:
+    """`ctxprobe run` under torchrun: every rank loads the model and runs every pass on its shard
+    of the prompt; rank 0 alone opens the store, picks the pending cells, writes and prints."""
+    from contextlib import ExitStack
+
+    from ctxprobe.backends import open_backend
+    from ctxprobe.grid import parse_depths, parse_lengths
+    from ctxprobe.planner import parse_shard
+    from ctxprobe.runner import distributed
+    from ctxprobe.store import Store
+    from ctxprobe.sweep import SweepSpec, check_families, open_run, run_sweep, summarize
+
+    store = run = backend = None
+    with ExitStack() as stack:
+        error = None
+        try:
+            spec = SweepSpec(families=[f.strip() for f in probes.split(",") if f.strip()],
+                             lengths=parse_lengths(lengths), depths=parse_depths(depths),
+                             samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard))
+            check_families(spec.families)
+            if model_spec.startswith("openai:"):
+                raise UserError("torchrun shards the native runner's prefill; an openai: server needs "
+                                "no torchrun: run `ctxprobe run` as one process")
+            if world.is_main:
+                store = stack.enter_context(Store(db))
+            backend = open_backend(model_spec, max_new_tokens=max_new_tokens, chat_template=chat_template,
+                                   device=distributed.rank_device(world, device), dtype=dtype)
+            stack.callback(backend.close)
+            if world.is_main:
+                run = open_run(store, backend, spec, model_spec=model_spec, name=name,
+                               command=_command_line(ctx))
+        except Exception as e:  # every rank learns of it, so none waits in a collective
+            error = e
+        try:
+            world.agree(error)
+        except Exception:
+            world.close()
+            raise
+        # A pass that fails here ends this rank at once (no close: the others may be inside a
+        # collective); torchrun then stops them, and a rerun resumes from the stored cells.
+        stats = run_sweep(store, run, backend, spec, progress=not quiet, world=world)
+        world.close()
+        if world.is_main:
+            click.echo(summarize(store.cells(run.id)))
+            click.echo(f"run {run.name}: {stats.finished} cell(s) done now ({stats.errored} errored), "
+                       f"{stats.skipped} already stored, in {stats.seconds:.1f} s on {world.size} ranks; "
+                       f"db {db}")
 
 
 def _stop_now(store, run, backend) -> None:

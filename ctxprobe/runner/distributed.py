@@ -63,14 +63,24 @@ class World:
                 user = message.split(": ", 1)[1] if message.startswith(("UserError", "ValueError")) else message
                 raise UserError(f"rank {rank} stopped: {user}")
 
+    def bind_thread(self) -> None:
+        """Make cuda:LOCAL_RANK the current device of the calling thread. A new thread starts on
+        cuda:0, so a worker thread that runs passes (the sweep's pool) must call this first, or
+        bare "cuda" tensors (NCCL's first collective among them) land on another rank's GPU."""
+        if dist.get_backend(self.group) == "nccl":
+            torch.cuda.set_device(self.local_rank)
+
     def barrier(self) -> None:
         dist.barrier(group=self.control)
 
     def close(self) -> None:
+        """Leave in step with the other ranks (call it only where every rank does): a rank that
+        tore down its gloo group while a peer still talked to it could abort the peer."""
         global _ACTIVE
         if _ACTIVE is self:
             _ACTIVE = None
         if self.owns_group and dist.is_initialized():
+            dist.barrier(group=self.control)
             dist.destroy_process_group()
 
 

@@ -109,27 +109,42 @@ def check_families(families: list[str]) -> None:
                         f"{', '.join(sorted(FAMILIES))}")
 
 
-def run_sweep(store: Store, run: Run, backend, spec: SweepSpec, *, progress: bool = True) -> SweepStats:
-    """Answer every cell of `spec` not yet stored for `run`; each cell commits as it finishes."""
+def run_sweep(store: Store | None, run: Run | None, backend, spec: SweepSpec, *, progress: bool = True,
+              world=None) -> SweepStats:
+    """Answer every cell of `spec` not yet stored for `run`; each cell commits as it finishes.
+
+    Under torchrun (`world`, a ctxprobe.runner.distributed.World): rank 0 reads the store and
+    sends every rank the pending cells; all ranks then build the same probes and run the same
+    passes in the same order (each pass is sharded across them); only rank 0 writes the store
+    and shows progress. Other ranks pass store=None and run=None.
+    """
     check_families(spec.families)
+    main_rank = world is None or world.is_main
     cells = spec.cells()
     stats = SweepStats(planned=len(cells))
-    todo = pending(cells, store.done_keys(run.id))
+    todo = pending(cells, store.done_keys(run.id)) if main_rank else None
+    if world is not None:
+        todo = world.broadcast(todo)
     stats.skipped = len(cells) - len(todo)
     from tqdm import tqdm
 
-    bar = tqdm(total=len(todo), unit="cell", file=sys.stderr, disable=not progress or not todo,
-               dynamic_ncols=True, desc=run.name)
+    bar = tqdm(total=len(todo), unit="cell", file=sys.stderr, disable=not progress or not todo or not main_rank,
+               dynamic_ncols=True, desc=run.name if run is not None else "")
     start = time.perf_counter()
 
     def finish(future: Future, items: list[tuple[Cell, object]]) -> None:
         try:
             results = future.result()
         except Exception as e:  # a backend bug or a failed pass: record it, keep sweeping
+            if world is not None:
+                # A pass that failed on one rank leaves the others inside a collective: stop this
+                # rank so torchrun stops them all; cells already stored let a rerun resume.
+                raise
             results = [CellResult(error=f"{type(e).__name__}: {e}") for _ in items]
         for (cell, probe), result in zip(items, results):
             row = score_cell(cell, probe, result, spec.seed)
-            store.put_cell(run.id, row)
+            if main_rank:
+                store.put_cell(run.id, row)
             stats.finished += 1
             stats.errored += row["error"] is not None
             stats.prompt_tokens += row["prompt_tokens"] or 0
@@ -138,8 +153,12 @@ def run_sweep(store: Store, run: Run, backend, spec: SweepSpec, *, progress: boo
                             f"{stats.errored} errors", refresh=False)
         bar.update(len(items))
 
-    pool = ThreadPoolExecutor(max_workers=max(1, backend.concurrency))
+    pool = ThreadPoolExecutor(max_workers=max(1, backend.concurrency),
+                              initializer=world.bind_thread if world is not None else None)
     in_flight: dict[Future, list] = {}
+    # Under torchrun one pass at a time: a failed pass must leave no other pass of this rank
+    # waiting in a collective, or the rank could not exit.
+    most_in_flight = 2 * backend.concurrency if world is None else 1
     try:
         for batch in work_order(todo):
             built = list(build_probes(batch, seed=spec.seed, tokenizer=backend.tokenizer,
@@ -147,7 +166,7 @@ def run_sweep(store: Store, run: Run, backend, spec: SweepSpec, *, progress: boo
             cell_of = {id(p): c for c, p in built}
             for group in group_by_context([p for _, p in built]):
                 # Keep the pool fed but bounded: finished cells are stored before more are sent.
-                while len(in_flight) >= 2 * backend.concurrency:
+                while len(in_flight) >= most_in_flight:
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     for f in done:
                         finish(f, in_flight.pop(f))
