@@ -49,12 +49,26 @@ def _compare(model, world, seq_len: int) -> dict:
     one = prefill(model, ids, all_logits=True, riders=riders)
     one_scores = score(model, ids, BRANCHES)
     one_tokens = generate(model, ids, 5)
-    with distributed.sharded_over(world):
-        many = prefill(model, ids, all_logits=True, riders=riders)
-        many_last = prefill(model, ids, riders=riders).last_logits
-        many_scores = score(model, ids, BRANCHES)
-        many_tokens = generate(model, ids, 5)
+    import ctxprobe.runner.sharded as sharded
+
+    ring_tokens, real_ring_attend = [], sharded.ring_attend
+
+    def counting_ring_attend(q, k, v, **kwargs):    # proof that the runner took the sharded path
+        ring_tokens.append(q.shape[2])
+        return real_ring_attend(q, k, v, **kwargs)
+
+    sharded.ring_attend = counting_ring_attend
+    try:
+        with distributed.sharded_over(world):
+            many = prefill(model, ids, all_logits=True, riders=riders)
+            first_pass_tokens = ring_tokens[:len(model.blocks)]
+            many_last = prefill(model, ids, riders=riders).last_logits
+            many_scores = score(model, ids, BRANCHES)
+            many_tokens = generate(model, ids, 5)
+    finally:
+        sharded.ring_attend = real_ring_attend
     return dict(
+        shard_tokens=sorted(set(first_pass_tokens)),   # one value: every layer ran on this rank's shard
         logits=float((many.logits - one.logits).abs().max()),
         last=float((many_last - one.last_logits).abs().max()),
         riders=max(float((a - b).abs().max()) for a, b in zip(many.rider_logits, one.rider_logits)),
@@ -95,11 +109,15 @@ def _worker(rank: int, port: int, out_dir: str, models: dict, builtin_db: str) -
 
 
 @pytest.fixture(scope="module")
-def world_results(tmp_path_factory):
+def models(tmp_path_factory) -> dict[str, str]:
     from ctxprobe.models.tiny import save_tiny
 
+    return {family: str(save_tiny(tmp_path_factory.mktemp(family), family)[0]) for family in LENGTHS}
+
+
+@pytest.fixture(scope="module")
+def world_results(tmp_path_factory, models):
     out_dir = tmp_path_factory.mktemp("dist")
-    models = {family: str(save_tiny(tmp_path_factory.mktemp(family), family)[0]) for family in LENGTHS}
     newer_db = str(out_dir / "newer.db")
     Store(newer_db).close()
     with sqlite3.connect(newer_db) as conn:
@@ -119,6 +137,24 @@ def test_sharded_runner_equals_one_process(world_results, case):
         assert got["logprob"] <= 1e-4, (rank, got)
         assert got["generated_equal"], (rank, got)
     assert len({r[case]["logits_bits"] for r in world_results}) == 1
+    seq_len = int(case.split("-")[1])
+    shards = [r[case]["shard_tokens"] for r in world_results]
+    assert all(len(s) == 1 for s in shards) and sum(s[0] for s in shards) == seq_len, shards
+
+
+@pytest.mark.parametrize("family", list(LENGTHS))
+def test_the_sharded_path_in_a_world_of_one_equals_the_runner(models, family):
+    """The sharded code without a process group (ring_attend is attend): every step but the
+    collectives, in this process."""
+    from ctxprobe.models import load_model
+    from ctxprobe.runner.distributed import World
+
+    model = load_model(models[family])
+    for seq_len in LENGTHS[family]:
+        got = _compare(model, World(rank=0, size=1), seq_len)
+        assert got["shard_tokens"] == [seq_len]
+        assert got["logits"] <= TOL and got["last"] <= TOL and got["riders"] <= TOL, got
+        assert all(got["scores_equal"]) and got["logprob"] <= 1e-4 and got["generated_equal"], got
 
 
 @pytest.mark.timeout(120)
@@ -143,10 +179,10 @@ def _torchrun(db) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=150)
 
 
-def _rows(db) -> list[dict]:
+def _rows(db):
     with Store(db) as store:
         [run] = store.runs()
-        return run.name, store.cells(run.id)
+        return run, store.cells(run.id)
 
 
 @pytest.mark.timeout(240)
@@ -157,8 +193,9 @@ def test_torchrun_sweep_stores_the_one_process_rows_once_and_resumes(runner, tmp
     assert first.stdout.count("score (%) by depth") == 2       # only rank 0 prints the tables
     single = runner.invoke(main, [*RUN, "--db", str(tmp_path / "one.db")])
     assert single.exit_code == 0, single.output
-    (ring_name, ring), (one_name, one) = _rows(tmp_path / "ring.db"), _rows(tmp_path / "one.db")
-    assert ring_name == one_name       # same model and settings: a torchrun run resumes a one-process run
+    (ring_run, ring), (one_run, one) = _rows(tmp_path / "ring.db"), _rows(tmp_path / "one.db")
+    assert ring_run.backend["ranks"] == 2 and "ranks" not in one_run.backend
+    assert ring_run.name == one_run.name   # same model and settings: either run resumes the other
     key = lambda c: (c["family"], c["length"], c["depth"], c["sample"])    # noqa: E731
     assert len({key(c) for c in ring}) == len(ring) == 12
     one_by_key = {key(c): c for c in one}

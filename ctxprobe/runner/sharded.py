@@ -11,8 +11,11 @@
         x_shard = block.finish(x_shard, out)
 
 Every rank ends with the same last-token logits, rider logits and generated tokens, so callers
-(scoring, the sweep) run identically everywhere and only rank 0 writes. Shapes: T prompt tokens,
-Ts this rank's tokens, Tb tail tokens, D hidden, V vocab, Hq/Hkv heads, Dh head dim.
+(scoring, the sweep) run identically everywhere and only rank 0 writes. A World of one runs the
+same code with no process group (ring_attend is then attend): a cheap test, and a one-GPU check.
+
+Shapes: T prompt tokens, Ts this rank's tokens, Tb tail tokens, D hidden, V vocab, Hq/Hkv heads,
+Dh head dim.
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ def merge_across_ranks(world: World, parts: list[tuple[torch.Tensor, torch.Tenso
     All riders travel in one all_gather (one flat float32 buffer per rank); the merge runs in
     rank order everywhere, so every rank gets the same bits.
     """
+    if world.size == 1:
+        return [(out.float(), lse.float()) for out, lse in parts]
     flat = torch.cat([t.reshape(-1) for out, lse in parts for t in (out.float(), lse.float())])
     every = [torch.empty_like(flat) for _ in range(world.size)]
     dist.all_gather(every, flat, group=world.group)
@@ -124,6 +129,8 @@ def tail_step(block, kv: ShardKV, world: World, xs: list[torch.Tensor], q_starts
 
 def _last_hidden(world: World, x_TD: torch.Tensor, seq_len: int, align: int, device) -> torch.Tensor:
     """The hidden state of prompt position T-1 [1, D], sent from the rank that holds it to all."""
+    if world.size == 1:
+        return x_TD[-1:]
     owner = next(r for r in range(world.size)
                  if any(e == seq_len for _, e in shard_ranges(seq_len, r, world.size, align=align)))
     h = x_TD[-1:].contiguous() if world.rank == owner else x_TD.new_empty(1, x_TD.shape[1])
@@ -167,7 +174,7 @@ def sharded_prefill(model, ids, world: World, *, riders=(), keep_kv: bool = Fals
     done = Prefilled(length=T, kv=kept if keep_kv else None)
     if all_logits:
         logits = model.head(x).float() if x.shape[0] else x.new_empty(0, model.config.vocab_size).float()
-        done.logits = gather(logits, T, dim=0, align=align, group=world.group).cpu()
+        done.logits = (gather(logits, T, dim=0, align=align, group=world.group) if world.size > 1 else logits).cpu()
         done.last_logits = done.logits[-1]
     else:
         done.last_logits = model.head(_last_hidden(world, x, T, align, device)).float()[0].cpu()
