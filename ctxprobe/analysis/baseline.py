@@ -2,7 +2,8 @@
 
 `ctxprobe baseline RUN -o base.json` writes one; `ctxprobe compare base.json RUN_B` reads it
 in place of a run in the database. The format is versioned so a newer ctxprobe can refuse
-(or upgrade) an old file instead of misreading it.
+(or upgrade) an old file instead of misreading it. Optional cell keys added since version 1
+(`answers`, the gold answers) read as None from files written before them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ctxprobe.errors import UserError
 FORMAT = "ctxprobe-baseline"
 VERSION = 1
 REQUIRED_CELL_KEYS = ("family", "length", "depth", "sample", "seed", "probe_hash", "score")
+OPTIONAL_CELL_KEYS = ("answers",)
 
 
 def write_baseline(path, run, cells) -> Path:
@@ -44,4 +46,5 @@ def read_baseline(path) -> tuple[dict, list[dict]]:
             not isinstance(c, dict) or any(k not in c for k in REQUIRED_CELL_KEYS) for c in cells):
         raise UserError(f"baseline file {path} has malformed cells (each needs "
                         f"{', '.join(REQUIRED_CELL_KEYS)}); rewrite it with `ctxprobe baseline`")
+    cells = [{k: None for k in OPTIONAL_CELL_KEYS} | c for c in cells]
     return dict(record.get("run") or {}), cells

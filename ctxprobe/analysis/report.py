@@ -1,7 +1,7 @@
 """A run's HTML report: metadata and provenance, effective lengths, per-family heatmaps and
-fall-off curves (and log-probability heatmaps for native runs), failing examples with the
-model's responses. Every piece of stored text is escaped: responses are model output and may
-contain HTML. `ctxprobe report` writes the string this returns.
+fall-off curves (and log-probability heatmaps for native runs), failing examples with the gold
+answers beside the model's responses. Every piece of stored text is escaped: responses are
+model output and may contain HTML. `ctxprobe report` writes the string this returns.
 """
 
 from __future__ import annotations
@@ -47,21 +47,34 @@ def metadata_rows(run, cells) -> list[list]:
 
 
 def failing_examples(cells, family: str, limit: int = EXAMPLES_PER_FAMILY) -> html.Html:
+    """A table of failing cells: what the probe expected beside what the model said."""
     failed = [c for c in usable(cells) if c["family"] == family and c["score"] < 1]
     failed.sort(key=lambda c: (c["length"], c["depth"], c["sample"]))
     if not failed:
         return html.paragraph("No failing cells.", cls="muted")
     # Spread the examples evenly over the failures (sorted by length): short and long both show.
     picked = failed[:: max(1, len(failed) // limit)][:limit]
-    parts = [html.paragraph(f"{len(failed)} failing cells; {len(picked)} shown.", cls="muted")]
-    for c in picked:
-        summary = (f"{length_label(c['length'])} tokens, depth {c['depth']:g}%, sample {c['sample']}: "
-                   f"score {c['score']:.2f}" + (f", log-prob {c['logprob']:.2f}" if c.get("logprob") is not None else "")
-                   + (f", first-token rank {c['first_rank']}" if c.get("first_rank") is not None else ""))
-        parts.append(html.details(summary, html.paragraph("response:"),
-                                  html.pre(c.get("response") or "(no response stored)"),
-                                  html.paragraph("probe hash ", html.code(c.get("probe_hash") or "-"))))
-    return html.join(*parts)
+    rows = [[length_label(c["length"]), f"{c['depth']:g}%", c["sample"], f"{c['score']:.2f}",
+             "-" if c.get("logprob") is None else f"{c['logprob']:.2f}",
+             "-" if c.get("first_rank") is None else c["first_rank"],
+             html.pre(gold_text(c.get("answers"))), html.pre(response_text(c.get("response"))),
+             html.code(c.get("probe_hash") or "-")] for c in picked]
+    return html.join(html.paragraph(f"{len(failed)} failing cells; {len(picked)} shown.", cls="muted"),
+                     html.table(["length", "depth", "sample", "score", "log-prob", "first-token rank",
+                                 "gold answer(s)", "response", "probe hash"], rows))
+
+
+def gold_text(answers) -> str:
+    """One gold answer per line; cells stored before ctxprobe kept answers have none."""
+    if answers is None:
+        return "(not stored)"
+    return "\n".join(answers) if answers else "(none)"
+
+
+def response_text(response) -> str:
+    if response is None:
+        return "(no response stored)"
+    return response if response.strip() else "(empty response)"
 
 
 def error_examples(cells, limit: int = 10) -> html.Html:

@@ -200,7 +200,9 @@ def runs_command(db):
 @click.option("--output", "-o", default="-", type=click.Path(dir_okay=False, allow_dash=True),
               help="File to write [default: stdout].")
 def export_command(run_ref, db, fmt, output):
-    """Write one row per cell of a run (by name or id) as CSV or JSON lines.
+    """Write one row per cell of a run (by name or id) as CSV or JSON lines. Each row holds
+    the gold answers (a JSON list, also in CSV; empty for cells stored before ctxprobe kept
+    them) beside the response, so another harness can re-score it.
 
     Example: ctxprobe export my-run --db ctxprobe.db --format jsonl -o cells.jsonl
     """
@@ -218,7 +220,9 @@ def export_command(run_ref, db, fmt, output):
             writer = csv.DictWriter(out, fieldnames=("run",) + CELL_KEYS)
             writer.writeheader()
             for cell in cells:
-                writer.writerow({"run": run.name, **cell})
+                answers = cell["answers"]  # a CSV field holds one string: a JSON list here
+                answers = "" if answers is None else json.dumps(answers, ensure_ascii=False)
+                writer.writerow({"run": run.name, **cell, "answers": answers})
     finally:
         if out is not sys.stdout:
             out.close()

@@ -50,9 +50,20 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        2,
+        "each cell's gold answers",
+        """
+        ALTER TABLE cells ADD COLUMN answers TEXT;  -- JSON list of strings; NULL in rows from before
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]
+
+# The oldest schema a read-only Store reads without migrating: every migration after it only
+# adds nullable cell columns, which read as NULL. Raise it with any migration that does more.
+READABLE_FROM = 1
 
 
 def current_version(conn: sqlite3.Connection) -> int:
@@ -66,8 +77,9 @@ def current_version(conn: sqlite3.Connection) -> int:
     return row[0] or 0
 
 
-def migrate(conn: sqlite3.Connection) -> list[int]:
-    """Apply every migration above the database's version, each in its own transaction.
+def migrate(conn: sqlite3.Connection, up_to: int = LATEST) -> list[int]:
+    """Apply every migration above the database's version (and at most `up_to`, which tests
+    use to build an old schema), each in its own transaction.
 
     Returns the versions applied. The caller has already refused databases from the future.
     """
@@ -78,7 +90,7 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
     )
     applied = []
     for version, description, sql in MIGRATIONS:
-        if version <= current_version(conn):
+        if version <= current_version(conn) or version > up_to:
             continue
         # executescript() commits first, so run the statements one by one inside BEGIN.
         conn.execute("BEGIN IMMEDIATE")

@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctxprobe.errors import UserError
-from ctxprobe.store.migrations import LATEST, current_version, migrate
+from ctxprobe.store.migrations import LATEST, READABLE_FROM, current_version, migrate
 
 DEFAULT_PATH = "ctxprobe.db"
 
-# The per-cell columns of the read API, in the order exports print them.
+# The per-cell columns of the read API, in the order exports print them. `answers` (the gold
+# answers, a list of strings) is None in rows stored before schema version 2.
 CELL_KEYS = (
     "family", "length", "depth", "sample", "seed", "probe_hash", "score", "strict", "lenient",
-    "exact", "logprob", "first_rank", "response", "prompt_tokens", "latency", "error",
+    "exact", "logprob", "first_rank", "answers", "response", "prompt_tokens", "latency", "error",
 )
 CELL_KEY = ("family", "length", "depth", "sample")  # unique within a run
 
@@ -88,7 +89,7 @@ class Store:
             conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
                                    isolation_level=None, timeout=30.0)
             self._refuse_future(conn)
-            if current_version(conn) < LATEST:
+            if current_version(conn) < READABLE_FROM:
                 raise UserError(f"database {self.path} has an older schema; open it once "
                                 "without read-only (e.g. `ctxprobe runs --db ...`) to upgrade it")
         except sqlite3.OperationalError as e:
@@ -159,14 +160,20 @@ class Store:
 
     # -- cells ---------------------------------------------------------------------------
 
+    def _cell_columns(self) -> str:
+        """CELL_KEYS as a SELECT list; columns an older (read-only) schema lacks read as NULL."""
+        present = {row[1] for row in self.conn.execute("PRAGMA table_info(cells)")}
+        return ", ".join(k if k in present else f"NULL AS {k}" for k in CELL_KEYS)
+
     def cells(self, run_id: int) -> list[dict]:
         rows = self.conn.execute(
-            f"SELECT {', '.join(CELL_KEYS)} FROM cells WHERE run_id = ? "
+            f"SELECT {self._cell_columns()} FROM cells WHERE run_id = ? "
             "ORDER BY family, length, depth, sample", (run_id,))
         out = []
         for row in rows:
             cell = dict(row)
             cell["exact"] = None if cell["exact"] is None else bool(cell["exact"])
+            cell["answers"] = None if cell["answers"] is None else json.loads(cell["answers"])
             out.append(cell)
         return out
 
@@ -184,6 +191,10 @@ class Store:
         values = {k: cell.get(k) for k in CELL_KEYS}
         if values["exact"] is not None:
             values["exact"] = int(bool(values["exact"]))
+        if values["answers"] is not None:
+            assert isinstance(values["answers"], (list, tuple)) and all(
+                isinstance(a, str) for a in values["answers"]), values["answers"]
+            values["answers"] = json.dumps(list(values["answers"]), ensure_ascii=False)
         columns = ("run_id",) + CELL_KEYS + ("finished",)
         with self._transaction():
             self.conn.execute(
@@ -222,8 +233,9 @@ class Store:
                 runs_added += 1
             before = self.cell_counts(target.id)[0]
             columns = ("run_id",) + CELL_KEYS + ("finished",)
+            # Stored text as is (answers stay JSON); `other` was migrated when it was opened.
             rows = other.conn.execute(
-                f"SELECT {', '.join(CELL_KEYS)}, finished FROM cells WHERE run_id = ?", (run.id,))
+                f"SELECT {other._cell_columns()}, finished FROM cells WHERE run_id = ?", (run.id,))
             with self._transaction():
                 for row in rows:
                     self.conn.execute(

@@ -88,14 +88,14 @@ def score_cell(cell: Cell, probe, result: CellResult, seed: int) -> dict:
     """A store row for one answered probe."""
     row = {"family": cell.family, "length": cell.length, "depth": cell.depth,
            "sample": cell.sample, "seed": seed, "probe_hash": probe.hash,
+           "answers": list(probe.answers),
            "exact": result.exact, "logprob": result.logprob, "first_rank": result.first_rank,
            "response": result.response, "prompt_tokens": result.prompt_tokens,
            "latency": result.latency, "error": result.error,
            "strict": None, "lenient": None, "score": None}
     if result.error is None:
-        answers = list(probe.answers)
-        row["strict"] = strict_score(result.response, answers, probe.answer_prefix)
-        row["lenient"] = lenient_score(result.response, answers)
+        row["strict"] = strict_score(result.response, row["answers"], probe.answer_prefix)
+        row["lenient"] = lenient_score(result.response, row["answers"])
         row["score"] = float(result.exact) if result.exact is not None else row["strict"]
     return row
 

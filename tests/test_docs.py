@@ -1,0 +1,34 @@
+"""Every CLI command is documented: its help ends with an Example, and the README shows it."""
+
+from pathlib import Path
+
+import click
+import pytest
+
+from ctxprobe.cli import main
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def _commands(group: click.Group, prefix=()):
+    for name, cmd in sorted(group.commands.items()):
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, prefix + (name,))
+        else:
+            yield prefix + (name,), cmd
+
+
+COMMANDS = list(_commands(main))
+
+
+def test_the_cli_has_the_commands_the_issues_name():
+    names = {" ".join(path) for path, _ in COMMANDS}
+    assert {"probes list", "probes show", "probes export", "run", "runs", "export", "merge", "inspect",
+            "bench", "report", "compare", "baseline", "history", "demo"} <= names
+
+
+@pytest.mark.parametrize("path,cmd", COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
+def test_command_help_ends_with_an_example_and_the_readme_shows_it(path, cmd):
+    help_text = (cmd.help or "").strip()
+    assert help_text.splitlines()[-1].strip().startswith("Example: ctxprobe " + " ".join(path))
+    assert "ctxprobe " + " ".join(path) in README
