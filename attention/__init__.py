@@ -2,7 +2,8 @@
 
 `attend(q, k, v, ...) -> (out, lse)` is the one kernel signature; blocks merge with `merge`;
 `KVStore` keeps one layer's K/V in a tier (device, pinned host, disk); `chunked_attention`
-attends a query chunk over a whole store block by block, prefetching the next block.
+attends a query chunk over a whole store block by block, prefetching the next block;
+`ring_attend` does the same across the ranks of a process group, over `shard`-ed sequences.
 """
 
 from attention.blockwise import attend
@@ -16,4 +17,5 @@ from attention.shard import gather, shard, shard_positions, shard_ranges, unshar
 from attention.stream import BlockStream
 
 __all__ = ["attend", "attend_reference", "merge", "KVStore", "TIERS", "chunked_attention",
-           "BlockStream", "BACKENDS", "available_backends"]
+           "BlockStream", "BACKENDS", "available_backends", "ring_attend", "shard", "unshard",
+           "gather", "shard_positions", "shard_ranges"]

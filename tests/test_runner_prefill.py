@@ -17,20 +17,8 @@ TIERS = [("device", "host"), ("host", "host"), ("disk", "disk")]   # (KV tier, h
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    pytest.importorskip("transformers")
-    from ctxprobe.models import load_model
-    from ctxprobe.models.tiny import save_tiny
-
-    built = {}
-
-    def get(family):
-        if family not in built:
-            path, _ = save_tiny(tmp_path_factory.mktemp(family), family, max_shard_size="2MB")
-            built[family] = load_model(path, device="cpu", dtype="float32")
-        return built[family]
-
-    return get
+def models(tiny_models):
+    return tiny_models
 
 
 def ids(n, vocab, seed=1):

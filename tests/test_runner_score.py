@@ -12,20 +12,8 @@ SMALL = Settings(chunk_tokens=23, kv_block_tokens=8)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    pytest.importorskip("transformers")
-    from ctxprobe.models import load_model
-    from ctxprobe.models.tiny import save_tiny
-
-    built = {}
-
-    def get(family):
-        if family not in built:
-            path, _ = save_tiny(tmp_path_factory.mktemp(family), family, max_shard_size="2MB")
-            built[family] = load_model(path, device="cpu", dtype="float32")
-        return built[family]
-
-    return get
+def checkpoint(tiny_models):
+    return tiny_models
 
 
 @pytest.fixture(scope="module")
