@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 
 import torch
 
@@ -139,21 +140,35 @@ CUDA_OPS = {"cudnn": _cudnn, "flash": _flash, "efficient": _efficient}
 @functools.lru_cache(maxsize=None)
 def pick_cuda_op(device: str, dtype: torch.dtype, head_dim: int) -> str | None:
     """First of cuDNN, flash, memory-efficient that runs and matches the reference on a small
-    self-check for this device/dtype/head dim (None: fall back to reference math)."""
+    self-check for this device/dtype/head dim (None: fall back to reference math). Both calls
+    attend makes are checked: a square causal diagonal, and an unmasked span with more queries
+    than keys, neither a multiple of 64 (grouped queries folded along the query axis)."""
     g = torch.Generator(device=device).manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 96, head_dim, device=device, dtype=dtype, generator=g) for _ in range(3))
     scale = head_dim ** -0.5
-    ref_out, ref_lse = _math(q, k, v, scale, _diag_mask(96, 96, device))
     tol = 1e-5 if dtype == torch.float32 else 3e-2
+    cases = []
+    for causal, Tq, Tk in ((True, 96, 96), (False, 200, 136)):
+        q = torch.randn(1, 2, Tq, head_dim, device=device, dtype=dtype, generator=g)
+        k, v = (torch.randn(1, 2, Tk, head_dim, device=device, dtype=dtype, generator=g) for _ in range(2))
+        cases.append((q, k, v, causal, _math(q, k, v, scale, _diag_mask(Tq, Tk, device) if causal else None)))
+
+    def passes(fn) -> bool:
+        for q, k, v, causal, (ref_out, ref_lse) in cases:
+            out, lse = TorchCUDAKernels._normalized(fn(q, k, v, scale, causal))
+            if out.shape != ref_out.shape or lse.shape != ref_lse.shape:
+                return False
+            # NaN compares False: a kernel that returns NaN fails too.
+            if not ((out.float() - ref_out.float()).abs().max().item() <= tol * 4
+                    and (lse - ref_lse).abs().max().item() <= tol * 4):
+                return False
+        return True
+
     for name, fn in CUDA_OPS.items():
         try:
-            out, lse = fn(q, k, v, scale, True)
-            ok = (out.float() - ref_out.float()).abs().max().item() <= tol * 4 and \
-                (lse.float() - ref_lse).abs().max().item() <= tol * 4
+            if passes(fn):
+                return name
         except RuntimeError:
-            ok = False
-        if ok:
-            return name
+            continue
     return None
 
 
@@ -216,6 +231,19 @@ def flash_attn_module():
     return None
 
 
+def lse_request(func) -> dict:
+    """The keyword that makes a flash_attn_func return its log-sum-exp: `return_attn_probs`
+    (FA2, FA3) or `return_lse` (FA4); none for an early FA3 that always returns it."""
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: assume the FA2/FA3 keyword
+        return {"return_attn_probs": True}
+    for name in ("return_lse", "return_attn_probs"):
+        if name in params:
+            return {name: True}
+    return {}
+
+
 class FlashAttnKernels:
     """flash-attn takes [B, T, H, D], handles GQA natively, aligns causal bottom-right and
     gives lse = +inf for empty rows; the diagonal is passed to it square (square_diag)."""
@@ -228,15 +256,20 @@ class FlashAttnKernels:
             raise ValueError("backend 'flash_attn' needs the flash-attn package "
                              "(pip install flash-attn); use backend='torch' or 'auto'")
         self.flavour, self.func = found
+        self.lse_kwargs = lse_request(self.func)
 
     def _run(self, q, k, v, scale, causal):
         t = lambda x: x.transpose(1, 2).contiguous()  # noqa: E731
         if self.flavour == "fa2":
-            out, lse, _ = self.func(t(q), t(k), t(v), 0.0, softmax_scale=scale, causal=causal,
-                                    return_attn_probs=True)
+            res = self.func(t(q), t(k), t(v), 0.0, softmax_scale=scale, causal=causal, **self.lse_kwargs)
         else:
-            res = self.func(t(q), t(k), t(v), softmax_scale=scale, causal=causal)
-            out, lse = res[0], res[1]
+            res = self.func(t(q), t(k), t(v), softmax_scale=scale, causal=causal, **self.lse_kwargs)
+        # FA2 -> (out, lse, probs); FA3 -> (out, lse) (an early FA3 always, later ones only when
+        # asked); FA4 -> (out, lse), lse None unless asked. A bare tensor is out alone.
+        out, lse = (res, None) if isinstance(res, torch.Tensor) else (res[0], res[1])
+        if lse is None:
+            raise RuntimeError(f"flash-attn ({self.flavour}) returned no log-sum-exp; "
+                               "use backend='torch' or another flash-attn version")
         lse = lse.float()[..., : q.shape[2]]
         lse = torch.where(torch.isposinf(lse), torch.full_like(lse, NEG_INF), lse)
         return out.transpose(1, 2), lse

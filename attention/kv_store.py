@@ -53,7 +53,7 @@ class KVStore:
         self.storage_dtype = FP8 if fp8 else dtype
         self.pinned = tier == "host" and torch.cuda.is_available()
         self.length = 0
-        self._blocks: list[torch.Tensor] = []  # [2, Hkv, block_size, D] each, storage_dtype
+        self._blocks: list[torch.Tensor | None] = []  # [2, Hkv, block_size, D] storage_dtype; None on disk
         self._scales: list[torch.Tensor] = []  # fp8 only: [2, Hkv] float32 per committed block
         self._tail = None  # fp8 only: the unfilled last block in full precision, quantized when full
         self._file = None
@@ -86,12 +86,23 @@ class KVStore:
 
     # ------------------------------------------------------------ writing
     def _new_block(self) -> torch.Tensor:
+        """Add a block and return its buffer."""
         if self.tier == "device":
-            return torch.empty(self.block_shape, dtype=self.storage_dtype, device=self.device)
-        if self.tier == "host":
-            return torch.empty(self.block_shape, dtype=self.storage_dtype, pin_memory=self.pinned)
-        i = len(self._blocks)
-        self._file.truncate((i + 1) * self.block_bytes)
+            block = torch.empty(self.block_shape, dtype=self.storage_dtype, device=self.device)
+        elif self.tier == "host":
+            block = torch.empty(self.block_shape, dtype=self.storage_dtype, pin_memory=self.pinned)
+        else:
+            # Disk blocks are mapped only while in use (_block): each mapping holds a file
+            # descriptor, and a million-token store of many layers would pass the open-file limit.
+            self._file.truncate((len(self._blocks) + 1) * self.block_bytes)
+            block = None
+        self._blocks.append(block)
+        return self._block(len(self._blocks) - 1)
+
+    def _block(self, i: int) -> torch.Tensor:
+        """Block i's buffer [2, Hkv, block_size, D]: the tensor itself, or a fresh map of its bytes on disk."""
+        if self._blocks[i] is not None:
+            return self._blocks[i]
         mm = np.memmap(self.file_path, dtype=np.uint8, mode="r+", offset=i * self.block_bytes,
                        shape=(self.block_bytes,))
         return torch.from_numpy(mm).view(self.storage_dtype).view(self.block_shape)
@@ -110,7 +121,7 @@ class KVStore:
             if offset == 0:
                 self._open_block()
             n = min(T - done, self.block_size - offset)
-            dst = self._tail if self.fp8 else self._blocks[-1]
+            dst = self._tail if self.fp8 else self._block(len(self._blocks) - 1)
             dst[0, :, offset:offset + n].copy_(k[:, done:done + n])
             dst[1, :, offset:offset + n].copy_(v[:, done:done + n])
             done += n
@@ -122,13 +133,11 @@ class KVStore:
         if self.fp8:
             self._tail = torch.zeros(self.block_shape, dtype=self.dtype)
         else:
-            self._blocks.append(self._new_block())
+            self._new_block()
 
     def _commit_fp8_tail(self):
         q, scale = quantize_fp8(self._tail)
-        block = self._new_block()
-        block.copy_(q)
-        self._blocks.append(block)
+        self._new_block().copy_(q)
         self._scales.append(scale)
         self._tail = None
 
@@ -146,7 +155,7 @@ class KVStore:
             q, scale = quantize_fp8(self._tail)
             return q, scale, end - start
         scale = self._scales[i] if self.fp8 else None
-        return self._blocks[i], scale, end - start
+        return self._block(i), scale, end - start
 
     def scales(self) -> torch.Tensor | None:
         """[n_blocks, 2, Hkv] float32 scales of every block (fp8 only), for one upload to the device."""

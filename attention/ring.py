@@ -24,7 +24,7 @@ from attention.merge import merge
 from attention.shard import LAYOUTS, shard_ranges
 
 Range = tuple[int, int]
-_NCCL_READY: set = set()  # groups (None = the default group) that have run a collective
+_NCCL_READY: set = set()  # process groups that have run a collective
 
 
 def block_visible(q_range: Range, k_range: Range, causal: bool, chunk_size: int | None,
@@ -87,7 +87,7 @@ def ring_plan(seq_len: int, world_size: int, layout: str, align: int, causal: bo
 class RingComm:
     """P2P with the ring neighbours (group ranks r+1 and r-1); one batch of transfers in flight."""
 
-    def __init__(self, group=None):
+    def __init__(self, group=None, device=None):
         self.group = group
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank(group) if self.distributed else 0
@@ -95,11 +95,15 @@ class RingComm:
         if self.distributed and self.rank < 0:
             raise ValueError("this process is not a member of the `group` passed to ring_attend; "
                              "call ring_attend only on the group's ranks")
-        if self.world_size > 1 and dist.get_backend(group) == "nccl" and group not in _NCCL_READY:
-            # NCCL needs every rank in the first P2P batch of a group; ours may skip some, so
-            # one collective on the group comes first.
-            dist.all_reduce(torch.zeros(1, device="cuda"), group=group)
-            _NCCL_READY.add(group)
+        if self.world_size > 1 and dist.get_backend(group) == "nccl":
+            # Keyed by the group object itself: after destroy/init_process_group the default
+            # group (None) is a new group that has run nothing yet.
+            key = group if group is not None else dist.group.WORLD
+            if key not in _NCCL_READY:
+                # NCCL needs every rank in the first P2P batch of a group; ours may skip some, so
+                # one collective on the group comes first, on this rank's device (the shard's).
+                dist.all_reduce(torch.zeros(1, device=device if device is not None else "cuda"), group=group)
+                _NCCL_READY.add(key)
         self.send_to = self._global_rank((self.rank + 1) % self.world_size)
         self.recv_from = self._global_rank((self.rank - 1) % self.world_size)
         self._requests = []
@@ -158,7 +162,7 @@ def ring_attend(q, k, v, *, scale=None, causal=True, chunk_size=None, window=Non
         raise ValueError(f"chunk_size must be >= 1 (or None), got {chunk_size}")
     from attention import attend  # the public entry: whatever backend the package selects
 
-    comm = RingComm(group)
+    comm = RingComm(group, q.device)
     W, rank = comm.world_size, comm.rank
     if seq_len is None:
         seq_len = comm.total(q.shape[2], q.device)

@@ -49,8 +49,12 @@ class BlockStream:
             return
         scales = store.scales()
         scales = scales.to(device) if scales is not None else None  # one small upload, before streaming
+        compute = torch.cuda.current_stream(device)
         side = torch.cuda.Stream(device=device)
         staging = [torch.empty(store.block_shape, dtype=store.storage_dtype, device=device) for _ in range(2)]
+        # The allocator hands out staging memory ordered on the compute stream only: memory freed
+        # there may still be read by queued kernels, so the side stream must not write before them.
+        side.wait_stream(compute)
         bounce = [None, None]
         copied = [torch.cuda.Event(), torch.cuda.Event()]
         free = [torch.cuda.Event(), torch.cuda.Event()]
@@ -79,7 +83,6 @@ class BlockStream:
 
         for j in range(min(2, len(self.block_ids))):
             issue(j, j)
-        compute = torch.cuda.current_stream(device)
         try:
             for j in range(len(self.block_ids)):
                 slot = j % 2

@@ -35,8 +35,9 @@ from attention import KVStore, attend, attend_reference, available_backends, chu
 SCOUT = dict(Hq=40, Hkv=8, D=128)
 
 
-class OutOfTime(Exception):
-    pass
+class OutOfTime(BaseException):
+    """Raised by the alarm. Not an Exception: the per-backend `except Exception` that report a
+    failure and go on must not swallow it and run past the time limit."""
 
 
 def sync(device):

@@ -64,8 +64,9 @@ def main():
         try:
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit)
             text, status = proc.stdout + proc.stderr, f"exit {proc.returncode}"
-        except subprocess.TimeoutExpired as e:
-            text = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        except subprocess.TimeoutExpired as e:  # its output comes as bytes whatever text= says
+            text = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                           for x in (e.stdout, e.stderr))  # stderr: the traceback of a hang
             status = "TIMED OUT"
         print(text, flush=True)
         print(f"== {name}: {status} after {time.monotonic() - t0:.0f} s", flush=True)

@@ -105,8 +105,8 @@ def main(argv=None) -> int:
             return False
         try:
             gpu, host = default_budgets(device)
-            if gpu is not None:
-                gpu += torch.cuda.memory_allocated()
+            if gpu is not None:   # what torch holds (weights, cached blocks of earlier runs) is usable too
+                gpu += torch.cuda.memory_reserved()
             plan = plan_run(shape, n, device=device, gpu_memory=gpu, host_memory=host, offload_dir=args.offload_dir)
             settings = plan.settings()
             if kv_tier:

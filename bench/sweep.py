@@ -66,7 +66,8 @@ def main():
         print(f"store: {bench_commits(args.commits, folder):,.0f} cell commits/s "
               f"({args.commits} commits, one transaction each, WAL)")
         rates = bench_http(args.cells, length, folder)
-        print(f"http: {args.cells} cells at {args.length} tokens: first sweep {rates['first']:,.1f} "
+        cells = 4 * max(1, args.cells // 4)  # 4 depths x samples
+        print(f"http: {cells} cells at {args.length} tokens: first sweep {rates['first']:,.1f} "
               f"cells/s (haystack tokenized via /tokenize, 8 at a time); then {rates['c1']:,.1f} "
               f"cells/s at concurrency 1, {rates['c8']:,.1f} at concurrency 8")
 

@@ -146,24 +146,32 @@ def _tail_candidates(tok, pool, order, k_max, cum, budget):
             continue
         lens = [len(pool.unit_ids(order[j])) for j in window]
         for j in [j for j, n in zip(window, lens) if n > r] + [j for j, n in zip(window, lens) if n == r]:
-            for text, tail in _tail_if_stable(tok, pool.unit_ids(order[j])[:r]):
+            for text, tail in _tail_if_stable(tok, pool.unit_ids(order[j])[:r], pool.texts[order[j]]):
                 yield k, text, tail
     # A user's text may have no stable cut at r tokens (e.g. bytes inside CJK characters):
     # fall back to r-token runs of built-in ASCII prose, starting at its sentence starts.
-    units = tok.encode_units(prose.sentences(random.Random(0), 16))
+    texts = prose.sentences(random.Random(0), 16)
+    units = tok.encode_units(texts)
     starts = np.cumsum([0] + [len(u) for u in units])[:-1]
     flat = np.asarray([t for u in units for t in u], dtype=np.int32)
     for k, r in levels:
         run = np.tile(flat, r // len(flat) + 2)
-        for start in starts[:4] if r else []:
-            for text, tail in _tail_if_stable(tok, run[start:start + r]):
+        for i, start in enumerate(starts[:4] if r else []):
+            source = "".join(texts[i:]) + "".join(texts) * (r // len(flat) + 1)
+            for text, tail in _tail_if_stable(tok, run[start:start + r], source):
                 yield k, text, tail
 
 
-def _tail_if_stable(tok, ids: np.ndarray):
-    text = tok.decode(ids)
-    if len(ids) and tok.encode_units([text])[0] == ids.tolist():
-        yield text, ids.copy()
+def _tail_if_stable(tok, ids: np.ndarray, source: str):
+    """The text of `ids`, a token prefix of `source`, if it re-tokenizes to `ids`. That is
+    usually decode(ids); but decoders may drop or add characters (sentencepiece-style ones
+    strip the leading space), so prefixes of `source` about as long are tried too."""
+    want, text = ids.tolist(), tok.decode(ids)
+    n = len(text)
+    for cand in dict.fromkeys([text] + [source[:m] for m in (n + 1, n, n - 1, n + 2) if m > 0]):
+        if want and tok.encode_units([cand])[0] == want:
+            yield cand, ids.copy()
+            return
 
 
 def _layout(prefix, prefix_ids, suffix, suffix_ids, needles, needle_ids, bounds, order, k, cum,

@@ -119,7 +119,7 @@ def _read_text_file(path: Path) -> str:
     if b"\x00" in raw[:8192]:
         raise ValueError(f"haystack file {path} looks binary (NUL bytes); pass UTF-8 .txt files")
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")    # a byte-order mark is not text: drop it
     except UnicodeDecodeError as e:
         raise ValueError(
             f"haystack file {path} is not UTF-8 (byte {e.start}); re-encode it as UTF-8"
@@ -177,32 +177,26 @@ def _signature(spec: str):
 
 
 @lru_cache(maxsize=32)
-def _pool(texts: tuple[str, ...], tokenizer_key) -> UnitPool:
-    return UnitPool(list(texts), tokenizer_key[1])
+def _pool(texts: tuple[str, ...], fingerprint: str) -> UnitPool:
+    return UnitPool(list(texts), None)
 
 
 def pool_for(texts, tokenizer) -> UnitPool:
-    """A cached UnitPool for these texts and this tokenizer (keyed by its fingerprint)."""
-    return _pool(tuple(texts), _TokKey(tokenizer))
-
-
-class _TokKey(tuple):
-    """Hashable by fingerprint so lru_cache reuses pools across equal tokenizer objects."""
-
-    def __new__(cls, tok):
-        return super().__new__(cls, (tok.fingerprint, tok))
-
-    def __hash__(self):
-        return hash(self[0])
-
-    def __eq__(self, other):
-        return isinstance(other, _TokKey) and self[0] == other[0]
+    """A cached UnitPool for these texts and this tokenizer's fingerprint. Equal fingerprints
+    mean equal tokenization, so the pool encodes with the tokenizer object of the latest call:
+    an earlier one (say, a remote tokenizer whose server is gone) is not kept alive or used."""
+    pool = _pool(tuple(texts), tokenizer.fingerprint)
+    pool.tokenizer = tokenizer
+    return pool
 
 
 def load_haystack(spec: str | None, seed: int, tokenizer) -> Haystack:
     """The haystack for `spec` (None = procedural, "noise", or a path), tokenized once."""
     if spec is not None:
         spec = str(spec)
+        if not spec.strip():   # Path("") is the current directory: never read that by accident
+            raise ValueError("haystack is an empty string; pass a .txt file, a directory of .txt "
+                             "files, or 'noise' (omit it for procedural prose)")
     if spec in (None, "noise"):
         texts, mode = _texts(spec, seed if spec is None else 0)
     else:

@@ -26,7 +26,7 @@ from functools import lru_cache
 import numpy as np
 
 from probes import kv_pairs as P
-from probes.haystacks import UnitPool, _TokKey, derive_seed
+from probes.haystacks import UnitPool, derive_seed
 from probes.parts import Parts
 from probes.tokenizers import ByteTokenizer
 
@@ -164,12 +164,14 @@ class PairStream:
 
 
 @lru_cache(maxsize=4)
-def _pool(seed: int, tok_key, block: int) -> PairPool:
-    return PairPool(seed, tok_key[1], block)
+def _pool(seed: int, fingerprint: str, block: int) -> PairPool:
+    return PairPool(seed, None, block)
 
 
 def pair_stream(seed: int, tokenizer) -> PairStream:
-    return PairStream(_pool(seed, _TokKey(tokenizer), BLOCK))
+    pool = _pool(seed, tokenizer.fingerprint, BLOCK)
+    pool.tokenizer = tokenizer    # the latest object with this fingerprint (see pool_for)
+    return PairStream(pool)
 
 
 def kv(ctx, depth):

@@ -31,9 +31,9 @@ def _and(items):
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _check_count(name, n, hi=20):
-    if not 1 <= n <= hi:
-        raise ValueError(f"{name}={n} is out of range; use 1 to {hi}")
+def _check_count(name, n, lo=1, hi=20):
+    if not lo <= n <= hi:
+        raise ValueError(f"{name}={n} is out of range; use {lo} to {hi}")
 
 
 def niah(ctx, depth, value_kind="number"):
@@ -46,7 +46,7 @@ def niah(ctx, depth, value_kind="number"):
 
 def multikey(ctx, depth, value_kind="number", distractors=3):
     rng = ctx.rng
-    _check_count("distractors", distractors + 1)
+    _check_count("distractors", distractors, 0, 19)
     ks, vs = N.keys(rng, distractors + 1), N.values(rng, value_kind, distractors + 1)
     q, a = _ask_one(value_kind, ks[0])
     needles = [(_needle(value_kind, ks[0], vs[0]), depth)]

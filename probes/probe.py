@@ -66,16 +66,16 @@ class Probe:
     @cached_property
     def context(self) -> str:
         """The haystack with its needles: the prompt between instruction and question."""
-        segs = self._asm.segments
-        assert segs[0].kind == "prefix" and segs[-1].kind == "suffix"
-        return "".join(s.render(self._asm.pool) for s in segs[1:-1])
+        end = len(self.prompt) - len(self.question) - len(self.answer_prefix)
+        return self.prompt[len(self.instruction):end]
 
     @cached_property
     def needle_char_spans(self) -> list[tuple[int, int]]:
         """Character [start, end) of each needle in `prompt`, in the order of needle_spans."""
         by_token, tok_pos, char_pos = {}, 0, 0
         for seg in self._asm.segments:
-            n_chars = len(seg.render(self._asm.pool))
+            n_chars = len(seg.text) if seg.order is None else \
+                sum(map(len, self._asm.pool.texts[seg.order].tolist()))
             if seg.kind == "needle":
                 by_token[tok_pos] = (char_pos, char_pos + n_chars)
             tok_pos, char_pos = tok_pos + len(seg.ids), char_pos + n_chars

@@ -21,6 +21,10 @@ import numpy as np
 # that prepend a marker at the start of a string (sentencepiece-style "▁") count a unit as it
 # appears mid-text. For byte-level BPE the anchor changes nothing.
 _ANCHOR = "."
+# What a tokenizer without a fingerprint of its own is fingerprinted by: words, digits, JSON,
+# newlines and non-ASCII text, where tokenizers tend to differ.
+_FINGERPRINT_TEXT = ('The special magic number for quiet-heron is 7302581.\n\n{"9f1c": "a0"}, '
+                     "VAR ABCDE = 12345. Über naïve café, 你好世界。 \t  end")
 
 
 @runtime_checkable
@@ -71,8 +75,15 @@ class HFTokenizer:
                 f"tokenizer file {path} is not a valid tokenizer.json ({e}); "
                 "pass a Hugging Face tokenizer.json or a model directory that holds one"
             ) from None
+        # Some tokenizer.json files carry truncation or padding settings (embedding models,
+        # fine-tunes): a probe must see every token of its prompt and none added.
+        self._tok.no_truncation()
+        self._tok.no_padding()
         self.path = path
-        self.name = path.parent.name if path.name == "tokenizer.json" else path.stem
+        # A model's tokenizer.json is named by its directory ("tokenizer.json" given from
+        # inside that directory too), any other file by its stem.
+        folder = path.resolve().parent.name
+        self.name = folder if path.name == "tokenizer.json" and folder else path.stem
         self.fingerprint = "hf-" + hashlib.sha256(raw).hexdigest()[:16]
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         anchor = self._tok.encode(_ANCHOR, add_special_tokens=False).ids
@@ -109,9 +120,17 @@ class WrappedTokenizer:
     def __init__(self, inner):
         self.inner = inner
         self.name = getattr(inner, "name", type(inner).__name__)
-        self.fingerprint = getattr(inner, "fingerprint", None) or f"wrapped-{self.name}"
         self.vocab_size = getattr(inner, "vocab_size", None)
+        self.fingerprint = getattr(inner, "fingerprint", None) or self._behaviour_fingerprint()
         self._anchor_ids = list(inner.encode(_ANCHOR))
+
+    def _behaviour_fingerprint(self) -> str:
+        # Without a fingerprint of its own, two tokenizers of one class would share haystack
+        # pools (cached by fingerprint) and get each other's token ids; so fingerprint what the
+        # tokenizer does with a fixed text instead. Stable across processes, unlike id().
+        ids = [int(i) for i in self.inner.encode(_FINGERPRINT_TEXT)]
+        digest = hashlib.sha256(json.dumps([self.name, self.vocab_size, ids], default=str).encode())
+        return "wrapped-" + digest.hexdigest()[:16]
 
     def encode(self, text: str) -> list[int]:
         return list(self.inner.encode(text))

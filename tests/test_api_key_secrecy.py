@@ -45,3 +45,18 @@ def test_the_api_key_never_leaves_the_request(tmp_path, runner, monkeypatch):
         assert FRAGMENT not in text
     for file in tmp_path.iterdir():                       # the db and its -wal / -shm files
         assert FRAGMENT.encode() not in file.read_bytes(), file.name
+
+
+def test_a_key_inside_the_server_url_is_refused_before_anything_is_stored(tmp_path, runner, monkeypatch):
+    # user:key@ in the URL was never sent, yet the --model spec and the command line, which the
+    # run row stores as typed, held it.
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    db = tmp_path / "r.db"
+    with FakeOpenAI(answers_for(**GRID)) as fake:
+        url = fake.url.replace("http://", f"http://user:{KEY}@")
+        result = runner.invoke(main, ["run", "--model", f"openai:{url}", "--probe", "niah",
+                                      "--lengths", "512", "--db", str(db), "--quiet"])
+    assert result.exit_code == 2 and "holds credentials" in result.output
+    assert "--api-key-env" in result.output and FRAGMENT not in result.output
+    for file in tmp_path.iterdir():
+        assert FRAGMENT.encode() not in file.read_bytes(), file.name

@@ -232,7 +232,35 @@ def _fake_fa2(q, k, v, dropout_p, softmax_scale, causal, return_attn_probs):
     return t(out), torch.where(torch.isneginf(lse), torch.full_like(lse, float("inf")), lse), None
 
 
-@pytest.mark.parametrize("flavour", ["torch_cuda", "flash_attn"])
+def _fa_ref(q, k, v, softmax_scale, causal):
+    """[B, T, H, D] in and out, bottom-right causal, lse +inf for empty rows (flash-attn's contract)."""
+    t = lambda x: x.transpose(1, 2)  # noqa: E731
+    out, lse = attend_reference(t(q), t(k), t(v), scale=softmax_scale, causal=causal)
+    return t(out), torch.where(torch.isneginf(lse), torch.full_like(lse, float("inf")), lse)
+
+
+def _fake_fa3(q, k, v, softmax_scale=None, causal=False, qv=None, window_size=(-1, -1),
+              return_attn_probs=False):
+    """FA3 (hopper flash_attn_interface): out alone unless return_attn_probs."""
+    out, lse = _fa_ref(q, k, v, softmax_scale, causal)
+    return (out, lse) if return_attn_probs else out
+
+
+def _fake_fa3_early(q, k, v, softmax_scale=None, causal=False):
+    """The first FA3 betas: always (out, lse), no return_attn_probs keyword."""
+    return _fa_ref(q, k, v, softmax_scale, causal)
+
+
+def _fake_fa4(q, k, v, softmax_scale=None, causal=False, window_size=(None, None), return_lse=False):
+    """FA4 (flash_attn.cute): always a pair, lse None unless return_lse."""
+    out, lse = _fa_ref(q, k, v, softmax_scale, causal)
+    return out, (lse if return_lse else None)
+
+
+FAKE_FLASH_ATTN = {"fa2": _fake_fa2, "fa3": _fake_fa3, "fa3_early": _fake_fa3_early, "fa4": _fake_fa4}
+
+
+@pytest.mark.parametrize("flavour", ["torch_cuda", "fa2", "fa3", "fa3_early", "fa4"])
 @pytest.mark.parametrize("mask", ["causal", "chunked", "window", "full"])
 def test_cuda_glue_with_fake_kernels(flavour, mask, monkeypatch, small_blocks):
     from attention import backends
@@ -241,7 +269,8 @@ def test_cuda_glue_with_fake_kernels(flavour, mask, monkeypatch, small_blocks):
         monkeypatch.setitem(backends.CUDA_OPS, "fake", _fake_aten)
         kern = backends.TorchCUDAKernels("fake")
     else:
-        monkeypatch.setattr(backends, "flash_attn_module", lambda: ("fa2", _fake_fa2))
+        fake = FAKE_FLASH_ATTN[flavour]
+        monkeypatch.setattr(backends, "flash_attn_module", lambda: (flavour.split("_")[0], fake))
         kern = backends.FlashAttnKernels()
     monkeypatch.setattr(attend_mod, "kernels_for", lambda *a: kern)
     q, k, v = rand(1, 10, 37, 64, seed=1), rand(1, 2, 70, 64, seed=2), rand(1, 2, 70, 64, seed=3)
@@ -263,3 +292,40 @@ def test_in_place_merge_matches_merge():
     out, lse = merge_(out_a.clone(), lse_a.clone(), out_b, lse_b)
     assert_same(out, lse, ref_out, ref_lse)
     assert torch.isneginf(lse[0, 0, 5:10]).all()
+
+
+def test_cuda_self_check_rejects_a_kernel_wrong_off_the_causal_diagonal(monkeypatch):
+    """pick_cuda_op must check the unmasked rectangular call too (most spans are that), not only
+    the square causal one: here a kernel that always applies causal masking must be passed over."""
+    from attention import backends
+
+    def always_causal(q, k, v, scale, causal):
+        return _fake_aten(q, k, v, scale, True)
+
+    monkeypatch.setattr(backends, "CUDA_OPS", {"always_causal": always_causal, "good": _fake_aten})
+    backends.pick_cuda_op.cache_clear()
+    try:
+        assert backends.pick_cuda_op("cpu", torch.float32, 64) == "good"
+    finally:
+        backends.pick_cuda_op.cache_clear()
+
+
+def test_bench_time_limit_is_not_swallowed_by_per_backend_error_handling(monkeypatch):
+    """bench/attention.py reports a failing backend and goes on; the time-limit alarm raised
+    inside such a try must still stop the check (device time is budgeted)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "attention.py"
+    spec = importlib.util.spec_from_file_location("bench_attention_under_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def out_of_time(*args, **kwargs):
+        raise bench.OutOfTime("time limit reached")
+
+    monkeypatch.setattr(bench, "attend", out_of_time)
+    with pytest.raises(bench.OutOfTime):
+        bench.check_a(CPU, torch.float32, 48)
+    with pytest.raises(bench.OutOfTime):
+        bench.resident(CPU, torch.float32, 32, ["torch"], repeat=1)

@@ -52,3 +52,31 @@ def test_streamed_blocks_on_cuda_match_reference(tier, fp8, tmp_path):
     assert (out - ref_out).abs().max().item() <= tol_out
     assert (lse - ref_lse).abs().max().item() <= tol_lse
     store.close()
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_auto_finds_a_fused_kernel_for_bf16(head_dim):
+    """If the self-check rejected every fused op, attend would fall back to float32 math with a
+    dense [Tq, Tk] score matrix: fine at these sizes, out of memory at 128K. Catch that here."""
+    from attention.backends import pick_cuda_op
+
+    assert pick_cuda_op(str(torch.device("cuda", torch.cuda.current_device())), torch.bfloat16, head_dim) is not None
+
+
+@pytest.mark.parametrize("tier", ["host", "disk"])
+def test_streamed_bf16_gqa_over_several_query_chunks(tier, tmp_path):
+    """The production path: bf16, GQA 5, head dim 128, KV streamed on the side stream into staging
+    buffers that are reused across calls, several query chunks in a row (as the runner does)."""
+    T, Hkv, G, D = 900, 2, 5, 128
+    k, v = rand(1, Hkv, T, D, seed=1), rand(1, Hkv, T, D, seed=2)
+    q = rand(1, Hkv * G, T, D, seed=3)
+    store = KVStore(Hkv, D, tier=tier, block_size=256, dtype=torch.bfloat16, device="cuda", path=tmp_path)
+    store.append(k, v)
+    ref_out, ref_lse = attend_reference(q.float(), k.float(), v.float())
+    for q0 in range(0, T, 300):
+        out, lse = chunked_attention(q[:, :, q0:q0 + 300], store, q_start=q0)
+        assert out.dtype == torch.bfloat16
+        # bf16 partial outputs are rounded once per block and once after the merge (0.008 on CPU).
+        assert (out.float() - ref_out[:, :, q0:q0 + 300]).abs().max().item() <= 4e-2
+        assert (lse - ref_lse[:, :, q0:q0 + 300]).abs().max().item() <= 3e-2
+    store.close()

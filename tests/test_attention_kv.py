@@ -3,6 +3,8 @@ reference call over the whole KV."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -103,6 +105,22 @@ def test_disk_tier_is_one_memory_mapped_file(tmp_path):
     assert len(files) == 1 and files[0].stat().st_size == 3 * store.block_bytes
     store.close()
     assert not any((tmp_path / "kv").iterdir())
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
+def test_disk_tier_holds_no_file_descriptor_per_block(tmp_path):
+    """A mapping per block would keep a descriptor per block open: a long store of many layers
+    would run into the open-file limit (often 1024)."""
+    def open_files():
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_files()
+    k, v = rand(1, 1, 400, 8), rand(1, 1, 400, 8, seed=1)
+    store = filled_store("disk", tmp_path, k, v, block_size=8)  # 50 blocks
+    assert store.n_blocks == 50 and open_files() - before <= 2
+    got = torch.cat([kb for _, kb, _ in BlockStream(store, range(store.n_blocks))], dim=2)
+    assert torch.equal(got, k) and open_files() - before <= 2
+    store.close()
 
 
 def test_fp8_roundtrip_within_e4m3_rounding():

@@ -2,6 +2,7 @@
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -99,6 +100,7 @@ def test_export_to_stdout(runner):
     (["export", "niah", "--lengths", "1k..", "-o", "-"], "1k..1M:x2"),
     (["export", "niah", "--depths", "0..200:3", "-o", "-"], "outside 0 to 100"),
     (["export", "niah", "--samples", "0", "-o", "-"], "at least 1"),
+    (["export", ",", "-o", "-"], "no family in ','"),
 ])
 def test_bad_input_one_line_exit_2(runner, args, message):
     result = runner.invoke(main, ["probes", *args])
@@ -135,3 +137,52 @@ def test_every_command_has_an_example(runner):
     for args in (["probes"], ["probes", "list"], ["probes", "show"], ["probes", "export"]):
         result = invoke(runner, *args, "--help")
         assert result.exit_code == 0 and "Example:" in result.output
+
+
+def test_failed_export_keeps_the_old_file_and_leaves_no_partial_one(runner, tmp_path):
+    """The second length is too short: the probes of the first must not replace the old file,
+    and no temporary file may be left beside it."""
+    out = tmp_path / "p.jsonl"
+    out.write_text("old\n")
+    result = runner.invoke(main, ["probes", "export", "niah", "--lengths", "2000,100",
+                                  "--depths", "0", "-o", str(out)])
+    assert result.exit_code == 2 and "needs at least" in result.stderr
+    assert out.read_text() == "old\n" and sorted(tmp_path.iterdir()) == [out]
+    result = invoke(runner, "probes", "export", "niah", "--lengths", "2000", "--depths", "0,50",
+                    "-o", str(out))
+    assert result.exit_code == 0 and len(out.read_text().splitlines()) == 2
+    assert sorted(tmp_path.iterdir()) == [out]
+
+
+def test_export_checks_every_family_parameter_before_building(runner, tmp_path, monkeypatch):
+    import probes
+
+    built = []
+    monkeypatch.setattr(probes, "make_probe", lambda *a, **k: built.append(a))
+    result = runner.invoke(main, ["probes", "export", "niah,kv", "--param", "value_kind=uuid",
+                                  "--lengths", "2000", "--depths", "0", "-o", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "family kv has no parameter 'value_kind'" in result.stderr
+    assert built == [] and list(tmp_path.iterdir()) == []
+
+
+def test_export_to_a_missing_directory_is_one_line_exit_2(runner, tmp_path):
+    result = runner.invoke(main, ["probes", "export", "niah", "--lengths", "2000", "--depths", "0",
+                                  "-o", str(tmp_path / "no" / "such" / "p.jsonl")])
+    assert result.exit_code == 2 and result.stderr.startswith("error: ")
+    assert "does not exist" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_show_refuses_a_negative_window(runner):
+    result = runner.invoke(main, ["probes", "show", "niah", "--length", "1500", "--window", "-5"])
+    assert result.exit_code == 2 and "window" in result.output + result.stderr
+
+
+def test_export_writes_through_symlinks_and_devices(runner, tmp_path):
+    real = tmp_path / "real.jsonl"
+    real.write_text("old\n")
+    (tmp_path / "link.jsonl").symlink_to(real)
+    args = ["probes", "export", "niah", "--lengths", "2000", "--depths", "0", "-o"]
+    assert invoke(runner, *args, str(tmp_path / "link.jsonl")).exit_code == 0
+    assert (tmp_path / "link.jsonl").is_symlink() and len(real.read_text().splitlines()) == 1
+    assert invoke(runner, *args, "/dev/null").exit_code == 0
+    assert not Path("/dev/null").is_file() and Path("/dev/null").exists()

@@ -82,6 +82,17 @@ def test_other_bad_input(runner, tmp_path):
     one_line_error(runner.invoke(main, ["export", "ghost", "--db", db]), "no run named 'ghost'")
 
 
+@pytest.mark.parametrize("option, value", [("--retries", "-1"), ("--timeout", "0"),
+                                           ("--max-new-tokens", "0")])
+def test_bad_http_settings(runner, tmp_path, option, value):
+    # --retries -1 used to end in a traceback (AssertionError), --timeout 0 in a misleading
+    # "cannot reach server", --max-new-tokens 0 in every cell erroring.
+    with FakeOpenAI() as fake:
+        result = runner.invoke(main, ["run", "--model", f"openai:{fake.url}", "--db",
+                                      str(tmp_path / "r.db"), *RUN_ARGS, option, value])
+    one_line_error(result, option)
+
+
 def test_shards_merge_into_the_whole_run(runner, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with FakeOpenAI(answers_for(**GRID)) as fake:
@@ -131,3 +142,25 @@ def test_every_command_ends_its_help_with_an_example(runner):
     for command in COMMANDS:
         help_text = runner.invoke(main, [command.name, "--help"]).output
         assert "Example: ctxprobe " + command.name in help_text, command.name
+
+
+def test_reading_commands_work_on_a_database_they_cannot_write(runner, tmp_path, monkeypatch):
+    # runs, export and merge's inputs only read; they used to open for writing and refuse a
+    # read-only file ("pass a writable --db path"). File modes do not bind root, so the check
+    # they used to fail is what is made to fail here.
+    src = tmp_path / "src.db"
+    with Store(src) as store:
+        run = store.create_run(name="r", model_spec="m", model_fingerprint="f", backend={},
+                               tokenizer_fingerprint="t", version="0", command="c")
+        store.put_cell(run.id, dict(family="niah", length=512, depth=50.0, sample=0, seed=0, score=1.0))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if mode & os.W_OK and
+                        str(path).startswith(str(src)) else real_access(path, mode, **kw))
+    listing = runner.invoke(main, ["runs", "--db", str(src)])
+    assert listing.exit_code == 0 and "r " in listing.output, listing.output
+    export = runner.invoke(main, ["export", "r", "--db", str(src), "--format", "jsonl"])
+    assert export.exit_code == 0 and json.loads(export.output)["score"] == 1.0, export.output
+    merged = runner.invoke(main, ["merge", str(tmp_path / "out.db"), str(src)])
+    assert merged.exit_code == 0 and "1 new run(s), 1 new cell(s)" in merged.output, merged.output
+    one_line_error(runner.invoke(main, ["runs", "--db", str(tmp_path / "out.db-not-there")]),
+                   "no results database")

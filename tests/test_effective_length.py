@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ctxprobe.analysis.effective_length import (
-    LogisticFit, describe_length, effective_length, fit_logistic, threshold_length)
+    LogisticFit, describe_length, describe_with_ci, effective_length, fit_logistic, threshold_length)
 from ctxprobe.analysis.intervals import mean_interval, wilson
 from ctxprobe.analysis.summary import curve, grid, values_by_length
 
@@ -124,3 +124,25 @@ def test_summary_grid_and_curve_from_cells():
     c = curve(cells, "niah")
     assert c.binary and c.n.tolist() == [9, 9] and c.mean.tolist() == [1.0, 1.0]
     assert list(values_by_length(cells)) == [1024, 2048]
+
+
+def test_a_perfect_step_puts_the_interval_between_the_tested_lengths_around_it():
+    # All pass up to 8K, all fail from 16K: resampling changes nothing, so the bootstrap alone
+    # gave a zero-width interval ("5.55K [5.55K, 5.55K]" in the demo's report), claiming a
+    # precision the grid cannot have. The crossing is only known to lie between 8K and 16K.
+    cells = {x: np.full(6, 1.0 if x <= 8192 else 0.0) for x in LENGTHS}
+    eff = effective_length(cells, n_boot=50)
+    assert eff.l50_ci == (8192.0, 16384.0) and eff.l85_ci == (8192.0, 16384.0)
+    assert describe_with_ci(eff, eff.l50, eff.l50_ci).endswith("[8K, 16K]")
+    # A noisy cell elsewhere does not locate the crossing between 8K and 16K either.
+    cells[4096] = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
+    noisy = effective_length(cells, n_boot=50)
+    assert 8192 < noisy.l50 < 16384 and noisy.l50_ci == (8192.0, 16384.0)
+    # Partial scores on both sides of the crossing: the bootstrap interval stands as computed.
+    graded = {x: np.array([1.0] * (8 - i) + [0.0] * i) for i, x in enumerate(LENGTHS)}
+    eff = effective_length(graded, n_boot=50)
+    lo, hi = eff.l50_ci
+    assert lo <= eff.l50 <= hi and not (lo in LENGTHS and hi in LENGTHS)
+    # Never falling inside the tested range: still read as beyond it.
+    flat = effective_length({x: np.ones(4) for x in LENGTHS}, n_boot=50)
+    assert flat.l50_ci == (np.inf, np.inf)

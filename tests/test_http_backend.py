@@ -153,3 +153,15 @@ def test_a_tokenizer_outliving_its_server_uses_the_live_one():
         assert stale.encode("never seen before") == list(b"never seen before")
         assert stale.decode([104, 105]) == "hi"
         assert any(r["path"] == "/tokenize" for r in second.log)
+
+
+def test_a_tokenizer_that_fails_mid_sweep_is_a_user_error_not_a_traceback():
+    # Probes are built in the sweep's main thread; a RequestFailed escaping from there used to
+    # reach the CLI as a traceback (it is neither a ValueError nor an OSError).
+    with FakeOpenAI() as fake:
+        tok = backend_for(fake, retries=0).tokenizer
+        fake.tokenize = None  # the server stops tokenizing
+        with pytest.raises(UserError, match="tokenizer failed.*rerun the same command"):
+            tok.encode("a sentence this test alone tokenizes")
+        with pytest.raises(UserError, match="tokenizer failed"):
+            tok.decode([104, 105])

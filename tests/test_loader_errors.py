@@ -97,8 +97,42 @@ def no_config(p):
     return "config.json"
 
 
+def header_not_an_object(p):
+    f = shard_holding(p, "model.embed_tokens.weight")
+    f.write_bytes(b"\x04\x00\x00\x00\x00\x00\x00\x00[42]")
+    return f.name
+
+
+def header_entry_without_offsets(p):
+    f = shard_holding(p, "model.embed_tokens.weight")
+    head = json.dumps({"model.embed_tokens.weight": {"dtype": "F32", "shape": [1]}}).encode()
+    f.write_bytes(len(head).to_bytes(8, "little") + head)
+    return f.name
+
+
+def config_not_an_object(p):
+    (p / "config.json").write_text("[1, 2]")
+    return "config.json"
+
+
+def rope_scaling_incomplete(p):
+    cfg = json.loads((p / "config.json").read_text())
+    rope = cfg.get("rope_parameters") or cfg["rope_scaling"]
+    del rope["low_freq_factor"]
+    (p / "config.json").write_text(json.dumps(cfg))
+    return "low_freq_factor"
+
+
+def family_key_missing(p):
+    cfg = json.loads((p / "config.json").read_text())
+    cfg["architectures"] = ["MixtralForCausalLM"]     # a Llama config has no experts
+    (p / "config.json").write_text(json.dumps(cfg))
+    return "num_local_experts"
+
+
 CASES = [missing_shard, truncated, garbage_header, wrong_shape, missing_key, unexpected_key,
-         unknown_architecture, pickle_only, no_config]
+         unknown_architecture, pickle_only, no_config, header_not_an_object, header_entry_without_offsets,
+         config_not_an_object, rope_scaling_incomplete, family_key_missing]
 
 
 @pytest.mark.parametrize("breaker", CASES, ids=[c.__name__ for c in CASES])

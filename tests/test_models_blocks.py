@@ -73,6 +73,31 @@ def test_grouped_dispatch_equals_dense_reference(kind, top_k, scale_input):
     assert torch.allclose(fast, slow, atol=1e-5)
 
 
+class ScaleExperts(blocks.Experts):
+    """Stub experts: expert e multiplies its input by scales[e] (row-independent, so bits are exact)."""
+
+    def __init__(self, scales):
+        super().__init__(len(scales), 1, 1)
+        self.scales = scales
+
+    def expert(self, e, x_ND):
+        return x_ND * self.scales[e]
+
+
+def test_grouped_dispatch_sums_each_tokens_experts_in_router_order():
+    """Each token's K outputs are summed in the router's k order, whatever the experts' order, so the
+    result is one fixed sum (index_add_ summed in expert order, with atomic adds on CUDA)."""
+    experts = ScaleExperts([1e8, 1.0, -1e8])
+    x = torch.ones(2, 4)
+    idx = torch.tensor([[0, 2, 1], [1, 0, 2]])          # k order; expert order is 0, 1, 2 for both
+    w = torch.ones(2, 3)
+    out = blocks.grouped_dispatch(experts, x, idx, w, scale_input=False)
+    # float32: (1e8 - 1e8) + 1 = 1, while (1 + 1e8) - 1e8 = 0 and (1e8 + 1) - 1e8 = 0
+    assert out[0].tolist() == [1.0] * 4
+    assert out[1].tolist() == [0.0] * 4
+    assert blocks.grouped_dispatch(experts, x[:0], idx[:0], w[:0], scale_input=False).shape == (0, 4)
+
+
 def test_adjacent_pair_rope_is_half_split_rope_on_permuted_dims():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 11, 16, generator=g)

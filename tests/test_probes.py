@@ -266,3 +266,67 @@ def test_an_edited_haystack_file_is_read_again(tmp_path):
     assert "Delta" in make_probe("niah", 1500, 50, haystack=str(path)).context
     path.write_text("Kappa lambda mu, and more words here. Nu xi omicron!")
     assert "Delta" not in make_probe("niah", 1500, 50, haystack=str(path)).context
+
+
+class _Shifted:
+    """A fingerprint-less toy tokenizer: one id per character, shifted by `offset`."""
+
+    def __init__(self, offset):
+        self.offset = offset
+
+    def encode(self, text):
+        return [ord(c) + self.offset for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i - self.offset) for i in ids)
+
+
+def test_tokenizers_without_a_fingerprint_do_not_share_pools():
+    """Two objects of one class that tokenize differently get their own haystack pools (the
+    pools are cached by fingerprint), and the same tokenizer fingerprints the same again."""
+    a, b = _Shifted(0), _Shifted(7)
+    pa, pb = make_probe("niah", 1500, 50, tokenizer=a), make_probe("niah", 1500, 50, tokenizer=b)
+    assert a.encode(pa.prompt) == pa.token_ids and b.encode(pb.prompt) == pb.token_ids
+    assert pa.tokenizer_fingerprint != pb.tokenizer_fingerprint
+    assert make_probe("niah", 1500, 50, tokenizer=_Shifted(7)).hash == pb.hash
+
+
+def test_pools_encode_with_the_latest_tokenizer_of_a_fingerprint():
+    """A cached pool must not keep using the first tokenizer object it saw (say, a remote
+    tokenizer whose server has gone); an equal one given later does the encoding."""
+    class Remote(_Shifted):
+        name, fingerprint, alive = "remote", "remote-v1", True
+
+        def encode(self, text):
+            assert self.alive, "encode called on a closed tokenizer"
+            return super().encode(text)
+
+    first = Remote(0)
+    make_probe("niah", 1500, 50, seed=41, tokenizer=first)
+    make_probe("kv", 1500, 50, seed=41, tokenizer=first)
+    first.alive = False
+    second = Remote(0)
+    for family in ("niah", "kv"):          # longer: new haystack units must be tokenized
+        p = make_probe(family, 12_000, 50, seed=41, tokenizer=second)
+        assert second.encode(p.prompt) == p.token_ids
+
+
+@pytest.mark.parametrize("distractors, ok", [(0, True), (19, True), (-1, False), (20, False)])
+def test_multikey_distractor_range_is_named_as_given(distractors, ok):
+    if ok:
+        assert len(make_probe("multikey", 3000, 50, distractors=distractors).needle_spans) \
+            == distractors + 1
+    else:
+        with pytest.raises(ValueError, match=f"distractors={distractors} is out of range; use 0 to 19"):
+            make_probe("multikey", 3000, 50, distractors=distractors)
+
+
+def test_a_byte_order_mark_is_not_haystack_text(tmp_path):
+    (tmp_path / "bom.txt").write_bytes("Alpha beta gamma. Delta epsilon!".encode("utf-8-sig"))
+    p = make_probe("niah", 1500, 50, haystack=str(tmp_path / "bom.txt"))
+    assert "\ufeff" not in p.prompt and "Alpha beta" in p.context
+
+
+def test_an_empty_haystack_string_is_refused_not_read_as_the_current_directory():
+    with pytest.raises(ValueError, match="empty string"):
+        make_probe("niah", 1500, 50, haystack="")

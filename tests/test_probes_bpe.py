@@ -111,3 +111,60 @@ def test_unstable_junction_before_the_question_is_repaired(bpe, request):
         assert ends_with_period == 0
     else:
         assert ends_with_period > 0
+
+
+def test_tokenizer_name_is_its_folder_even_from_inside_it(bpe, monkeypatch):
+    monkeypatch.chdir(bpe.path.parent)
+    assert load_tokenizer("tokenizer.json").name == bpe.path.parent.name != ""
+
+
+@pytest.fixture(scope="module", params=["llama2-legacy", "metaspace-first"])
+def sp_bpe(request, tmp_path_factory):
+    """A sentencepiece-style BPE (Llama 2, Mistral): "▁" for spaces, byte fallback, merges
+    within words only, and a decoder that strips the leading space of what it decodes."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=700, show_progress=False,
+                                  special_tokens=["<unk>"] + [f"<0x{i:02X}>" for i in range(256)])
+    text = sentences(random.Random(7), 1500) + [" 0123456789 VAR = {}\":, -abcdef"] * 20
+    tok.train_from_iterator(["".join(text[i:i + 40]) + "\n\n" for i in range(0, len(text), 40)],
+                            trainer)
+    if request.param == "llama2-legacy":   # as transformers converts Llama 2's tokenizer.model
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                               normalizers.Replace(" ", "▁")])
+        tok.pre_tokenizer = None
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                         decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    else:                                  # Mistral's tokenizer.json
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=False)
+        tok.decoder = decoders.Metaspace(prepend_scheme="first", split=False)
+    path = tmp_path_factory.mktemp(request.param) / "tokenizer.json"
+    tok.save(str(path))
+    return load_tokenizer(path)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_exact_length_sentencepiece_style(sp_bpe, family):
+    """Its decoder drops a token prefix's leading space, so the tail's text must come from the
+    unit's own text: before that, most lengths failed with "no tail fits"."""
+    for length in (901, 1777, 2500):
+        p = make_probe(family, length, 35, seed=2, tokenizer=sp_bpe)
+        assert len(p.token_ids) == length and sp_bpe.encode(p.prompt) == p.token_ids
+        assert p.prompt == p.instruction + p.context + p.question + p.answer_prefix
+        for (s, e), (cs, ce) in zip(p.needle_spans, p.needle_char_spans):
+            # Alone, a needle would get the "▁" of a string's start: encode it mid-text.
+            assert sp_bpe.encode_units([p.prompt[cs:ce]])[0] == p.token_ids[s:e]
+
+
+def test_truncation_and_padding_saved_in_tokenizer_json_are_ignored(bpe, tmp_path):
+    from tokenizers import Tokenizer
+
+    saved = Tokenizer.from_file(str(bpe.path))
+    saved.enable_truncation(64)
+    saved.enable_padding(length=80)
+    saved.save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(tmp_path)
+    p = make_probe("niah", 1000, 50, tokenizer=tok)
+    assert len(tok.encode(p.prompt)) == 1000 and p.token_ids == bpe.encode(p.prompt)

@@ -130,6 +130,28 @@ def test_ring_attend_rejects_mismatched_shards():
         ring_attend(torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8), seq_len=9)
 
 
+def test_nccl_warm_up_runs_once_per_group_on_the_shards_device(monkeypatch):
+    """NCCL needs one collective on a group before a P2P batch that skips ranks: it must run on
+    the shard's device (not whatever "cuda" means), and again for a re-initialised default group."""
+    from types import SimpleNamespace
+
+    import attention.ring as ring
+
+    reduced = []
+    fake = SimpleNamespace(
+        is_available=lambda: True, is_initialized=lambda: True, get_rank=lambda g=None: 0,
+        get_world_size=lambda g=None: 2, get_backend=lambda g=None: "nccl",
+        all_reduce=lambda t, group=None: reduced.append(t.device), group=SimpleNamespace(WORLD=object()))
+    monkeypatch.setattr(ring, "dist", fake)
+    monkeypatch.setattr(ring, "_NCCL_READY", set())
+    ring.RingComm(None, torch.device("cpu"))
+    ring.RingComm(None, torch.device("cpu"))
+    assert reduced == [torch.device("cpu")]  # once per group
+    fake.group.WORLD = object()  # destroy_process_group + init_process_group
+    ring.RingComm(None, torch.device("cpu"))
+    assert len(reduced) == 2
+
+
 # --- real process groups --------------------------------------------------------------------
 
 def _max_error(got: torch.Tensor, want: torch.Tensor) -> float:

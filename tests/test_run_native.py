@@ -126,3 +126,19 @@ def test_builtin_spec_runs_the_built_in_model_and_finds_its_cliff(runner, tmp_pa
         [run] = store.runs()
         scores = {c["length"]: c["score"] for c in store.cells(run.id)}
     assert run.name.startswith("builtin-") and scores == {2048: 1.0, 8192: 0.0}
+
+
+def test_a_rerun_in_another_dtype_is_a_new_run_not_a_resume(checkpoint, runner, tmp_path):
+    # Same model and grid in bfloat16 used to get the fp32 run's default name and settings, so it
+    # "resumed" it: every cell skipped, the fp32 numbers reported as the bf16 run's.
+    db = str(tmp_path / "r.db")
+    args = ["run", "--model", str(checkpoint), "--probe", "niah", "--lengths", "256",
+            "--depths", "50", "--db", db, "--quiet"]
+    assert runner.invoke(main, args).exit_code == 0
+    result = runner.invoke(main, args + ["--dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    assert "1 cell(s) done now" in result.output
+    with Store(db) as store:
+        runs = store.runs()
+    assert [r.backend["dtype"] for r in runs] == ["float32", "bfloat16"]
+    assert runs[0].name != runs[1].name

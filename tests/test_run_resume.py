@@ -92,3 +92,28 @@ def test_ctrl_c_exits_at_once_and_says_how_to_resume(tmp_path):
     assert proc.returncode == 130, err
     assert elapsed < 3.0, f"took {elapsed:.1f} s to stop: it waited for the requests in flight"
     assert "interrupted: 0 cell(s)" in err and "rerun the same command to resume" in err
+
+
+def test_two_shards_starting_together_on_one_database_share_the_run(tmp_path, monkeypatch):
+    # Both processes look the run up, find none, and create it: the second insert used to end
+    # in a traceback (sqlite3.IntegrityError on the unique name) instead of joining the run.
+    from types import SimpleNamespace
+
+    from ctxprobe.sweep import SweepSpec, open_run
+
+    backend = SimpleNamespace(identity={"kind": "fake"}, settings={}, model_fingerprint="m",
+                              tokenizer=SimpleNamespace(fingerprint="t"))
+    spec = SweepSpec(families=["niah"], lengths=[512], depths=[50.0])
+    db = tmp_path / "r.db"
+    with Store(db) as first, Store(db) as second:
+        mine = open_run(first, backend, spec, model_spec="m", name="shared")
+        calls = []
+        real_find = second.find_run
+
+        def find_late(name):  # the first lookup ran before `first` created the run
+            calls.append(name)
+            return None if len(calls) == 1 else real_find(name)
+
+        monkeypatch.setattr(second, "find_run", find_late)
+        theirs = open_run(second, backend, spec, model_spec="m", name="shared")
+    assert theirs.id == mine.id and len(calls) == 2

@@ -36,6 +36,35 @@ def test_bench_cli_text_and_help(runner):
     assert bad.exit_code == 2 and "unknown preset 'nope'" in bad.output
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--device", "nonsense"], "--device 'nonsense' is not a device"),
+    (["--device", "meta"], "supports cuda and cpu"),
+    (["--peak-tflops", "0"], "--peak-tflops"),
+])
+def test_bench_cli_bad_options_are_one_line_errors(runner, args, message):
+    res = runner.invoke(main, ["bench", "--preset", "tiny", "--length", "64", *args])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+
+
+def test_bench_cli_cuda_without_a_gpu_is_a_one_line_error(runner, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = runner.invoke(main, ["bench", "--preset", "tiny", "--length", "64", "--device", "cuda"])
+    assert res.exit_code == 2 and "no CUDA device" in res.output
+
+
+def test_bench_cli_checkpoint_with_streamed_weights(runner, tmp_path):
+    pytest.importorskip("transformers")
+    from ctxprobe.models.tiny import save_tiny
+
+    path, _ = save_tiny(tmp_path / "llama", "llama")
+    res = runner.invoke(main, ["bench", str(path), "--length", "100", "--device", "cpu", "--stream-weights",
+                               "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.splitlines()[-1])["length"] == 100
+
+
 def test_inspect_shows_the_plan(runner, tmp_path):
     pytest.importorskip("transformers")
     from ctxprobe.models.tiny import save_tiny

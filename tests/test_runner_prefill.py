@@ -91,3 +91,36 @@ def test_prefill_property(length, chunk, block, local, tier, seed):
     got = prefill(m, prompt, settings=Settings(chunk_tokens=chunk, kv_block_tokens=block, kv_tiers=tier),
                   all_logits=True).logits
     assert (got - m.logits(prompt)).abs().max().item() <= 1e-4
+
+
+def test_a_failed_prefill_leaves_no_offload_files(tmp_path):
+    """An error mid-run (out of memory at some length, say) must not leave hidden-state or KV files
+    behind while the caller, holding the traceback, goes on to the next cell."""
+    m = ToyModel()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    m.blocks[1].finish = boom
+    settings = Settings(chunk_tokens=7, kv_block_tokens=4, kv_tiers="disk", hidden_tier="disk",
+                        offload_dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match="boom") as failure:
+        prefill(m, ids(30, m.config.vocab_size), settings=settings, keep_kv=True)
+    assert failure.traceback and list(tmp_path.iterdir()) == []
+
+
+def test_pinned_hidden_states_are_registered_at_their_exact_size(monkeypatch):
+    """Under CUDA the host hidden-state buffer is page-locked with cudaHostRegister at exactly T x D
+    elements (the caching host allocator behind pin_memory=True rounds up to a power of two)."""
+    from ctxprobe.runner import hidden
+
+    calls = []
+
+    class FakeCudart:
+        def cudaHostRegister(self, ptr, nbytes, flags):
+            calls.append((ptr, nbytes))
+            return 0
+
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: FakeCudart())
+    buf, registered = hidden._page_locked(10, 6, torch.bfloat16)
+    assert registered and buf.shape == (10, 6) and calls == [(buf.data_ptr(), 10 * 6 * 2)]

@@ -143,3 +143,15 @@ def test_merge_keeps_same_named_runs_with_other_settings_apart(tmp_path):
     assert out.merge_from(a) == (0, 0)
     assert [r.name for r in out.runs()] == ["sweep", "sweep@a"]
     assert out.get_run("sweep@a").settings == {"seed": 1}
+
+
+def test_merge_keeps_same_named_runs_of_other_weights_apart(tmp_path):
+    # Same name, spec and settings but other weights (a checkpoint directory retrained in
+    # place): `ctxprobe run` refuses to resume such a run, and merge used to pool the two.
+    a, out = Store(tmp_path / "a.db"), Store(tmp_path / "out.db")
+    mine = out.create_run(name="sweep", **RUN)
+    out.put_cell(mine.id, cell(sample=0))
+    ra = a.create_run(name="sweep", **dict(RUN, model_fingerprint="server-model:retrained"))
+    a.put_cell(ra.id, cell(sample=1))
+    assert out.merge_from(a) == (1, 1)
+    assert [(r.name, len(out.cells(r.id))) for r in out.runs()] == [("sweep", 1), ("sweep@a", 1)]

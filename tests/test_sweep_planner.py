@@ -54,3 +54,21 @@ def test_probes_with_one_context_are_grouped():
               enumerate([[1, 2], [1, 3], [1, 2], [4], [1, 3]])]
     groups = group_by_context(probes)
     assert [[p.name for p in g] for g in groups] == [[0, 2], [1, 4], [3]]
+
+
+def test_summary_of_a_family_whose_every_cell_errored_gives_no_reading():
+    # It used to read "below the shortest length tested", a verdict on the model drawn from no
+    # data at all (every request failed).
+    import warnings
+
+    from ctxprobe.sweep import effective_length, summarize
+
+    failed = [dict(family="niah", length=n, depth=50.0, sample=0, score=None, error="HTTP 400")
+              for n in (512, 1024)]
+    ok = [dict(family="kv", length=512, depth=50.0, sample=0, score=0.0, error=None)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice"
+        text = summarize(failed + ok)
+        assert effective_length(failed) is None
+    assert "niah: effective length (score >= 85%): no reading" in text
+    assert "kv: effective length (score >= 85%): below the shortest length tested (512)" in text

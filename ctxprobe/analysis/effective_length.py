@@ -108,9 +108,24 @@ def effective_length(values_by_length: dict[int, np.ndarray], *, threshold: floa
     ci = {}
     for name, target in (("l50", half), ("l85", rule.cutoff)):
         boot = np.sort(_lengths_at(a, b, fit.centre, target))
-        ci[name] = (float(boot[int(0.025 * (n_boot - 1))]), float(boot[int(np.ceil(0.975 * (n_boot - 1)))]))
+        ci[name] = _bracketed(lengths, values, fit.length_at(target),
+                              (float(boot[int(0.025 * (n_boot - 1))]),
+                               float(boot[int(np.ceil(0.975 * (n_boot - 1)))])))
     return EffectiveLength(rule, fit, fit.length_at(half), ci["l50"], fit.length_at(rule.cutoff),
                            ci["l85"], tested)
+
+
+def _bracketed(lengths, values, value: float, ci: tuple[float, float]) -> tuple[float, float]:
+    """ci, widened to the two tested lengths around `value` when the cells at each of them are
+    all alike (e.g. all pass, then all fail): resampling cannot move the crossing between them
+    then, and where the curve crosses is the ridge's guess, not the data's. The data place it
+    only somewhere between those two lengths."""
+    for k in range(len(lengths) - 1):
+        if lengths[k] <= value <= lengths[k + 1]:
+            if np.ptp(values[k]) == 0 and np.ptp(values[k + 1]) == 0:
+                return min(ci[0], float(lengths[k])), max(ci[1], float(lengths[k + 1]))
+            break
+    return ci
 
 
 def describe_length(value: float | None, tested: tuple[int, int]) -> str:
@@ -123,6 +138,8 @@ def describe_length(value: float | None, tested: tuple[int, int]) -> str:
         return ">" + length_label(tested[1])
     if value < tested[0]:
         return "<" + length_label(tested[0])
+    if float(value).is_integer():  # a tested length bounding an interval: its round name
+        return length_label(value)
     return approx_length_label(value)
 
 

@@ -10,6 +10,7 @@ from anything recorded; the run row keeps the variable's name, never its value.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import http.client
@@ -177,8 +178,19 @@ class RemoteTokenizer:
             payload = {"model": self.model, "prompt": text, "add_special_tokens": False}
         else:
             payload = {"content": text, "add_special": False}
-        return _token_list(self.client.request(f"{self.root_url}/tokenize", payload),
-                           f"{self.root_url}/tokenize")
+        with self._failures_as_user_errors():
+            return _token_list(self.client.request(f"{self.root_url}/tokenize", payload),
+                               f"{self.root_url}/tokenize")
+
+    @contextlib.contextmanager
+    def _failures_as_user_errors(self):
+        """Probes are built in the sweep's main thread: a server that stops tokenizing (for
+        good, after the retries) ends the sweep with one line, not a traceback."""
+        try:
+            yield
+        except RequestFailed as e:
+            raise UserError(f"the server's tokenizer failed ({e}); cells finished so far are "
+                            "stored: rerun the same command to resume") from None
 
     def encode(self, text: str) -> list[int]:
         ids = self._cache.get(text)
@@ -216,15 +228,16 @@ class RemoteTokenizer:
         live = self._live()
         if live is not self:
             return live.decode(ids)
-        if self.style == "vllm":
-            reply = self.client.request(f"{self.root_url}/detokenize",
-                                        {"model": self.model, "tokens": [int(i) for i in ids]})
-            text = reply.get("prompt") if isinstance(reply, dict) else None
-        else:
-            reply = self.client.request(f"{self.root_url}/detokenize", {"tokens": [int(i) for i in ids]})
-            text = reply.get("content") if isinstance(reply, dict) else None
-        if not isinstance(text, str):
-            raise RequestFailed(f"malformed /detokenize reply from {self.root_url}")
+        with self._failures_as_user_errors():
+            if self.style == "vllm":
+                reply = self.client.request(f"{self.root_url}/detokenize",
+                                            {"model": self.model, "tokens": [int(i) for i in ids]})
+                text = reply.get("prompt") if isinstance(reply, dict) else None
+            else:
+                reply = self.client.request(f"{self.root_url}/detokenize", {"tokens": [int(i) for i in ids]})
+                text = reply.get("content") if isinstance(reply, dict) else None
+            if not isinstance(text, str):
+                raise RequestFailed(f"malformed /detokenize reply from {self.root_url}")
         return text
 
 
@@ -252,12 +265,23 @@ class HttpBackend:
             raise UserError(f"unknown --api {api!r}: use chat or completions")
         if concurrency < 1:
             raise UserError(f"--concurrency must be at least 1, got {concurrency}")
+        if retries < 0:
+            raise UserError(f"--retries must be 0 or more, got {retries}")
+        if not timeout > 0:
+            raise UserError(f"--timeout must be a positive number of seconds, got {timeout}")
+        if max_new_tokens < 1:
+            raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
         parts = urllib.parse.urlsplit(base_url)
+        if parts.username is not None or parts.password is not None:
+            # They would never be sent, yet the --model spec and command line are stored as typed.
+            raise UserError(f"the server URL for {parts.hostname} holds credentials (user:secret@); "
+                            "remove them and pass the API key in an environment variable named "
+                            "by --api-key-env")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UserError(f"bad server URL {base_url!r}: use openai:http://HOST:PORT/v1")
-        # No credentials in the URL we keep; a bare host means the usual /v1 prefix.
+        # A bare host means the usual /v1 prefix.
         self.base_url = urllib.parse.urlunsplit(
-            (parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path.rstrip("/") or "/v1", "", ""))
+            (parts.scheme, parts.netloc, parts.path.rstrip("/") or "/v1", "", ""))
         self.root_url = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
         if api_key_env is None and environ.get("OPENAI_API_KEY"):
             api_key_env = "OPENAI_API_KEY"

@@ -86,9 +86,11 @@ class NativeBackend:
 
         if distributed.active() is not None:  # provenance only: a sharded run resumes a one-process run
             self.settings["ranks"] = distributed.active().size
+        # The dtype changes the numbers (a bf16 rerun must not resume, and so silently reuse, an
+        # fp32 run's cells); the device does not count, so a run resumes on another machine.
         self.identity = {"kind": "native", "chat_template": self.use_template,
                          "template_sha256": self.settings["template_sha256"],
-                         "max_new_tokens": max_new_tokens}
+                         "max_new_tokens": max_new_tokens, "dtype": self.settings["dtype"]}
         eos = self.model.special_tokens.get("eos_token")
         eos_ids = self.tokenizer.encode(eos) if eos else []
         self._stop_ids = eos_ids if len(eos_ids) == 1 else None

@@ -30,13 +30,29 @@ def _model(path, preset, device, dtype, stream_weights):
         return build_preset(preset, device=device, dtype=dtype, weights_device="cpu" if stream_weights else None)
     from ctxprobe.models import load_model
 
-    if not stream_weights:
-        return load_model(path, device=device, dtype=dtype)
-    # Blocks stay in host memory (the runner streams them one layer ahead); embedding and head move.
-    model = load_model(path, device="cpu", dtype=dtype)
-    for part in (model.tok_embeddings, model.norm, model.output):
-        part.to(device)
-    return model
+    # Streamed: blocks stay in (pinned) host memory and the runner brings them in one layer ahead.
+    return load_model(path, device=device, dtype=dtype, weights_device="cpu" if stream_weights else None)
+
+
+def _device(text):
+    """--device as a torch device that exists here (UserError otherwise, not a torch traceback)."""
+    import torch
+
+    from ctxprobe.errors import UserError
+
+    if text is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UserError(f"--device {text!r} is not a device; use cuda, cuda:N or cpu") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {text!r}: the runner supports cuda and cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {text}: no CUDA device on this machine; use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return text
 
 
 @click.command("bench")
@@ -53,7 +69,8 @@ def _model(path, preset, device, dtype, stream_weights):
 @click.option("--offload-dir", default=None, type=click.Path(), help="Directory for disk-tier hidden states and KV.")
 @click.option("--chunk", default=None, help="Tokens per prefill step (default: the planner's choice).")
 @click.option("--stream-weights", is_flag=True, help="Keep block weights in host memory; stream them per layer.")
-@click.option("--peak-tflops", default=H100_SXM_BF16_TFLOPS, show_default=True, type=float,
+@click.option("--peak-tflops", default=H100_SXM_BF16_TFLOPS, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
               help="The card's dense bf16 peak, for model FLOP utilisation.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per length instead of text.")
 def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload_dir, chunk, stream_weights,
@@ -64,13 +81,11 @@ def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload
 
     Example: ctxprobe bench --preset scout-4l --length 128k,1M --dtype bfloat16
     """
-    import torch
-
     from ctxprobe.models.loader import _dtype
     from ctxprobe.runner.bench import bench_prefill
     from ctxprobe.runner.planner import ModelShape, default_budgets, parse_tokens, plan_run
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(device)
     cfg = _config(path, preset)
     shape = ModelShape.from_config(cfg, _dtype(dtype or cfg.dtype).itemsize)
     free_gpu, free_host = default_budgets(device)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+from pathlib import Path
 
 import click
 
@@ -93,7 +97,7 @@ def _elide(prompt: str, keep: list[tuple[int, int]], marks: list[tuple[int, int]
 @click.option("--length", default="4k", show_default=True, help="Prompt length in tokens (4k = 4096).")
 @click.option("--depth", type=float, default=50.0, show_default=True, help="Needle depth, percent.")
 @click.option("--sample", type=int, default=0, show_default=True, help="Sample index.")
-@click.option("--window", type=int, default=200, show_default=True,
+@click.option("--window", type=click.IntRange(min=0), default=200, show_default=True,
               help="Characters shown around each needle and at the ends of the haystack.")
 @probe_options
 def show(family, length, depth, sample, window, seed, tokenizer_path, haystack, params):
@@ -129,33 +133,64 @@ def show(family, length, depth, sample, window, seed, tokenizer_path, haystack, 
 @click.option("--depths", default="0..100:11", show_default=True,
               help="0,50,100 or a linear range 0..100:11 (percent).")
 @click.option("--samples", type=int, default=1, show_default=True, help="Samples per cell.")
-@click.option("-o", "--output", type=click.File("w"), required=True, help="JSONL file ('-' for stdout).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), required=True,
+              help="JSONL file ('-' for stdout).")
 @probe_options
 def export(family, lengths, depths, samples, output, seed, tokenizer_path, haystack, params):
     """Export probes as JSONL, one object per (length, depth, sample): family, length,
     prompt_tokens, depth, actual_depth, sample, seed, prompt, answers, hash and more.
-    FAMILY may be a comma-separated list.
+    FAMILY may be a comma-separated list. The file is written whole or not at all.
 
     Example: ctxprobe probes export niah --lengths 1k..8k:x2 --depths 0..100:5 --samples 2 -o niah.jsonl
     """
     api = _probes_api()
     families = [f.strip() for f in family.split(",") if f.strip()]
-    for name in families:
-        api.FAMILIES.get(name) or api.make_probe(name, 1, 0)  # raises, listing the valid names
+    if not families:
+        raise UserError(f"no family in {family!r}; name one or more, e.g. niah,kv "
+                        "(see `ctxprobe probes list`)")
+    extra = _parse_params(params)
+    for name in families:   # unknown families and parameters fail before any probe is built
+        api.families.get_family(name).check_params(extra)
     if samples < 1:
         raise UserError(f"--samples {samples} must be at least 1")
     length_list, depth_list = parse_lengths(lengths), parse_depths(depths)
-    tok, extra, n = api.load_tokenizer(tokenizer_path), _parse_params(params), 0
-    for name in families:
-        for length in length_list:
-            for depth in depth_list:
-                for sample in range(samples):
-                    p = api.make_probe(name, length, depth, seed=seed, sample=sample, tokenizer=tok,
-                                       haystack=haystack, **extra)
-                    output.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
-                    n += 1
+    tok, n = api.load_tokenizer(tokenizer_path), 0
+    with _jsonl_output(output) as out:
+        for name in families:
+            for length in length_list:
+                for depth in depth_list:
+                    for sample in range(samples):
+                        p = api.make_probe(name, length, depth, seed=seed, sample=sample,
+                                           tokenizer=tok, haystack=haystack, **extra)
+                        out.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+                        n += 1
     click.echo(f"wrote {n} probes ({len(families)} families x {len(length_list)} lengths x "
                f"{len(depth_list)} depths x {samples} samples)", err=True)
+
+
+@contextlib.contextmanager
+def _jsonl_output(path: str):
+    """stdout for '-'; else a temporary file beside `path`, renamed onto it only when every
+    probe is written, so a failed export never leaves a partial file or clobbers an old one."""
+    if path == "-":
+        yield sys.stdout
+        return
+    target = Path(os.path.realpath(path))    # through a symlink, to the file it names
+    if target.exists() and not target.is_file():   # /dev/null, a FIFO: write straight to it
+        with open(target, "w", encoding="utf-8") as f:
+            yield f
+        return
+    if not target.parent.is_dir():
+        raise UserError(f"cannot write {path}: directory {target.parent} does not exist; "
+                        "create it or pass another -o")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 COMMANDS = [probes]

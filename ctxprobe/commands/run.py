@@ -180,7 +180,7 @@ def runs_command(db):
     """
     from ctxprobe.store import Store
 
-    with Store(db, must_exist=True) as store:
+    with Store(db, readonly=True) as store:  # listing works on a read-only file, mid-sweep too
         rows = [("id", "name", "created", "model", "cells", "errors")]
         for run in store.runs():
             n, errors = store.cell_counts(run.id)
@@ -208,7 +208,7 @@ def export_command(run_ref, db, fmt, output):
     """
     from ctxprobe.store import Store
 
-    with Store(db, must_exist=True) as store:
+    with Store(db, readonly=True) as store:
         run = store.get_run(run_ref)
         cells = store.cells(run.id)
     out = sys.stdout if output == "-" else open(output, "w", newline="", encoding="utf-8")
@@ -240,7 +240,7 @@ def merge_command(out_db, in_dbs):
 
     with Store(out_db) as out:
         for path in in_dbs:
-            with Store(path, must_exist=True) as source:
+            with Store(path, readonly=True) as source:  # inputs are only read
                 runs, cells = out.merge_from(source)
             click.echo(f"{path}: {runs} new run(s), {cells} new cell(s)")
 

@@ -98,7 +98,11 @@ def grouped_dispatch(experts, x_TD, idx_TK, w_TK, scale_input: bool) -> torch.Te
     y_ND = torch.cat(outs) if outs else x_ND.new_zeros(0, x_TD.shape[-1])
     if not scale_input:
         y_ND = y_ND * w_N
-    return torch.zeros_like(x_TD).index_add_(0, token_N, y_ND)
+    # Back to (token, k) order, then sum over k: each row is written once, so unlike index_add_
+    # (atomic adds on CUDA) the sum's order, and so its bits, never change from run to run.
+    y_TKD = torch.empty_like(y_ND)
+    y_TKD[order] = y_ND
+    return y_TKD.view(T, K, x_TD.shape[-1]).sum(1)
 
 
 def experts_count(experts) -> int:

@@ -85,8 +85,11 @@ def _rope(cfg: dict, default_theta: float) -> tuple[float, dict | None]:
     if kind != "llama3":
         raise UserError(f"config.json: rope type '{kind}' is not supported; supported: default, llama3")
     params.setdefault("original_max_position_embeddings", cfg.get("max_position_embeddings"))
-    scaling = {k: float(params[k]) for k in ("factor", "low_freq_factor", "high_freq_factor",
-                                             "original_max_position_embeddings")}
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    missing = [k for k in keys if params.get(k) is None]
+    if missing:
+        raise UserError(f"config.json: llama3 rope scaling needs {', '.join(missing)}; is the config complete?")
+    scaling = {k: float(params[k]) for k in keys}
     return theta, scaling
 
 
@@ -97,6 +100,8 @@ def _eos(cfg: dict) -> list[int]:
 
 def from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
     """Read an HF config.json dict (already parsed) into a ModelConfig."""
+    if not isinstance(cfg, dict):
+        raise UserError(f"{where}: expected a JSON object of model settings, found {type(cfg).__name__}")
     archs = cfg.get("architectures") or []
     arch = next((a for a in archs if a in ARCHITECTURES), None)
     if arch is None:
@@ -123,7 +128,20 @@ def from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
     family = {"LlamaForCausalLM": _llama, "Llama4ForCausalLM": _llama4,
               "Llama4ForConditionalGeneration": _llama4, "MixtralForCausalLM": _mixtral,
               "Qwen3MoeForCausalLM": _qwen3_moe}[arch]
-    return ModelConfig(**{**base, **family(text, n_layers)})
+    return ModelConfig(**{**base, **family(_Required(text, where), n_layers)})
+
+
+class _Required(dict):
+    """config[key] for a key a family needs: a UserError naming the key when it is absent."""
+
+    def __init__(self, cfg: dict, where: str):
+        super().__init__(cfg)
+        self.where = where
+
+    def __getitem__(self, key):
+        if self.get(key) is None:
+            _require(self, key, self.where)   # raises, naming the key
+        return super().__getitem__(key)
 
 
 def _llama(cfg: dict, n: int) -> dict:

@@ -122,7 +122,13 @@ def _header_shapes(file: Path) -> dict[str, tuple]:
             header = json.loads(fh.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UserError(f"{bad} (unreadable header: {e}); re-download it") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{bad} (its header is not a JSON object); re-download it")
     header.pop("__metadata__", None)
+    for key, v in header.items():
+        if not (isinstance(v, dict) and isinstance(v.get("shape"), list)
+                and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2):
+            raise UserError(f"{bad} (tensor '{key}' has no shape or data_offsets); re-download it")
     end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
     if 8 + n + end != size:
         raise UserError(f"{bad} (expected {8 + n + end} bytes, found {size}); re-download it")

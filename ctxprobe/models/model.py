@@ -47,12 +47,21 @@ class Model(nn.Module):
     @torch.inference_mode()
     def logits(self, token_ids) -> torch.Tensor:
         """Plain full forward: token ids [T] -> float32 logits [T, V]."""
+        from ctxprobe.runner.weights import LayerWeights
+
         x = self.embed(token_ids)
         pos = torch.arange(x.shape[0], device=self.device)
-        for block in self.blocks:
-            q, k, v = block.qkv(x, pos)
-            out, _ = attention.attend(q, k, v, scale=block.scale, **block.mask)
-            x = block.finish(x, out)
+        # Block weights kept in host memory (weights_device="cpu" under CUDA) come in one layer at a time.
+        weights = LayerWeights(self.blocks, self.device)
+        try:
+            for layer, block in enumerate(self.blocks):
+                weights.enter(layer)
+                q, k, v = block.qkv(x, pos)
+                out, _ = attention.attend(q, k, v, scale=block.scale, **block.mask)
+                x = block.finish(x, out)
+                weights.leave(layer)
+        finally:
+            weights.restore()
         return self.head(x).float()
 
     def score(self, context_ids, branches, **runner_options):

@@ -45,6 +45,7 @@ def generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *,
             out.append(int(model.head(x)[-1].argmax()))
             pos += 1
     finally:
+        weights.restore()
         for kv in done.kv or ():
             kv.close()
     return out

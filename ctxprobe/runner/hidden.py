@@ -18,6 +18,24 @@ import numpy as np
 import torch
 
 
+def _page_locked(n_tokens: int, dim: int, dtype) -> tuple[torch.Tensor, bool]:
+    """-> ([T, D] host tensor page-locked for DMA, registered with CUDA by us?).
+
+    pin_memory=True goes through torch's caching host allocator, which rounds every block up to a
+    power of two: 10M tokens x 5120 x bf16 (100 GiB) would pin 128 GiB, more than the planner
+    counted. So the buffer is allocated plainly and registered at its exact size; when that is not
+    possible the caching allocator's pinned memory is the fallback."""
+    t = torch.empty(n_tokens, dim, dtype=dtype)
+    try:   # as torch.cuda._pin_memory_utils does it (flag 1: cudaHostRegisterPortable)
+        nbytes = t.numel() * t.element_size()
+        if nbytes and int(torch.cuda.cudart().cudaHostRegister(t.data_ptr(), nbytes, 1)) == 0:
+            return t, True
+    except Exception:
+        pass
+    del t   # never hold both copies
+    return torch.empty(n_tokens, dim, dtype=dtype, pin_memory=True), False
+
+
 class HiddenBuffer:
     def __init__(self, n_tokens: int, dim: int, dtype, *, tier: str = "host", device="cpu",
                  offload_dir: str | None = None):
@@ -27,8 +45,11 @@ class HiddenBuffer:
         self.cuda = self.device.type == "cuda"
         self.bytes_moved = 0   # host <-> device traffic
         self.path = None
-        if tier == "host":
-            self.buf_TD = torch.empty(n_tokens, dim, dtype=dtype, pin_memory=self.cuda)
+        self._registered = False   # buf_TD page-locked by cudaHostRegister (unregistered in close)
+        if tier == "host" and self.cuda:
+            self.buf_TD, self._registered = _page_locked(n_tokens, dim, dtype)
+        elif tier == "host":
+            self.buf_TD = torch.empty(n_tokens, dim, dtype=dtype)
         else:
             if offload_dir is None:
                 raise ValueError("the disk tier for hidden states needs an offload directory: pass --offload-dir")
@@ -94,6 +115,10 @@ class HiddenBuffer:
 
     def close(self):
         self._pending = None
+        if self._registered:
+            self._registered = False
+            torch.cuda.synchronize(self.device)    # no copy may still touch the pages
+            torch.cuda.cudart().cudaHostUnregister(self.buf_TD.data_ptr())
         if self.path is not None:
             del self.buf_TD, self._mm   # unlinking a mapped file is fine on POSIX
             os.unlink(self.path)

@@ -369,6 +369,8 @@ def auto_settings(model, length: int, *, keep_kv: bool = False, extra_tokens: in
     if gpu is not None:
         import torch
 
-        gpu += torch.cuda.memory_allocated(device)   # the model's own weights are part of the budget
+        # Free memory excludes what torch's caching allocator already holds (the model's weights, and
+        # blocks cached by earlier runs), all of which this run can use.
+        gpu += torch.cuda.memory_reserved(device)
     return plan_run(shape, length, device=device, gpu_memory=gpu, host_memory=host, keep_kv=keep_kv,
                     extra_tokens=extra_tokens).settings()

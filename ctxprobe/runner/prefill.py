@@ -134,35 +134,45 @@ def prefill(model, ids, *, settings: Settings | None = None, riders=(), keep_kv:
 
     hidden = HiddenBuffer(T, model.config.dim, dtype, tier=settings.hidden_tier, device=device,
                           offload_dir=settings.offload_dir)
-    for s, e in spans:
-        hidden.write(s, model.embed(ids_T[s:e].to(device)))
-    rider_x = [model.embed(_ids(r, device)) for r in riders]
-    kept, moved = [], 0
     weights = LayerWeights(model.blocks, device)
-    for layer, block in enumerate(model.blocks):
-        weights.enter(layer)     # this layer's weights on the device; the next one's on their way
-        kv = new_layer_kv(block, settings, layer, device, dtype)
-        for i, (s, e) in enumerate(spans):
-            x = hidden.read(s, e)
-            if i + 1 < len(spans):
-                hidden.prefetch(*spans[i + 1])
-            hidden.write(s, layer_step(block, kv, x, s))
-        rider_x = riders_step(block, kv, rider_x, T) if rider_x else rider_x
-        weights.leave(layer)
-        moved += kv.bytes_moved
-        if keep_kv:
-            kept.append(kv)
-        else:
-            kv.close()
-    hidden.sync()
+    kept, moved, kv = [], 0, None
+    try:
+        for s, e in spans:
+            hidden.write(s, model.embed(ids_T[s:e].to(device)))
+        rider_x = [model.embed(_ids(r, device)) for r in riders]
+        for layer, block in enumerate(model.blocks):
+            weights.enter(layer)     # this layer's weights on the device; the next one's on their way
+            kv = new_layer_kv(block, settings, layer, device, dtype)
+            for i, (s, e) in enumerate(spans):
+                x = hidden.read(s, e)
+                if i + 1 < len(spans):
+                    hidden.prefetch(*spans[i + 1])
+                hidden.write(s, layer_step(block, kv, x, s))
+            rider_x = riders_step(block, kv, rider_x, T) if rider_x else rider_x
+            weights.leave(layer)
+            moved += kv.bytes_moved
+            if keep_kv:
+                kept.append(kv)
+            else:
+                kv.close()
+            kv = None
+        hidden.sync()
 
-    out = Prefilled(length=T, kv=kept if keep_kv else None)
-    if all_logits:
-        out.logits = torch.cat([model.head(hidden.read(s, e)).float().cpu() for s, e in spans])
-        out.last_logits = out.logits[-1]
-    else:
-        out.last_logits = model.head(hidden.read(T - 1, T)).float()[0].cpu()
-    out.rider_logits = [model.head(x).float().cpu() for x in rider_x]
-    out.bytes_moved = moved + hidden.bytes_moved + weights.bytes_moved
-    hidden.close()
+        out = Prefilled(length=T, kv=kept if keep_kv else None)
+        if all_logits:
+            out.logits = torch.cat([model.head(hidden.read(s, e)).float().cpu() for s, e in spans])
+            out.last_logits = out.logits[-1]
+        else:
+            out.last_logits = model.head(hidden.read(T - 1, T)).float()[0].cpu()
+        out.rider_logits = [model.head(x).float().cpu() for x in rider_x]
+        out.bytes_moved = moved + hidden.bytes_moved + weights.bytes_moved
+    except BaseException:
+        # A failed run (out of memory at some length, say) must leave the model as it found it and
+        # no offload files behind, so that a sweep or benchmark can go on with the next cell.
+        for layer_kv in kept + ([kv] if kv is not None else []):
+            layer_kv.close()
+        raise
+    finally:
+        weights.restore()
+        hidden.close()
     return out

@@ -158,19 +158,23 @@ def sharded_prefill(model, ids, world: World, *, riders=(), keep_kv: bool = Fals
     pos_T = pos_T.to(device)
     rider_x = [model.embed(torch.as_tensor(list(r), dtype=torch.long, device=device)) for r in riders]
     weights, kept = LayerWeights(model.blocks, device), []
-    for layer, block in enumerate(model.blocks):
-        weights.enter(layer)
-        q, k, v = _qkv_in_chunks(block, x, pos_T, chunk)
-        out, _ = ring_attend(q, k, v, scale=block.scale, seq_len=T, align=align, group=world.group, **block.mask)
-        kv = ShardKV(k, v, ranges)
-        if rider_x:
-            rider_x, _ = tail_step(block, kv, world, rider_x, [T] * len(rider_x))
-        x = torch.cat([block.finish(x[s:s + chunk], out[:, :, s:s + chunk].to(x.dtype))
-                       for s in range(0, x.shape[0], chunk)]) if x.shape[0] else x
-        weights.leave(layer)
-        if keep_kv:
-            kept.append(kv)
-        del q, out
+    try:
+        for layer, block in enumerate(model.blocks):
+            weights.enter(layer)
+            q, k, v = _qkv_in_chunks(block, x, pos_T, chunk)
+            out, _ = ring_attend(q, k, v, scale=block.scale, seq_len=T, align=align, group=world.group,
+                                 **block.mask)
+            kv = ShardKV(k, v, ranges)
+            if rider_x:
+                rider_x, _ = tail_step(block, kv, world, rider_x, [T] * len(rider_x))
+            x = torch.cat([block.finish(x[s:s + chunk], out[:, :, s:s + chunk].to(x.dtype))
+                           for s in range(0, x.shape[0], chunk)]) if x.shape[0] else x
+            weights.leave(layer)
+            if keep_kv:
+                kept.append(kv)
+            del q, out
+    finally:
+        weights.restore()   # a failed run leaves every block on its host copy
     done = Prefilled(length=T, kv=kept if keep_kv else None)
     if all_logits:
         logits = model.head(x).float() if x.shape[0] else x.new_empty(0, model.config.vocab_size).float()
@@ -196,13 +200,16 @@ def sharded_generate(model, prompt_ids, max_new_tokens: int, stop_ids, world: Wo
     out = [int(done.last_logits.argmax())]
     tails = [None] * len(model.blocks)     # per layer: (k, v) [1, Hkv, decoded, Dh] of the decoded tokens
     weights = LayerWeights(model.blocks, device)
-    while len(out) < max_new_tokens and out[-1] not in stop:
-        pos = T + len(out) - 1
-        x = model.embed(torch.tensor([out[-1]], device=device))
-        for layer, (block, kv) in enumerate(zip(model.blocks, done.kv)):
-            weights.enter(layer)
-            own = None if tails[layer] is None else [tails[layer]]
-            (x,), (tails[layer],) = tail_step(block, kv, world, [x], [pos], own=own, own_start=T)
-            weights.leave(layer)
-        out.append(int(model.head(x)[-1].argmax()))
+    try:
+        while len(out) < max_new_tokens and out[-1] not in stop:
+            pos = T + len(out) - 1
+            x = model.embed(torch.tensor([out[-1]], device=device))
+            for layer, (block, kv) in enumerate(zip(model.blocks, done.kv)):
+                weights.enter(layer)
+                own = None if tails[layer] is None else [tails[layer]]
+                (x,), (tails[layer],) = tail_step(block, kv, world, [x], [pos], own=own, own_start=T)
+                weights.leave(layer)
+            out.append(int(model.head(x)[-1].argmax()))
+    finally:
+        weights.restore()   # a failed run leaves every block on its host copy
     return out

@@ -52,6 +52,13 @@ class LayerWeights:
         for p, h in zip(_params(self.blocks[layer]), self._host[layer]):
             p.data = h
 
+    def restore(self):
+        """Every block back on its host copy and prefetches dropped (after an error, say: a block
+        left pointing at device copies would make the next run pin a CUDA tensor and fail)."""
+        for layer in list(self._host):
+            self.leave(layer)
+        self._ready.clear()
+
 
 def _params(block):
     return list(block.parameters()) + list(block.buffers()) if hasattr(block, "parameters") else []

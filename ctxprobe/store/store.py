@@ -89,9 +89,14 @@ class Store:
             conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
                                    isolation_level=None, timeout=30.0)
             self._refuse_future(conn)
-            if current_version(conn) < READABLE_FROM:
-                raise UserError(f"database {self.path} has an older schema; open it once "
-                                "without read-only (e.g. `ctxprobe runs --db ...`) to upgrade it")
+            version = current_version(conn)
+            if version == 0:
+                conn.close()
+                raise UserError(f"{self.path} holds no ctxprobe results; pass another --db")
+            if version < READABLE_FROM:
+                conn.close()
+                raise UserError(f"database {self.path} has an older schema; upgrade it by "
+                                "writing to it once (`ctxprobe merge` it into itself)")
         except sqlite3.OperationalError as e:
             raise UserError(f"cannot read database {self.path} ({e}); check its permissions "
                             "and those of its directory") from None
@@ -215,15 +220,15 @@ class Store:
     def merge_from(self, other: "Store") -> tuple[int, int]:
         """Copy another store's runs and cells into this one without duplicates.
 
-        Runs with the same name and settings (the shards of one sweep) become one run; a
-        same-named run with other settings is copied under a new name. A cell already here is
-        kept, unless it errored and the incoming one did not. Returns (runs added, cells added).
+        Runs with the same name, model and settings (the shards of one sweep) become one run; a
+        same-named run of another model or with other settings is copied under a new name. A
+        cell already here is kept, unless it errored and the incoming one did not. Returns (runs
+        added, cells added).
         """
         runs_added = cells_added = 0
         for run in other.runs():
             target = self.find_run(run.name)
-            if target is not None and (target.settings != run.settings
-                                       or target.model_spec != run.model_spec):
+            if target is not None and not _same_sweep(target, run):
                 target = self._free_name_for(run, other.path.stem)
             if target is None or isinstance(target, str):
                 fields = {k: v for k, v in run.__dict__.items() if k != "id"}
@@ -233,7 +238,7 @@ class Store:
                 runs_added += 1
             before = self.cell_counts(target.id)[0]
             columns = ("run_id",) + CELL_KEYS + ("finished",)
-            # Stored text as is (answers stay JSON); `other` was migrated when it was opened.
+            # Stored text as is (answers stay JSON); columns `other` lacks read as NULL.
             rows = other.conn.execute(
                 f"SELECT {other._cell_columns()}, finished FROM cells WHERE run_id = ?", (run.id,))
             with self._transaction():
@@ -256,7 +261,7 @@ class Store:
             existing = self.find_run(name)
             if existing is None:
                 return name
-            if existing.settings == run.settings and existing.model_spec == run.model_spec:
+            if _same_sweep(existing, run):
                 return existing
         raise UserError(f"too many runs named {run.name!r}; rename some before merging")
 
@@ -264,6 +269,12 @@ class Store:
 
     def _transaction(self):
         return _Transaction(self.conn)
+
+
+def _same_sweep(a: Run, b: Run) -> bool:
+    """Whether two runs' cells may be pooled: what `open_run` checks before resuming a run."""
+    return (a.settings == b.settings and a.model_spec == b.model_spec
+            and a.model_fingerprint == b.model_fingerprint)
 
 
 class _Transaction:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -69,11 +70,15 @@ def open_run(store: Store, backend, spec: SweepSpec, *, model_spec: str, name: s
     name = name or default_run_name(model_spec, backend, settings)
     run = store.find_run(name)
     if run is None:
-        return store.create_run(name=name, model_spec=model_spec,
-                                model_fingerprint=backend.model_fingerprint,
-                                backend=backend.settings,
-                                tokenizer_fingerprint=backend.tokenizer.fingerprint,
-                                version=__version__, command=command, settings=settings)
+        try:
+            return store.create_run(name=name, model_spec=model_spec,
+                                    model_fingerprint=backend.model_fingerprint,
+                                    backend=backend.settings,
+                                    tokenizer_fingerprint=backend.tokenizer.fingerprint,
+                                    version=__version__, command=command, settings=settings)
+        except sqlite3.IntegrityError:  # another process (a parallel --shard) created it just now
+            run = store.find_run(name)
+            assert run is not None
     if run.model_fingerprint != backend.model_fingerprint or run.settings != settings:
         differ = sorted(k for k in set(settings) | set(run.settings)
                         if settings.get(k) != run.settings.get(k))

@@ -22,6 +22,8 @@ def effective_length(cells: list[dict], threshold: float = THRESHOLD) -> int | N
     from ctxprobe.analysis.summary import values_by_length
 
     by_length = values_by_length(cells)
+    if not by_length:  # every cell errored: no reading
+        return None
     lengths = sorted(by_length)
     return threshold_length(lengths, [by_length[n].mean() for n in lengths], threshold=threshold).length
 
@@ -54,8 +56,12 @@ def summarize(cells: list[dict], threshold: float = THRESHOLD) -> str:
         mine = [c for c in cells if c["family"] == family]
         eff = effective_length(mine, threshold)
         shortest = format_length(min(c["length"] for c in mine))
-        reading = (format_length(eff) if eff is not None
-                   else f"below the shortest length tested ({shortest})")
+        if not any(c.get("score") is not None and not c.get("error") for c in mine):
+            reading = "no reading: no cell was scored (every cell errored)"
+        elif eff is None:
+            reading = f"below the shortest length tested ({shortest})"
+        else:
+            reading = format_length(eff)
         lines += [f"{family}: score (%) by depth and length", score_table(mine),
                   f"{family}: effective length (score >= {threshold:.0%}): {reading}", ""]
     errors = sum(1 for c in cells if c.get("error"))
