@@ -95,7 +95,8 @@ class RingComm:
         if self.distributed and self.rank < 0:
             raise ValueError("this process is not a member of the `group` passed to ring_attend; "
                              "call ring_attend only on the group's ranks")
-        if self.world_size > 1 and dist.get_backend(group) == "nccl":
+        # "nccl", or "cpu:gloo,cuda:nccl" for a group initialised without naming a backend.
+        if self.world_size > 1 and "nccl" in str(dist.get_backend(group)):
             # Keyed by the group object itself: after destroy/init_process_group the default
             # group (None) is a new group that has run nothing yet.
             key = group if group is not None else dist.group.WORLD

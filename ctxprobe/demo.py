@@ -43,6 +43,7 @@ def run_demo(out_dir: str | Path = ".", *, lengths: str = DEMO_LENGTHS, depths: 
     from ctxprobe.analysis.figures import heatmap_figure
     from ctxprobe.analysis.report import build_report
     from ctxprobe.backends import open_backend
+    from ctxprobe.errors import UserError
     from ctxprobe.grid import parse_depths, parse_lengths
     from ctxprobe.store import Store
     from ctxprobe.sweep import SweepSpec, effective_length, open_run, run_sweep, summarize
@@ -57,8 +58,12 @@ def run_demo(out_dir: str | Path = ".", *, lengths: str = DEMO_LENGTHS, depths: 
     with Store(db_path) as store:
         backend = open_backend("builtin")
         try:
-            run = open_run(store, backend, spec, model_spec="builtin", name=RUN_NAME,
-                           command=f"ctxprobe demo --lengths {lengths} --depths {depths} --samples {samples}")
+            try:
+                run = open_run(store, backend, spec, model_spec="builtin", name=RUN_NAME,
+                               command=f"ctxprobe demo --lengths {lengths} --depths {depths} --samples {samples}")
+            except UserError:  # a demo run of another ctxprobe version; demo has no --name
+                raise UserError(f"{db_path} holds a demo run made by another ctxprobe version or "
+                                "with other settings; pass another --out or delete that file") from None
             stats = run_sweep(store, run, backend, spec, progress=progress)
         finally:
             backend.close()

@@ -54,3 +54,13 @@ def test_demo_command_writes_store_heatmap_and_report(runner, tmp_path):
     again = runner.invoke(main, ["demo", "--out", str(tmp_path), "--lengths", "1k,8k", "--depths", "0,100",
                                  "--samples", "1", "--quiet"])
     assert again.exit_code == 0 and "0 cell(s) run" in again.output
+
+
+def test_demo_over_a_demo_run_of_other_settings_says_what_to_do(runner, tmp_path):
+    # The demo has no --name, so the store's "pass another --name" left the user stuck.
+    with Store(tmp_path / "ctxprobe.db") as store:
+        store.create_run(name="demo-builtin", model_spec="builtin", model_fingerprint="older",
+                         backend={}, tokenizer_fingerprint="t", version="0.0", command="c")
+    result = runner.invoke(main, ["demo", "--out", str(tmp_path), "--lengths", "1k", "--depths", "0",
+                                  "--samples", "1", "--quiet"])
+    assert result.exit_code == 2 and "--out" in result.output and "--name" not in result.output, result.output

@@ -94,3 +94,23 @@ def test_generation_keeps_every_layer_and_spills_the_rest_to_host():
     assert "device" in plan.kv_tiers and "host" in plan.kv_tiers and plan.gpu_bytes <= 78 << 30
     one = plan_run(SCOUT_48L, "2M", device="cuda", gpu_memory="78GiB", host_memory="1TiB")
     assert plan.host_bytes > one.host_bytes   # the kept KV lives on the host
+
+
+def test_auto_settings_counts_torchs_cached_gpu_memory_as_usable(monkeypatch):
+    """Free memory (cudaMemGetInfo) excludes blocks torch's caching allocator holds, cached ones from
+    earlier runs included; the budget is free + reserved, not free + allocated."""
+    import importlib
+
+    from ctxprobe.runner import planner
+
+    prefill_module = importlib.import_module("ctxprobe.runner.prefill")   # the module, not the function
+
+    seen = {}
+    monkeypatch.setattr(prefill_module, "model_device", lambda model: torch.device("cuda:0"))
+    monkeypatch.setattr(planner, "default_budgets", lambda device: (10 << 30, 100 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 << 30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 20 << 30)
+    monkeypatch.setattr(planner, "plan_run", lambda shape, length, **kw: seen.update(kw) or plan_run(
+        shape, length, **{**kw, "device": "cpu", "gpu_memory": None}))
+    planner.auto_settings(build_preset("tiny"), 100)
+    assert seen["device"] == "cuda:0" and seen["gpu_memory"] == 40 << 30

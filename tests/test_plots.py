@@ -158,3 +158,22 @@ def test_html_escapes_text_and_inlines_images():
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;b&gt;t&lt;/b&gt;" in page and "&lt;td&gt;&amp;" in page and 'alt="a&quot;b"' in page
     assert 'src="data:image/png;base64,' in page and "http" not in page
+
+
+def test_delta_heatmap_key_does_not_overlap_a_long_title():
+    # The key used to sit right of the title, on the same line: "run-b minus run-a" ran into it.
+    fig = plots.delta_heatmap(["niah"], LENGTHS[:3], np.array([[0.0, -0.01, -0.04]]),
+                              np.array([[False, True, True]]), percent=False,
+                              title="builtin-923469ee minus builtin-b8bb537c")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)  # lay out (constrained) before measuring
+    ax = fig.axes[0]
+    texts = [t for t in [ax.title, ax._left_title, ax._right_title, *ax.texts, ax.xaxis.label,
+                         *ax.get_xticklabels()] if t.get_text()]
+    key = next(t for t in texts if t.get_text().startswith("* significantly"))
+    for other in texts:
+        if other is not key:
+            assert not key.get_window_extent(renderer).overlaps(other.get_window_extent(renderer)), \
+                other.get_text()

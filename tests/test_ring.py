@@ -132,7 +132,8 @@ def test_ring_attend_rejects_mismatched_shards():
 
 def test_nccl_warm_up_runs_once_per_group_on_the_shards_device(monkeypatch):
     """NCCL needs one collective on a group before a P2P batch that skips ranks: it must run on
-    the shard's device (not whatever "cuda" means), and again for a re-initialised default group."""
+    the shard's device (not whatever "cuda" means), also for a group initialised without naming a
+    backend (cpu:gloo,cuda:nccl), and again for a re-initialised default group."""
     from types import SimpleNamespace
 
     import attention.ring as ring
@@ -140,7 +141,7 @@ def test_nccl_warm_up_runs_once_per_group_on_the_shards_device(monkeypatch):
     reduced = []
     fake = SimpleNamespace(
         is_available=lambda: True, is_initialized=lambda: True, get_rank=lambda g=None: 0,
-        get_world_size=lambda g=None: 2, get_backend=lambda g=None: "nccl",
+        get_world_size=lambda g=None: 2, get_backend=lambda g=None: "cpu:gloo,cuda:nccl",
         all_reduce=lambda t, group=None: reduced.append(t.device), group=SimpleNamespace(WORLD=object()))
     monkeypatch.setattr(ring, "dist", fake)
     monkeypatch.setattr(ring, "_NCCL_READY", set())

@@ -50,7 +50,7 @@ def _device(text):
         raise UserError(f"--device {text!r}: the runner supports cuda and cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {text}: no CUDA device on this machine; use --device cpu")
-    if device.index is not None and device.index >= torch.cuda.device_count():
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return text
 
