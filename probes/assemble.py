@@ -83,7 +83,7 @@ def assemble(tok, length: int, haystack, seed: int, sample: int, prefix: str, su
         raise ValueError(
             f"length {length} is too short for this probe: it needs at least "
             f"{need + min_haystack} tokens (instructions, needles, question and answer prefix "
-            f"with this tokenizer); use --length {need + min_haystack} or more"
+            f"with this tokenizer); ask for {need + min_haystack} tokens or more"
         )
     budget = length - need                      # haystack tokens, tail included
     pool = haystack.pool
