@@ -62,3 +62,14 @@ def test_scout_shaped_config_matches_the_design_numbers():
 def test_inspect_help_has_example(runner):
     result = runner.invoke(main, ["inspect", "--help"])
     assert result.exit_code == 0 and "Example: ctxprobe inspect" in result.output
+
+
+def test_budgets_without_a_length_are_refused(tmp_path):
+    from click.testing import CliRunner
+
+    from ctxprobe.builtin import construct
+    from ctxprobe.cli import main
+
+    model = construct.__file__.replace("construct.py", "model")
+    result = CliRunner().invoke(main, ["inspect", model, "--gpu-memory", "80GiB"])
+    assert result.exit_code == 2 and "add --length" in result.output

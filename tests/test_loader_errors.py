@@ -163,3 +163,19 @@ def test_pickle_path_refused_before_reading(tmp_path):
     f.write_bytes(b"anything")
     with pytest.raises(UserError, match="pickle"):
         load_model(f)
+
+
+@pytest.mark.parametrize("name", ["generation_config.json", "tokenizer_config.json"])
+def test_a_side_json_that_is_not_an_object_is_one_line_exit_2(tmp_path, name):
+    from click.testing import CliRunner
+
+    from ctxprobe.builtin import construct
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(construct.__file__.replace("construct.py", "model"), ckpt)
+    (ckpt / name).write_text("[1, 2]")
+    result = CliRunner().invoke(main, ["run", "--model", str(ckpt), "--probe", "niah", "--lengths", "1k",
+                                       "--db", str(tmp_path / "x.db"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert f"{name}: expected a JSON object" in result.output
+    assert "Traceback" not in result.output

@@ -24,8 +24,11 @@ def inspect(path, length, dtype, as_json, gpu_memory, host_memory, offload_dir):
 
     Example: ctxprobe inspect ./Llama-4-Scout-17B-16E-Instruct --length 1M
     """
+    from ctxprobe.errors import UserError
     from ctxprobe.models.inspect import describe, format_facts
 
+    if not length and (gpu_memory or host_memory or offload_dir):
+        raise UserError("--gpu-memory, --host-memory and --offload-dir plan for a length: add --length, e.g. --length 1M")
     facts = describe(path, length=parse_size(length) if length else None, dtype=dtype)
     if length:   # the streaming runner's memory plan (ctxprobe/runner/planner.py)
         from ctxprobe.runner.planner import default_budgets, plan_for_checkpoint

@@ -11,12 +11,13 @@ from datetime import datetime
 from pathlib import Path
 
 from ctxprobe.errors import UserError
+from ctxprobe.models.loader import read_json_object
 
 
 def read_template(root: Path) -> tuple[str | None, dict]:
     """-> (template source or None, {bos_token, eos_token, ...} strings) from a checkpoint dir."""
     cfg_file = root / "tokenizer_config.json"
-    cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+    cfg = read_json_object(cfg_file) if cfg_file.exists() else {}
     template = cfg.get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
         named = {t.get("name"): t.get("template") for t in template}

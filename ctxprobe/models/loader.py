@@ -33,10 +33,10 @@ _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "
 def read_config(path: str | Path) -> ModelConfig:
     """config.json (plus generation_config.json's stop ids) of a checkpoint dir -> ModelConfig."""
     root = _checkpoint_dir(path)
-    cfg = from_hf(_read_json(root / "config.json"), where=str(root / "config.json"))
+    cfg = from_hf(read_json_object(root / "config.json"), where=str(root / "config.json"))
     gen = root / "generation_config.json"
     if gen.exists():
-        eos = _read_json(gen).get("eos_token_id")
+        eos = read_json_object(gen).get("eos_token_id")
         for i in [] if eos is None else eos if isinstance(eos, list) else [eos]:
             if i not in cfg.eos_token_ids:
                 cfg.eos_token_ids.append(int(i))
@@ -89,7 +89,7 @@ def read_headers(root: Path) -> dict[Path, dict[str, tuple]]:
 def shard_files(root: Path) -> list[Path]:
     index = root / "model.safetensors.index.json"
     if index.exists():
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = read_json_object(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise UserError(f"{index}: no 'weight_map'; re-download the checkpoint")
         files = [root / name for name in sorted(set(weight_map.values()))]
@@ -231,11 +231,17 @@ def _checkpoint_dir(path: str | Path) -> Path:
     return p
 
 
-def _read_json(file: Path) -> dict:
+def read_json_object(file: Path) -> dict:
+    """A checkpoint's JSON file (config, generation or tokenizer config), which must be an object."""
     try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{file}: not valid JSON ({e})") from None
+        value = json.loads(Path(file).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{file}: not valid JSON ({e}); restore the checkpoint's original file") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{file}: expected a JSON object, found {type(value).__name__}; "
+                        "restore the checkpoint's original file")
+    return value
+
 
 
 def parse_dtype(d) -> torch.dtype:
