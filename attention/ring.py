@@ -8,7 +8,8 @@ two pieces of absolute positions; every (query piece, key piece) pair is one `at
 with its own q_start / k_start, so masks stay exact, and pairs the mask hides entirely are
 skipped. Partial results merge with `merge` (fp32). A KV shard is forwarded only while some
 rank further along the ring still sees part of it, so a chunked-local or windowed layer moves
-only the blocks it needs.
+only the blocks it needs. A rank may keep its own K/V share in a KVStore (host or disk tier)
+instead of device tensors: `ring_attend(q, kv=store)`, see attention/ring_tiers.py.
 
 Shapes: B batch, Hq / Hkv query / key-value heads, T tokens of this rank's shard, D head dim.
 """
@@ -139,8 +140,8 @@ class RingComm:
         self._requests = []
 
 
-def ring_attend(q, k, v, *, scale=None, causal=True, chunk_size=None, window=None, layout="zigzag",
-                group=None, seq_len=None, align=1, backend="auto"):
+def ring_attend(q, k=None, v=None, *, scale=None, causal=True, chunk_size=None, window=None, layout="zigzag",
+                group=None, seq_len=None, align=1, backend="auto", kv=None):
     """Exact attention for this rank's shard of a sequence sharded with `attention.shard`.
 
     q [B, Hq, T, D], k/v [B, Hkv, T, D]: this rank's shard (queries and keys at the same
@@ -148,21 +149,41 @@ def ring_attend(q, k, v, *, scale=None, causal=True, chunk_size=None, window=Non
     `attend` over the whole sequence, sharded the same way (same layout and align).
     `seq_len` (the global length) saves one all-reduce when the caller knows it; `backend` goes
     to `attend`. Without an initialised process group it runs as a world of one.
+    `kv`: instead of k and v, a `KVStore` (host or disk tier) holding this rank's k/v shard
+    (B = 1); its blocks stream in for the first step (attention/ring_tiers.py).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    if (kv is None) == (k is None and v is None) or (k is None) != (v is None):
+        raise ValueError("pass this rank's keys and values either as k and v tensors or as kv=KVStore, "
+                         "not both and not neither")
+    if kv is not None:
+        from attention.ring_tiers import check_store
+
+        check_store(q, kv)
+        return _ring(q, None, kv, (1, kv.n_kv_heads, kv.head_dim), causal=causal, chunk_size=chunk_size,
+                     window=window, layout=layout, group=group, seq_len=seq_len, align=align,
+                     backend=backend, scale=scale)
     if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
         raise ValueError(f"expected q [B, Hq, T, D] and k, v [B, Hkv, T, D]; got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
     if k.shape[2] != q.shape[2] or q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"ring_attend needs q and k/v of one shard (same T) and query heads a multiple "
                          f"of kv heads; got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    return _ring(q, (k.contiguous(), v.contiguous()), None, (k.shape[0], k.shape[1], k.shape[3]),
+                 causal=causal, chunk_size=chunk_size, window=window, layout=layout, group=group,
+                 seq_len=seq_len, align=align, backend=backend, scale=scale)
+
+
+def _ring(q, kv, store, kv_dims, *, scale, causal, chunk_size, window, layout, group, seq_len, align, backend):
+    """The ring loop. kv: this rank's (k, v) tensors, or None with `store` holding them;
+    kv_dims (B, Hkv, D) size the buffers received."""
+    from attention import attend  # the public entry: whatever backend the package selects
+
     if window is not None and window < 1:
         raise ValueError(f"window must be >= 1 (or None), got {window}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (or None), got {chunk_size}")
-    from attention import attend  # the public entry: whatever backend the package selects
-
     comm = RingComm(group, q.device)
     W, rank = comm.world_size, comm.rank
     if seq_len is None:
@@ -177,16 +198,23 @@ def ring_attend(q, k, v, *, scale=None, causal=True, chunk_size=None, window=Non
 
     q_offsets = _offsets(mine)
     acc: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(mine)
-    kv = (k.contiguous(), v.contiguous())
-    for step in range(W):
+    first_step = 0
+    like = q if kv is None else kv[0]
+    if store is not None:
+        from attention.ring_tiers import own_share_step
+
+        kv = own_share_step(q, store, comm, ranges_of, last_step, acc, scale=scale, mask=mask, backend=backend)
+        first_step = 1
+    for step in range(first_step, W):
         origin, next_origin = (rank - step) % W, (rank - step - 1) % W
         # The KV we hold goes on if the next rank still needs it; we receive the one we need next.
         send = list(kv) if step + 1 <= last_step[origin] else []
         recv_shapes = []
         if step + 1 <= last_step[next_origin]:
             n = sum(e - s for s, e in ranges_of[next_origin])
-            recv_shapes = [k.shape[:2] + (n,) + k.shape[3:]] * 2
-        incoming = comm.send_recv(send, recv_shapes, k)
+            B, Hkv, D = kv_dims
+            recv_shapes = [(B, Hkv, n, D)] * 2
+        incoming = comm.send_recv(send, recv_shapes, like)
         if step <= last_step[origin]:
             k_ranges, k_offsets = ranges_of[origin], _offsets(ranges_of[origin])
             for i, j in visible_pairs(mine, k_ranges, **mask):
