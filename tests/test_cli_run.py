@@ -5,7 +5,6 @@ import csv
 import io
 import json
 import os
-import socket
 import sqlite3
 
 import pytest
@@ -15,6 +14,7 @@ from ctxprobe.cli import main
 from ctxprobe.commands.run import COMMANDS
 from ctxprobe.store import Store
 from ctxprobe.store.migrations import LATEST
+from processes import free_port
 
 GRID = dict(families=["niah", "kv"], lengths=[640], depths=[0, 50, 100], samples=1)
 RUN_ARGS = ["--probe", "niah,kv", "--lengths", "640", "--depths", "0,50,100", "--quiet"]
@@ -31,12 +31,6 @@ def one_line_error(result, *fragments):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unknown_model_spec(runner, tmp_path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import torch.multiprocessing as mp
 from ctxprobe.cli import main
 from ctxprobe.store import Store
 from ctxprobe.store.migrations import LATEST
+from processes import free_port
 
 TOL = 1e-5
 WORLD = 2
@@ -31,12 +31,6 @@ WORLD = 2
 # (chunked layers stay on their rank) and 100 tokens shard unaligned (their KV crosses ranks).
 LENGTHS = {"llama4": (300, 100, 3), "llama": (97, 2)}
 BRANCHES = [([5, 6, 7], [8, 9, 10]), ([], [11, 12]), ([13], [14])]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _compare(model, world, seq_len: int) -> dict:
@@ -122,7 +116,7 @@ def world_results(tmp_path_factory, models):
     Store(newer_db).close()
     with sqlite3.connect(newer_db) as conn:
         conn.execute("INSERT INTO schema_version VALUES (?, 'future', 'now')", (LATEST + 1,))
-    mp.spawn(_worker, args=(_free_port(), str(out_dir), models, newer_db), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out_dir), models, newer_db), nprocs=WORLD, join=True)
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 
@@ -175,7 +169,7 @@ RUN = ["run", "--model", "builtin", "--probe", "niah,kv", "--lengths", "400,700"
 def _torchrun(db) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD),
-               "--master-port", str(_free_port()), "-m", "ctxprobe", *RUN, "--db", str(db)]
+               "--master-port", str(free_port()), "-m", "ctxprobe", *RUN, "--db", str(db)]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=150)
 
 

@@ -11,16 +11,15 @@ import datetime
 import itertools
 import json
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from attention import attend, shard, shard_positions, shard_ranges, unshard
 from attention.reference import visible
 from attention.ring import block_visible, last_needed_step, ring_attend
 from attention.shard import chunk_bounds, shard_len
+from processes import spawn_world
 
 TOL = 1e-5
 
@@ -243,12 +242,6 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, model_dir: str 
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 _WORLDS: dict[int, list[dict]] = {}
 
 
@@ -263,11 +256,7 @@ def world(request, tmp_path_factory):
             from ctxprobe.models.tiny import save_tiny
 
             model_dir = str(save_tiny(tmp_path_factory.mktemp("tiny_llama4"), "llama4")[0])
-        mp.spawn(_worker, args=(world_size, _free_port(), out_dir, model_dir), nprocs=world_size, join=True)
-        _WORLDS[world_size] = []
-        for rank in range(world_size):
-            with open(os.path.join(out_dir, f"rank{rank}.json")) as f:
-                _WORLDS[world_size].append(json.load(f))
+        _WORLDS[world_size] = spawn_world(_worker, world_size, out_dir, model_dir)
     return _WORLDS[world_size]
 
 

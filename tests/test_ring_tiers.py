@@ -11,14 +11,13 @@ import datetime
 import itertools
 import json
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from attention import KVStore, attend, ring_attend, shard
 from attention.ring_tiers import local_pieces
+from processes import spawn_world
 
 TOL = 1e-5
 
@@ -93,12 +92,6 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 _WORLDS: dict[int, list[dict]] = {}
 
 
@@ -108,11 +101,7 @@ def world(request, tmp_path_factory):
     world_size = request.param
     if world_size not in _WORLDS:
         out_dir = str(tmp_path_factory.mktemp(f"ring_tiers{world_size}"))
-        mp.spawn(_worker, args=(world_size, _free_port(), out_dir), nprocs=world_size, join=True)
-        _WORLDS[world_size] = []
-        for rank in range(world_size):
-            with open(os.path.join(out_dir, f"rank{rank}.json")) as f:
-                _WORLDS[world_size].append(json.load(f))
+        _WORLDS[world_size] = spawn_world(_worker, world_size, out_dir)
     return _WORLDS[world_size]
 
 

@@ -6,7 +6,6 @@ completions paths; lengths are counted with the checkpoint's own tokenizer (the 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,12 @@ from tiny_llama import TEMPLATE_TOKENS, write_checkpoint
 
 from ctxprobe.cli import main
 from ctxprobe.store import Store
+from processes import free_port
 
 pytest.importorskip("fastapi", reason="needs transformers[serving] (pip install '.[test]')")
 pytest.importorskip("uvicorn", reason="needs transformers[serving] (pip install '.[test]')")
 
 LENGTHS = [256, 320]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

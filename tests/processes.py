@@ -1,0 +1,27 @@
+"""Helpers for tests that start real processes: free loopback ports, spawned gloo worlds."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_world(worker, world_size: int, out_dir: str, *args) -> list[dict]:
+    """Run worker(rank, world_size, port, out_dir, *args) on world_size processes; each rank
+    writes out_dir/rank{r}.json, and the per-rank dicts come back in rank order."""
+    mp.spawn(worker, args=(world_size, free_port(), out_dir, *args), nprocs=world_size, join=True)
+    results = []
+    for rank in range(world_size):
+        with open(os.path.join(out_dir, f"rank{rank}.json")) as f:
+            results.append(json.load(f))
+    return results
