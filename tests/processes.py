@@ -16,6 +16,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def finish_rank(out_dir: str, rank: int, results: dict) -> None:
+    """A worker's last step, also after a failure: hand its results to spawn_world, leave the group."""
+    import torch.distributed as dist
+
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(results, f)
+    dist.destroy_process_group()
+
+
 def spawn_world(worker, world_size: int, out_dir: str, *args) -> list[dict]:
     """Run worker(rank, world_size, port, out_dir, *args) on world_size processes; each rank
     writes out_dir/rank{r}.json, and the per-rank dicts come back in rank order."""

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime
 import itertools
-import json
-import os
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ from attention import attend, shard, shard_positions, shard_ranges, unshard
 from attention.reference import visible
 from attention.ring import block_visible, last_needed_step, ring_attend
 from attention.shard import chunk_bounds, shard_len
-from processes import spawn_world
+from processes import finish_rank, spawn_world
 
 TOL = 1e-5
 
@@ -237,9 +235,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, model_dir: str 
             results["model_prefill"] = _model_prefill(rank, world_size, model_dir)
         dist.barrier()
     finally:
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump(results, f)
-        dist.destroy_process_group()
+        finish_rank(out_dir, rank, results)
 
 
 _WORLDS: dict[int, list[dict]] = {}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import itertools
-import json
 import os
 
 import pytest
@@ -17,7 +16,7 @@ import torch
 
 from attention import KVStore, attend, ring_attend, shard
 from attention.ring_tiers import local_pieces
-from processes import spawn_world
+from processes import finish_rank, spawn_world
 
 TOL = 1e-5
 
@@ -87,9 +86,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             results[f"{name}/{tier}"] = _run_case(rank, world_size, case, tier, os.path.join(out_dir, "kv"), counts)
         dist.barrier()
     finally:
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump(results, f)
-        dist.destroy_process_group()
+        finish_rank(out_dir, rank, results)
 
 
 _WORLDS: dict[int, list[dict]] = {}
