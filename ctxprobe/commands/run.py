@@ -202,11 +202,14 @@ def runs_command(db):
 def export_command(run_ref, db, fmt, output):
     """Write one row per cell of a run (by name or id) as CSV or JSON lines. Each row holds
     the gold answers (a JSON list, also in CSV; empty for cells stored before ctxprobe kept
-    them) beside the response, so another harness can re-score it.
+    them) beside the response, so another harness can re-score it. In CSV, text that a
+    spreadsheet would run as a formula (starting with = + - @) gets a leading ' ; JSON lines
+    keep every response exactly.
 
     Example: ctxprobe export my-run --db ctxprobe.db --format jsonl -o cells.jsonl
     """
     from ctxprobe.store import Store
+    from ctxprobe.store.spreadsheet import spreadsheet_safe
 
     with Store(db, readonly=True) as store:
         run = store.get_run(run_ref)
@@ -222,7 +225,8 @@ def export_command(run_ref, db, fmt, output):
             for cell in cells:
                 answers = cell["answers"]  # a CSV field holds one string: a JSON list here
                 answers = "" if answers is None else json.dumps(answers, ensure_ascii=False)
-                writer.writerow({"run": run.name, **cell, "answers": answers})
+                row = {"run": run.name, **cell, "answers": answers}
+                writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})
     finally:
         if out is not sys.stdout:
             out.close()
