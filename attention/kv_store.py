@@ -59,7 +59,10 @@ class KVStore:
         self._file = None
         if tier == "disk":
             os.makedirs(path, exist_ok=True)
-            fd, self.file_path = tempfile.mkstemp(prefix="kv-", suffix=".bin", dir=path)
+            # Unlinked at once: the bytes live while the file is open or mapped, and a process
+            # killed by a signal (torchrun's SIGTERM to the other ranks) leaves nothing on disk.
+            fd, name = tempfile.mkstemp(prefix="kv-", suffix=".bin", dir=path)
+            os.unlink(name)
             self._file = os.fdopen(fd, "r+b")
 
     # ------------------------------------------------------------ layout
@@ -103,7 +106,7 @@ class KVStore:
         """Block i's buffer [2, Hkv, block_size, D]: the tensor itself, or a fresh map of its bytes on disk."""
         if self._blocks[i] is not None:
             return self._blocks[i]
-        mm = np.memmap(self.file_path, dtype=np.uint8, mode="r+", offset=i * self.block_bytes,
+        mm = np.memmap(self._file, dtype=np.uint8, mode="r+", offset=i * self.block_bytes,
                        shape=(self.block_bytes,))
         return torch.from_numpy(mm).view(self.storage_dtype).view(self.block_shape)
 
@@ -170,8 +173,7 @@ class KVStore:
         """Release the disk tier's file (the store is empty afterwards)."""
         self._blocks, self._scales, self._tail, self.length = [], [], None, 0
         if self._file is not None:
-            self._file.close()
-            os.unlink(self.file_path)
+            self._file.close()   # maps still open keep their bytes until they are dropped
             self._file = None
 
     def __del__(self):

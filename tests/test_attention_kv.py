@@ -4,6 +4,9 @@ reference call over the whole KV."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -98,12 +101,28 @@ def test_stream_yields_blocks_in_order_with_positions(tmp_path):
         store.close()
 
 
-def test_disk_tier_is_one_memory_mapped_file(tmp_path):
+def test_disk_tier_is_one_unlinked_memory_mapped_file(tmp_path):
+    """The file is unlinked as soon as it is made: nothing stays in the directory, even when
+    the process dies without cleaning up (next test), and its bytes live while it is open."""
     k, v = rand(1, 2, 40, 8), rand(1, 2, 40, 8, seed=1)
     store = filled_store("disk", tmp_path, k, v, block_size=16)
-    files = list((tmp_path / "kv").iterdir())
-    assert len(files) == 1 and files[0].stat().st_size == 3 * store.block_bytes
+    assert not any((tmp_path / "kv").iterdir())
+    assert os.fstat(store._file.fileno()).st_size == 3 * store.block_bytes
+    got = torch.cat([kb for _, kb, _ in BlockStream(store, range(store.n_blocks))], dim=2)
+    assert torch.equal(got, k)
     store.close()
+    assert not any((tmp_path / "kv").iterdir())
+
+
+def test_a_killed_process_leaves_no_disk_tier_files(tmp_path):
+    script = (
+        "import os, signal, sys, torch\n"
+        "from attention import KVStore\n"
+        "s = KVStore(2, 8, tier='disk', block_size=16, dtype=torch.float32, path=sys.argv[1])\n"
+        "s.append(torch.ones(2, 40, 8), torch.ones(2, 40, 8))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "kv")], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not any((tmp_path / "kv").iterdir())
 
 

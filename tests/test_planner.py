@@ -51,7 +51,7 @@ def test_short_gpu_moves_kv_to_host_then_refuses():
 
 def test_big_model_streams_weights():
     plan = plan_run(SCOUT_48L, "1M", device="cuda", gpu_memory="78GiB", host_memory="1TiB")
-    assert plan.weights == "streamed" and plan.gpu_bytes <= 78 << 30
+    assert plan.weights == "host" and plan.gpu_bytes <= 78 << 30
 
 
 def test_short_host_needs_offload_dir_and_names_the_shortfall(tmp_path):
@@ -79,8 +79,8 @@ def test_plan_settings_reproduce_logits(tmp_path):
     shape = ModelShape.from_config(m.config, 4)
     ids = torch.randint(0, m.config.vocab_size, (300,), generator=torch.Generator().manual_seed(0)).tolist()
     budget = shape.weight_bytes + shape.activation_bytes(512) + 1000
-    plan = plan_run(shape, len(ids), device="cpu", host_memory=budget,
-                    offload_dir=str(tmp_path), kv_block_tokens=64)
+    plan = plan_run(shape, len(ids), device="cpu", host_memory=budget,   # a preset has no files: no disk weights
+                    offload_dir=str(tmp_path), kv_block_tokens=64, weights="resident")
     assert plan.hidden_tier == "disk" and set(plan.kv_tiers) == {"disk"}, plan.describe()
     got = prefill(m, ids, settings=plan.settings(), all_logits=True).logits
     assert (got - m.logits(ids)).abs().max().item() <= 1e-4
@@ -90,7 +90,7 @@ def test_plan_settings_reproduce_logits(tmp_path):
 def test_generation_keeps_every_layer_and_spills_the_rest_to_host():
     plan = plan_run(SCOUT_48L, "2M", device="cuda", gpu_memory="78GiB", host_memory="1TiB", keep_kv=True,
                     extra_tokens=64)
-    assert plan.keep_kv and plan.weights == "streamed"
+    assert plan.keep_kv and plan.weights == "host"
     assert "device" in plan.kv_tiers and "host" in plan.kv_tiers and plan.gpu_bytes <= 78 << 30
     one = plan_run(SCOUT_48L, "2M", device="cuda", gpu_memory="78GiB", host_memory="1TiB")
     assert plan.host_bytes > one.host_bytes   # the kept KV lives on the host

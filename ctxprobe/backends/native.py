@@ -8,15 +8,23 @@ rank. Probes without a fixed answer are answered by greedy generation.
 With a chat template (and unless turned off), the probe's instruction, haystack and question
 are the user message and the assistant turn opens with the answer prefix. The probe's length
 counts its own tokens; the template's tokens come on top and show in `prompt_tokens`.
+
+With memory budgets (`ctxprobe run --gpu-memory/--host-memory/--offload-dir`), `prepare(spec)`
+plans for the sweep's longest cell before any weight is read (ctxprobe/backends/memory.py), loads
+the weights in the tier that plan chose, and every pass runs by the plan for its own length.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ctxprobe.backends.base import CellResult
+from ctxprobe.backends.memory import MemoryBudgets, RunPlanner, local_ranks
+from ctxprobe.errors import UserError
+from ctxprobe.models.chat import render_chat
 
 _SENTINEL = "\x00CTXPROBE-USER-MESSAGE\x00"
 _MB = 1 << 20
@@ -54,46 +62,156 @@ def answer_ids_after(tokenizer, prompt: str, prompt_ids: list[int], answer_text:
     return tokenizer.encode(answer_text)
 
 
+@dataclass
+class Extent:
+    """The largest pass of a sweep as the planner sees it."""
+    prefill_tokens: int     # tokens prefilled (chat template included)
+    extra_tokens: int       # tokens riding behind them: question + answer branch, or generated
+    keep_kv: bool           # generation keeps every layer's KV
+
+
+def _device(device: str | None) -> str:
+    """The device load_model would pick, named with its index (cuda:0), known before loading."""
+    import torch
+
+    try:
+        d = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device; use cuda, cuda:N or cpu") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device on this machine; use --device cpu")
+    if d.type == "cuda" and d.index is None:
+        d = torch.device("cuda", torch.cuda.current_device())
+    return str(d)
+
+
 class NativeBackend:
     kind = "native"
     concurrency = 1  # one model, one pass at a time
 
     def __init__(self, path: str, *, chat_template: bool = True, max_new_tokens: int = 32,
-                 device: str | None = None, dtype: str | None = None):
-        from ctxprobe.models import load_model
-
-        self.path = str(path)
-        self.model = load_model(path, device=device, dtype=dtype)
-        self.tokenizer = self.model.tokenizer
-        if self.tokenizer is None:
-            from ctxprobe.errors import UserError
-
-            raise UserError(f"checkpoint {path} has no tokenizer.json; add the model's tokenizer "
-                            "so ctxprobe can count lengths in its tokens")
-        self.max_new_tokens = max_new_tokens
-        self.use_template = bool(chat_template and self.model.chat_template)
-        self._head = self._tail = ""
-        if self.use_template:
-            rendered = self.model.apply_chat_template([{"role": "user", "content": _SENTINEL}])
-            self._head, self._tail = rendered.split(_SENTINEL)
-        self.model_fingerprint = checkpoint_fingerprint(path)
-        template_hash = hashlib.sha256((self.model.chat_template or "").encode()).hexdigest()[:16]
-        self.settings = {"kind": "native", "path": self.path, "chat_template": self.use_template,
-                         "template_sha256": template_hash if self.use_template else None,
-                         "max_new_tokens": max_new_tokens, "device": str(self.model.device),
-                         "dtype": str(self.model.dtype).replace("torch.", "")}
+                 device: str | None = None, dtype: str | None = None, memory: MemoryBudgets | None = None):
+        """memory=None loads the weights now and plans each pass from the free memory then (as
+        `prefill` does alone); with budgets, nothing of the weights is read until `prepare` (or the
+        first pass) has planned where they go."""
+        from ctxprobe.models.chat import read_template
+        from ctxprobe.models.loader import _dtype, read_config
         from ctxprobe.runner import distributed
 
-        if distributed.active() is not None:  # provenance only: a sharded run resumes a one-process run
-            self.settings["ranks"] = distributed.active().size
+        self.path = str(path)
+        root = Path(path)
+        config = read_config(root)
+        self.device = _device(device)
+        self.dtype = _dtype(dtype or config.dtype)
+        self.model = None
+        self.planner = None
+        if memory is None:
+            self._load("resident")
+        if not (root / "tokenizer.json").is_file():
+            raise UserError(f"checkpoint {path} has no tokenizer.json; add the model's tokenizer "
+                            "so ctxprobe can count lengths in its tokens")
+        from probes import load_tokenizer
+
+        self.tokenizer = self.model.tokenizer if self.model is not None else load_tokenizer(str(root))
+        self.chat_template, self.special_tokens = read_template(root)
+        self.max_new_tokens = max_new_tokens
+        self.use_template = bool(chat_template and self.chat_template)
+        self._head = self._tail = ""
+        if self.use_template:
+            rendered = render_chat(self.chat_template, [{"role": "user", "content": _SENTINEL}],
+                                   special_tokens=self.special_tokens, where=self.path)
+            self._head, self._tail = rendered.split(_SENTINEL)
+        self.model_fingerprint = checkpoint_fingerprint(path)
+        template_hash = hashlib.sha256((self.chat_template or "").encode()).hexdigest()[:16]
+        self.settings = {"kind": "native", "path": self.path, "chat_template": self.use_template,
+                         "template_sha256": template_hash if self.use_template else None,
+                         "max_new_tokens": max_new_tokens, "device": self.device,
+                         "dtype": str(self.dtype).replace("torch.", "")}
+        world = distributed.active()
+        if world is not None:  # provenance only: a sharded run resumes a one-process run
+            self.settings["ranks"] = world.size
+        if memory is not None:
+            # Budgets are provenance, not identity: a rerun with other budgets resumes the run.
+            self.settings["memory"] = memory.given()
+            self.planner = RunPlanner(self.path, device=self.device, dtype=self.dtype, budgets=memory,
+                                      ranks=world.size if world is not None else 1,
+                                      local_ranks=local_ranks() if world is not None else 1)
         # The dtype changes the numbers (a bf16 rerun must not resume, and so silently reuse, an
         # fp32 run's cells); the device does not count, so a run resumes on another machine.
         self.identity = {"kind": "native", "chat_template": self.use_template,
                          "template_sha256": self.settings["template_sha256"],
                          "max_new_tokens": max_new_tokens, "dtype": self.settings["dtype"]}
-        eos = self.model.special_tokens.get("eos_token")
+        eos = self.special_tokens.get("eos_token")
         eos_ids = self.tokenizer.encode(eos) if eos else []
         self._stop_ids = eos_ids if len(eos_ids) == 1 else None
+
+    # -- planning and loading ------------------------------------------------------------
+
+    def prepare(self, spec) -> None:
+        """Plan for the sweep's longest cell, then load the weights where that plan puts them.
+        Raises UserError, with nothing loaded, when that cell cannot fit the budgets."""
+        if self.planner is None or self.model is not None:
+            return
+        extent = self.sweep_extent(spec)
+        if extent is not None:
+            self._load_for(extent)
+
+    def sweep_extent(self, spec) -> Extent | None:
+        """The longest cell of `spec` (a SweepSpec) as prefill + extra tokens; None without cells.
+
+        A probe's length counts its question, and its needles, question and answer are the same at
+        every length (they are seeded by family, seed and sample), so the longest cell is the
+        longest length plus the most template tokens and answer tokens that one probe per family
+        and sample shows at the sweep's shortest length, where probes are cheap to build. Counting
+        the question in the prefill and again in the branch keeps the plan on the safe side.
+        """
+        from ctxprobe.planner import build_probes
+
+        cells = spec.cells()
+        if not cells:
+            return None
+        shortest = min(c.length for c in cells)
+        samples: dict[tuple, object] = {}
+        for c in cells:
+            if c.length == shortest:
+                samples.setdefault((c.family, c.sample), c)
+        template_tokens, branch_tokens, generated = 0, 0, False
+        for _, probe in build_probes(list(samples.values()), seed=spec.seed, tokenizer=self.tokenizer,
+                                     haystack=spec.haystack, family_params=spec.family_params):
+            context, question = self.render(probe)
+            template_tokens = max(template_tokens, len(context) + len(question) - len(probe.token_array))
+            if getattr(probe, "answer_text", None):
+                _, question, answer = self._branch(probe)
+                branch_tokens = max(branch_tokens, len(question) + len(answer) - 1)
+            else:
+                generated = True
+        longest = max(c.length for c in cells)
+        return Extent(prefill_tokens=longest + template_tokens,
+                      extra_tokens=max(branch_tokens, self.max_new_tokens if generated else 0),
+                      keep_kv=generated and self.max_new_tokens > 1)
+
+    def _load_for(self, extent: Extent) -> None:
+        plan = self.planner.plan_sweep(extent.prefill_tokens, extra_tokens=extent.extra_tokens,
+                                       keep_kv=extent.keep_kv)
+        # Provenance: where the longest pass keeps what (shorter passes may keep more on the device).
+        self.settings["weights"] = plan.weights
+        self.settings["longest_plan"] = {"tokens": extent.prefill_tokens, "extra_tokens": extent.extra_tokens,
+                                         "chunk_tokens": plan.chunk_tokens, "hidden_tier": plan.hidden_tier,
+                                         "kv_tiers": sorted(set(plan.kv_tiers))}
+        self._load(plan.weights)
+
+    def _load(self, weights: str) -> None:
+        from ctxprobe.models import load_model
+
+        self.model = load_model(self.path, device=self.device, dtype=self.dtype, weights=weights)
+
+    def _settings(self, length: int, extra_tokens: int, keep_kv: bool):
+        """The plan's settings for one pass; None (the runner plans from free memory) without budgets."""
+        if self.planner is None:
+            return None
+        if self.model is None:   # run_group without prepare: plan the weights for this pass
+            self._load_for(Extent(length, extra_tokens, keep_kv))
+        return self.planner.plan(length, extra_tokens=extra_tokens, keep_kv=keep_kv).settings()
 
     # -- rendering -----------------------------------------------------------------------
 
@@ -122,19 +240,23 @@ class NativeBackend:
             out.append(r)
         return out
 
+    def _branch(self, probe) -> tuple[list[int], list[int], list[int]]:
+        """-> (context ids, question ids, gold answer ids as they follow the prompt)."""
+        context, question = self.render(probe)
+        prompt_text = probe.prompt
+        if self.use_template:
+            prompt_text = (self._head + probe.instruction + probe.context + probe.question + self._tail
+                           + probe.answer_prefix)
+        return context, question, answer_ids_after(self.tokenizer, prompt_text, context + question,
+                                                   probe.answer_text)
+
     def _teacher_force(self, probes: list) -> list[CellResult]:
         context, _ = self.render(probes[0])
         branches = []
         for p in probes:
-            ctx, question = self.render(p)
+            ctx, question, answer = self._branch(p)
             assert ctx == context, "the planner groups only probes with one context"
-            prompt_ids = ctx + question
-            prompt_text = p.prompt
-            if self.use_template:
-                prompt_text = (self._head + p.instruction + p.context + p.question + self._tail
-                               + p.answer_prefix)
-            branches.append((question, answer_ids_after(self.tokenizer, prompt_text, prompt_ids,
-                                                        p.answer_text)))
+            branches.append((question, answer))
         scores = self._score(context, branches)
         return [CellResult(response=self.tokenizer.decode(s.greedy), exact=bool(s.exact),
                            logprob=float(s.logprob), first_rank=int(s.first_rank),
@@ -145,23 +267,27 @@ class NativeBackend:
         start = time.perf_counter()
         context, question = self.render(probe)
         prompt = context + question
+        settings = self._settings(len(prompt), self.max_new_tokens, keep_kv=self.max_new_tokens > 1)
         if hasattr(self.model, "generate"):
-            ids = self.model.generate(prompt, self.max_new_tokens, stop_ids=self._stop_ids)
+            ids = self.model.generate(prompt, self.max_new_tokens, stop_ids=self._stop_ids, settings=settings)
         else:
             from ctxprobe.runner import generate
 
-            ids = generate(self.model, prompt, self.max_new_tokens, stop_ids=self._stop_ids)
+            ids = generate(self.model, prompt, self.max_new_tokens, stop_ids=self._stop_ids, settings=settings)
         if self._stop_ids and ids and ids[-1] in self._stop_ids:
             ids = ids[:-1]
         return CellResult(response=self.tokenizer.decode(ids), prompt_tokens=len(prompt),
                           latency=time.perf_counter() - start)
 
     def _score(self, context, branches):
+        # The runner does not run a branch's last answer token (it predicts nothing scored).
+        riders = max(len(q) + len(a) - 1 for q, a in branches)
+        settings = self._settings(len(context), riders, keep_kv=False)
         if hasattr(self.model, "score"):
-            return self.model.score(context, branches)
+            return self.model.score(context, branches, settings=settings)
         from ctxprobe.runner import score
 
-        return score(self.model, context, branches)
+        return score(self.model, context, branches, settings=settings)
 
     def close(self) -> None:
         self.model = None

@@ -16,8 +16,14 @@ def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
                  served_model: str | None = None, api: str = "chat",
                  api_key_env: str | None = None, tokenizer: str | None = None,
                  timeout: float = 120.0, retries: int = 5, retry_base: float = 0.5,
-                 chat_template: bool = True, device: str | None = None, dtype: str | None = None):
+                 chat_template: bool = True, device: str | None = None, dtype: str | None = None,
+                 memory=None):
+    """memory: a ctxprobe.backends.memory.MemoryBudgets for the native runner (None: no plan before
+    loading; each pass plans from the free memory). A server manages its own memory."""
     if spec.startswith("openai:"):
+        if memory is not None and memory.given():
+            raise UserError("--gpu-memory, --host-memory and --offload-dir plan the native runner's "
+                            "memory; an openai: server manages its own: drop them")
         from ctxprobe.backends.http import HttpBackend
 
         return HttpBackend(spec[len("openai:"):], served_model=served_model, api=api,
@@ -31,7 +37,7 @@ def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
         from ctxprobe.backends.native import NativeBackend
 
         return NativeBackend(str(path), chat_template=chat_template, max_new_tokens=max_new_tokens,
-                             device=device, dtype=dtype)
+                             device=device, dtype=dtype, memory=memory)
     if path.is_dir():
         raise UserError(f"model directory {spec} has no config.json; pass an HF-format checkpoint "
                         "directory or openai:BASE_URL")

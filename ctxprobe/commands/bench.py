@@ -6,6 +6,7 @@ import json
 
 import click
 
+from ctxprobe.commands.options import memory_options
 from ctxprobe.hardware import H100_SXM_BF16_TFLOPS
 
 
@@ -23,15 +24,35 @@ def _config(path, preset):
     return read_config(path)
 
 
-def _model(path, preset, device, dtype, stream_weights):
+TIER_ORDER = ("resident", "host", "disk")   # least to most streamed
+
+
+def _model(path, preset, device, dtype, weights):
+    """weights: resident / host (page-locked host memory) / disk (the checkpoint's files), streamed
+    to the device one layer ahead of the compute by the runner."""
     if preset is not None:
         from ctxprobe.runner.presets import build_preset
 
-        return build_preset(preset, device=device, dtype=dtype, weights_device="cpu" if stream_weights else None)
+        return build_preset(preset, device=device, dtype=dtype, weights=weights)
     from ctxprobe.models import load_model
 
-    # Streamed: blocks stay in (pinned) host memory and the runner brings them in one layer ahead.
-    return load_model(path, device=device, dtype=dtype, weights_device="cpu" if stream_weights else None)
+    return load_model(path, device=device, dtype=dtype, weights=weights)
+
+
+def _plans(shape, lengths, preset, weights, **budgets):
+    """One plan per length, all before anything is built. A preset has no files, so where the
+    planner would read weights from disk it plans them in host memory instead (and says what is short)."""
+    from ctxprobe.runner.planner import parse_tokens, plan_run
+
+    plans = []
+    for text in lengths.split(","):
+        n = parse_tokens(text.strip())
+        plan = plan_run(shape, n, weights=weights, **budgets)
+        if preset is not None and plan.weights == "disk":
+            on_gpu = budgets["device"].startswith("cuda")
+            plan = plan_run(shape, n, weights="host" if on_gpu else "resident", **budgets)
+        plans.append(plan)
+    return plans
 
 
 def _device(text):
@@ -64,27 +85,36 @@ def _device(text):
 @click.option("--device", default=None, help="cuda or cpu (default: cuda when available).")
 @click.option("--dtype", default=None,
               help="float32 / bfloat16 (default: the checkpoint's; bfloat16 for scout presets).")
-@click.option("--gpu-memory", default=None, help="GPU memory budget, e.g. 78GiB (default: what is free).")
-@click.option("--host-memory", default=None, help="Host memory budget, e.g. 120GiB (default: what is available).")
-@click.option("--offload-dir", default=None, type=click.Path(), help="Directory for disk-tier hidden states and KV.")
+@memory_options
 @click.option("--chunk", default=None, help="Tokens per prefill step (default: the planner's choice).")
-@click.option("--stream-weights", is_flag=True, help="Keep block weights in host memory; stream them per layer.")
+@click.option("--weights", "weights", default=None, type=click.Choice(TIER_ORDER),
+              help="Where block weights live: resident on the device, host (page-locked host memory) or disk "
+                   "(the checkpoint's files; not for presets), streamed one layer ahead "
+                   "(default: the planner's choice).")
+@click.option("--stream-weights", is_flag=True, help="Same as --weights host.")
 @click.option("--peak-tflops", default=H100_SXM_BF16_TFLOPS, show_default=True,
               type=click.FloatRange(min=0, min_open=True),
               help="The card's dense bf16 peak, for model FLOP utilisation.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per length instead of text.")
-def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload_dir, chunk, stream_weights,
-          peak_tflops, as_json):
+def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload_dir, chunk, weights,
+          stream_weights, peak_tflops, as_json):
     """Prefill random prompts layer by layer and report tokens/s, model FLOP utilisation against
     --peak-tflops, peak GPU and host memory and host<->GPU traffic. The memory plan is printed
     first; a run that cannot fit its budgets stops there with what is short.
 
     Example: ctxprobe bench --preset scout-4l --length 128k,1M --dtype bfloat16
     """
+    from ctxprobe.errors import UserError
     from ctxprobe.models.loader import _dtype
     from ctxprobe.runner.bench import bench_prefill
-    from ctxprobe.runner.planner import ModelShape, default_budgets, parse_tokens, plan_run
+    from ctxprobe.runner.planner import ModelShape, default_budgets, parse_tokens
 
+    if stream_weights and weights not in (None, "host"):
+        raise UserError(f"--stream-weights means --weights host; drop one of it and --weights {weights}")
+    weights = "host" if stream_weights else weights
+    if preset is not None and weights == "disk":
+        raise UserError(f"--weights disk reads weights from a checkpoint's files; preset {preset!r} has none: "
+                        "use --weights host, or give a checkpoint PATH")
     device = _device(device)
     cfg = _config(path, preset)
     shape = ModelShape.from_config(cfg, _dtype(dtype or cfg.dtype).itemsize)
@@ -92,10 +122,10 @@ def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload
     gpu_memory = gpu_memory or free_gpu
     host_memory = host_memory or free_host
     # Every length is planned before anything is built: a run that cannot fit stops here.
-    plans = [plan_run(shape, parse_tokens(text.strip()), device=device, gpu_memory=gpu_memory,
-                      host_memory=host_memory, offload_dir=offload_dir) for text in lengths.split(",")]
-    stream_weights = stream_weights or any(p.weights == "streamed" for p in plans)
-    model = _model(path, preset, device, dtype, stream_weights)
+    plans = _plans(shape, lengths, preset, weights, device=device, gpu_memory=gpu_memory,
+                   host_memory=host_memory, offload_dir=offload_dir)
+    # One model for every length: the most streamed tier any plan needs (it takes the least memory).
+    model = _model(path, preset, device, dtype, max((p.weights for p in plans), key=TIER_ORDER.index))
     for plan in plans:
         settings = plan.settings()
         if chunk:

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from ctxprobe.commands.options import memory_options
 from ctxprobe.grid import parse_size
 
 
@@ -14,10 +15,7 @@ from ctxprobe.grid import parse_size
 @click.option("--length", default=None, help="Context length in tokens (4k = 4096) to size memory for.")
 @click.option("--dtype", default=None, help="Weight/KV dtype to size for (default: the checkpoint's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
-@click.option("--gpu-memory", default=None, help="With --length: plan for a GPU with this budget, e.g. 80GiB.")
-@click.option("--host-memory", default=None,
-              help="With --length: host memory budget, e.g. 120GiB (default: available).")
-@click.option("--offload-dir", default=None, type=click.Path(), help="With --length: directory for the disk tier.")
+@memory_options
 def inspect(path, length, dtype, as_json, gpu_memory, host_memory, offload_dir):
     """Architecture, parameters (total and active), layers by kind, KV bytes per token and,
     with --length, the memory each tier needs. Reads headers only; checks every key and shape.
@@ -33,7 +31,11 @@ def inspect(path, length, dtype, as_json, gpu_memory, host_memory, offload_dir):
     if length:   # the streaming runner's memory plan (ctxprobe/runner/planner.py)
         from ctxprobe.runner.planner import default_budgets, plan_for_checkpoint
 
+        import torch
+
         host_memory = host_memory or default_budgets("cpu")[1]
+        if gpu_memory is None and torch.cuda.is_available():   # plan for what is free, as `run` does
+            gpu_memory = default_budgets("cuda")[0]
         facts["plan"] = plan_for_checkpoint(path, parse_size(length), dtype=dtype, gpu_memory=gpu_memory,
                                             host_memory=host_memory, offload_dir=offload_dir).describe()
     click.echo(json.dumps(facts, indent=2) if as_json

@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from ctxprobe.commands.options import memory_options
 from ctxprobe.errors import UserError
 from ctxprobe.store import CELL_KEYS, DEFAULT_PATH
 
@@ -66,16 +67,25 @@ def _command_line(ctx: click.Context) -> str:
               help="Native: wrap probes in the checkpoint's chat template when it has one.")
 @click.option("--device", default=None, help="Native: torch device [default: cuda if available].")
 @click.option("--dtype", default=None, help="Native: weight dtype [default: the checkpoint's].")
+@memory_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, name, max_new_tokens,
                 concurrency, haystack, served_model, api, api_key_env, tokenizer, timeout, retries,
-                shard, chat_template, device, dtype, quiet):
+                shard, chat_template, device, dtype, gpu_memory, host_memory, offload_dir, quiet):
     """Run probes against a model and store one row per cell; rerunning resumes.
 
+    Native runs plan their memory for the longest cell before loading any weight (--gpu-memory,
+    --host-memory, --offload-dir; default: what is free here) and stop at once, storing nothing,
+    when it cannot fit. Budgets are not part of a run's identity: rerun with others to resume.
+
     Example: ctxprobe run --model openai:http://127.0.0.1:8000/v1 --served-model m --probe niah --lengths 1k,4k --depths 0,50,100 --samples 3
+
+    \b
+    Example: ctxprobe run --model ./Scout --probe niah --lengths 128k,1M --gpu-memory 78GiB --host-memory 200GiB --offload-dir /scratch
     """
     from ctxprobe.backends import open_backend
+    from ctxprobe.backends.memory import MemoryBudgets
     from ctxprobe.grid import parse_depths, parse_lengths
     from ctxprobe.planner import parse_shard
     from ctxprobe.store import Store
@@ -83,10 +93,11 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
 
     from ctxprobe.runner import distributed
 
+    memory = MemoryBudgets(gpu_memory, host_memory, offload_dir)
     world = distributed.init_from_env(device)  # None unless torchrun started several processes
     if world is not None:
         return _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed, db, name,
-                            max_new_tokens, haystack, shard, chat_template, device, dtype, quiet)
+                            max_new_tokens, haystack, shard, chat_template, device, dtype, memory, quiet)
     spec = SweepSpec(families=[f.strip() for f in probes.split(",") if f.strip()],
                      lengths=parse_lengths(lengths), depths=parse_depths(depths),
                      samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard))
@@ -95,7 +106,13 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
         backend = open_backend(model_spec, max_new_tokens=max_new_tokens, concurrency=concurrency,
                                served_model=served_model, api=api, api_key_env=api_key_env,
                                tokenizer=tokenizer, timeout=timeout, retries=retries,
-                               chat_template=chat_template, device=device, dtype=dtype)
+                               chat_template=chat_template, device=device, dtype=dtype,
+                               memory=memory)
+        try:  # native: plan the longest cell and load the weights; a run that cannot fit stops here
+            _prepare(backend, spec)
+        except BaseException:
+            backend.close()
+            raise
         run = open_run(store, backend, spec, model_spec=model_spec, name=name,
                        command=_command_line(ctx))
         try:
@@ -109,8 +126,14 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
                f"{stats.skipped} already stored, in {stats.seconds:.1f} s; db {db}")
 
 
+def _prepare(backend, spec) -> None:
+    prepare = getattr(backend, "prepare", None)   # the native backend's; servers need none
+    if prepare is not None:
+        prepare(spec)
+
+
 def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed, db, name, max_new_tokens,
-                 haystack, shard, chat_template, device, dtype, quiet) -> None:
+                 haystack, shard, chat_template, device, dtype, memory, quiet) -> None:
     """`ctxprobe run` under torchrun: every rank loads the model and runs every pass on its shard
     of the prompt; rank 0 alone opens the store, picks the pending cells, writes and prints."""
     from contextlib import ExitStack
@@ -122,10 +145,10 @@ def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed,
     from ctxprobe.store import Store
     from ctxprobe.sweep import SweepSpec, check_families, open_run, run_sweep, summarize
 
-    store = run = backend = None
+    store = run = backend = spec = None
     with ExitStack() as stack:
-        error = None
-        try:
+        def open_all():
+            nonlocal store, backend, spec
             spec = SweepSpec(families=[f.strip() for f in probes.split(",") if f.strip()],
                              lengths=parse_lengths(lengths), depths=parse_depths(depths),
                              samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard))
@@ -136,18 +159,22 @@ def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed,
             if world.is_main:
                 store = stack.enter_context(Store(db))
             backend = open_backend(model_spec, max_new_tokens=max_new_tokens, chat_template=chat_template,
-                                   device=distributed.rank_device(world, device), dtype=dtype)
+                                   device=distributed.rank_device(world, device), dtype=dtype,
+                                   memory=memory)
             stack.callback(backend.close)
+
+        def prepare_all():
+            nonlocal run
+            # Every rank plans its share of the longest cell under the smallest free memory of any
+            # rank, so all choose the same plan (the ring runs the same tiers and chunks everywhere).
+            backend.planner.agree(world)
+            _prepare(backend, spec)
             if world.is_main:
                 run = open_run(store, backend, spec, model_spec=model_spec, name=name,
                                command=_command_line(ctx))
-        except Exception as e:  # every rank learns of it, so none waits in a collective
-            error = e
-        try:
-            world.agree(error)
-        except Exception:
-            world.close()
-            raise
+
+        _on_every_rank(world, open_all)
+        _on_every_rank(world, prepare_all)
         # A pass that fails here ends this rank at once (no close: the others may be inside a
         # collective); torchrun then stops them, and a rerun resumes from the stored cells.
         stats = run_sweep(store, run, backend, spec, progress=not quiet, world=world)
@@ -157,6 +184,20 @@ def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed,
             click.echo(f"run {run.name}: {stats.finished} cell(s) done now ({stats.errored} errored), "
                        f"{stats.skipped} already stored, in {stats.seconds:.1f} s on {world.size} ranks; "
                        f"db {db}")
+
+
+def _on_every_rank(world, step) -> None:
+    """Run step() on every rank; if it failed on any, every rank raises (none waits in a collective)."""
+    error = None
+    try:
+        step()
+    except Exception as e:
+        error = e
+    try:
+        world.agree(error)
+    except Exception:
+        world.close()
+        raise
 
 
 def _stop_now(store, run, backend) -> None:

@@ -12,6 +12,7 @@ Order of work, so that a bad checkpoint fails before any weight is copied:
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from pathlib import Path
@@ -49,41 +50,84 @@ def build_empty(cfg: ModelConfig) -> nn.Module:
         return BUILDERS[cfg.family](cfg)
 
 
-def load_weights(path: str | Path, cfg: ModelConfig, device=None, dtype=None, weights_device=None) -> nn.Module:
+WEIGHT_TIERS = ("resident", "host", "disk")
+
+
+def weight_tier(weights: str | None, weights_device, device: torch.device) -> str:
+    """The tier to load into: `weights`, or the old weights_device keyword ("cpu" under CUDA = host).
+    On a CPU device "host" is "resident" (the host is the device)."""
+    if weights is None or weights == "resident":
+        off_device = weights_device is not None and torch.device(weights_device).type == "cpu"
+        weights = "host" if off_device and device.type == "cuda" else "resident"
+    if weights not in WEIGHT_TIERS:
+        raise UserError(f"weights={weights!r} is not a weight tier; use one of {', '.join(WEIGHT_TIERS)}")
+    if weights == "host" and device.type != "cuda":
+        return "resident"
+    return weights
+
+
+def load_weights(path: str | Path, cfg: ModelConfig, device=None, dtype=None, weights_device=None,
+                 weights: str = "resident") -> nn.Module:
     """Check the whole checkpoint, allocate, then copy shard by shard.
 
-    weights_device: where block weights live (default: `device`). "cpu" with a CUDA `device` keeps
-    them in pinned host memory for a runner that streams one layer at a time.
+    weights: "resident" (every parameter on `device`), "host" (blocks in page-locked host arenas,
+    streamed to a CUDA device one layer ahead) or "disk" (blocks read from the shards one layer
+    ahead; see ctxprobe/runner/weights.py). weights_device="cpu" with a CUDA device means "host".
     """
+    from ctxprobe.runner.weights import DiskWeights, HostArenas, StoredTensor
+
     root = _checkpoint_dir(path)
-    headers = read_headers(root)
+    index = read_index(root)
+    headers = {f: {k: t[1] for k, t in entries.items()} for f, (_, entries) in index.items()}
     model = build_empty(cfg)
     plan = plan_copies(headers, model, cfg, KEYMAPS[cfg.arch])
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    weights_device = torch.device(weights_device or device)
-    pin = weights_device.type == "cpu" and device.type == "cuda"
+    tier = weight_tier(weights, weights_device, device)
     dtype = _dtype(dtype or cfg.dtype)
     for module_name, module in model.named_modules():
-        where = weights_device if module_name.startswith("blocks.") else device
+        if tier != "resident" and module_name.startswith("blocks."):
+            continue
         for name, p in module._parameters.items():
             if p is not None:
-                t = torch.empty(p.shape, dtype=dtype, device=where, pin_memory=pin and where.type == "cpu")
-                module._parameters[name] = nn.Parameter(t, requires_grad=False)
+                module._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=dtype, device=device),
+                                                        requires_grad=False)
+    if tier == "host":    # filled below through the parameters, which are views into the arenas
+        model.blocks.weight_source = HostArenas(model.blocks, dtype, copy=False)
+    elif tier == "disk":  # only the ends are read now; blocks come in one layer at a time
+        reads = [[] for _ in model.blocks]
+        for file, copies in plan.items():
+            start, entries = index[file]
+            for key, (name, expert) in list(copies.items()):
+                if name.startswith("blocks."):
+                    layer, param = name.removeprefix("blocks.").split(".", 1)
+                    stored_dtype, shape, begin = entries[key]
+                    reads[int(layer)].append(StoredTensor(str(file), start + begin, _DTYPES[stored_dtype],
+                                                          shape, param, expert))
+                    del copies[key]
+        model.blocks.weight_source = DiskWeights(model.blocks, reads, dtype, cuda=device.type == "cuda")
     params = dict(model.named_parameters())
     for file, copies in plan.items():
+        if not copies:
+            continue
         with safe_open(str(file), framework="pt", device="cpu") as f:   # memory-mapped, one shard at a time
             for key, (name, expert) in copies.items():
                 dest = params[name] if expert is None else params[name][expert]
                 dest.copy_(f.get_tensor(key))
     if cfg.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
+    model.weight_tier = tier
     return model
+
+
+def read_index(root: Path) -> dict[Path, tuple[int, dict[str, tuple]]]:
+    """{shard file: (first data byte, {key: (dtype name, shape, offset from the first data byte)})},
+    every header checked (see _header_entries)."""
+    return {f: _header_entries(f) for f in shard_files(root)}
 
 
 def read_headers(root: Path) -> dict[Path, dict[str, tuple]]:
     """{shard file: {key: shape}} for every shard, each file's size checked against its header."""
-    files = shard_files(root)
-    return {f: _header_shapes(f) for f in files}
+    return {f: {k: t[1] for k, t in entries.items()} for f, (_, entries) in read_index(root).items()}
 
 
 def shard_files(root: Path) -> list[Path]:
@@ -107,8 +151,9 @@ def shard_files(root: Path) -> list[Path]:
     raise UserError(f"{root}: no *.safetensors weights found")
 
 
-def _header_shapes(file: Path) -> dict[str, tuple]:
-    """Parse a safetensors header ourselves so a truncated or corrupt file gets a one-line error."""
+def _header_entries(file: Path) -> tuple[int, dict[str, tuple]]:
+    """Parse a safetensors header ourselves so a truncated or corrupt file gets a one-line error.
+    -> (first data byte, {key: (dtype name, shape, offset of its bytes from the first data byte)})."""
     size = file.stat().st_size
     bad = f"{file}: truncated or corrupt safetensors file"
     with open(file, "rb") as fh:
@@ -135,7 +180,12 @@ def _header_shapes(file: Path) -> dict[str, tuple]:
     for key, v in header.items():
         if v.get("dtype") not in _DTYPES:
             raise UserError(f"{file}: tensor '{key}' has dtype {v.get('dtype')}; supported: {', '.join(_DTYPES)}")
-    return {key: tuple(v["shape"]) for key, v in header.items()}
+        begin, end = (int(x) for x in v["data_offsets"])
+        want = _DTYPES[v["dtype"]].itemsize * math.prod(int(d) for d in v["shape"])
+        if end - begin != want:   # the disk weight tier reads shape x dtype bytes from `begin`
+            raise UserError(f"{bad} (tensor '{key}' spans {end - begin} bytes, its shape and dtype need {want}); "
+                            "re-download it")
+    return 8 + n, {key: (v["dtype"], tuple(v["shape"]), int(v["data_offsets"][0])) for key, v in header.items()}
 
 
 def _compile(keymap: dict) -> list[tuple[re.Pattern, str | None]]:

@@ -25,7 +25,7 @@ def generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *,
         from ctxprobe.runner.sharded import sharded_generate
 
         return sharded_generate(model, prompt_ids, max_new_tokens, stop, distributed.active(),
-                                chunk_tokens=settings.chunk_tokens if settings else None)
+                                settings=settings)
     if settings is None:
         from ctxprobe.runner.planner import auto_settings
 

@@ -17,23 +17,12 @@ import tempfile
 import numpy as np
 import torch
 
+from ctxprobe.runner.pinned import page_locked
+
 
 def _page_locked(n_tokens: int, dim: int, dtype) -> tuple[torch.Tensor, bool]:
-    """-> ([T, D] host tensor page-locked for DMA, registered with CUDA by us?).
-
-    pin_memory=True goes through torch's caching host allocator, which rounds every block up to a
-    power of two: 10M tokens x 5120 x bf16 (100 GiB) would pin 128 GiB, more than the planner
-    counted. So the buffer is allocated plainly and registered at its exact size; when that is not
-    possible the caching allocator's pinned memory is the fallback."""
-    t = torch.empty(n_tokens, dim, dtype=dtype)
-    try:   # as torch.cuda._pin_memory_utils does it (flag 1: cudaHostRegisterPortable)
-        nbytes = t.numel() * t.element_size()
-        if nbytes and int(torch.cuda.cudart().cudaHostRegister(t.data_ptr(), nbytes, 1)) == 0:
-            return t, True
-    except Exception:
-        pass
-    del t   # never hold both copies
-    return torch.empty(n_tokens, dim, dtype=dtype, pin_memory=True), False
+    """-> ([T, D] host tensor page-locked at its exact size, registered with CUDA by us?)."""
+    return page_locked((n_tokens, dim), dtype)
 
 
 class HiddenBuffer:
@@ -44,7 +33,6 @@ class HiddenBuffer:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.bytes_moved = 0   # host <-> device traffic
-        self.path = None
         self._registered = False   # buf_TD page-locked by cudaHostRegister (unregistered in close)
         if tier == "host" and self.cuda:
             self.buf_TD, self._registered = _page_locked(n_tokens, dim, dtype)
@@ -54,10 +42,13 @@ class HiddenBuffer:
             if offload_dir is None:
                 raise ValueError("the disk tier for hidden states needs an offload directory: pass --offload-dir")
             os.makedirs(offload_dir, exist_ok=True)
-            fd, self.path = tempfile.mkstemp(prefix="hidden-", suffix=".bin", dir=offload_dir)
-            os.close(fd)
+            # Unlinked at once: the map keeps the bytes, and a killed process leaves nothing on disk.
+            fd, name = tempfile.mkstemp(prefix="hidden-", suffix=".bin", dir=offload_dir)
+            os.unlink(name)
             itemsize = torch.finfo(dtype).bits // 8
-            self._mm = np.memmap(self.path, dtype=np.uint8, mode="w+", shape=(n_tokens, dim * itemsize))
+            with os.fdopen(fd, "w+b") as f:
+                f.truncate(max(1, n_tokens * dim * itemsize))   # mmap refuses an empty file
+                self._mm = np.memmap(f, dtype=np.uint8, mode="r+", shape=(n_tokens, dim * itemsize))
             self.buf_TD = torch.from_numpy(self._mm).view(dtype)   # [T, D], backed by the file
         # Copies run on their own streams so that they overlap compute: h2d for prefetches, d2h for
         # write-backs. Every read first waits for the write-backs (d2h) queued before it.
@@ -119,10 +110,8 @@ class HiddenBuffer:
             self._registered = False
             torch.cuda.synchronize(self.device)    # no copy may still touch the pages
             torch.cuda.cudart().cudaHostUnregister(self.buf_TD.data_ptr())
-        if self.path is not None:
-            del self.buf_TD, self._mm   # unlinking a mapped file is fine on POSIX
-            os.unlink(self.path)
-            self.path = None
+        if self.tier == "disk" and hasattr(self, "_mm"):
+            del self.buf_TD, self._mm   # the last reference to the map frees the file's bytes
 
     def __del__(self):
         try:

@@ -2,13 +2,18 @@
 
 Inputs: the model's shape (from its config), the prompt length, and budgets for GPU memory, host
 memory and a disk directory. Buffers:
-    weights        resident on the device, or streamed one layer ahead from host memory
+    weights        resident on the device, or streamed one layer ahead from page-locked host
+                   memory ("host", counted at its exact size) or from the checkpoint's own files
+                   ("disk": only two layers' staging buffers in host memory, no offload dir)
     hidden states  T x D for the whole prompt, between layers: host, or disk when host is short
     KV             per layer: device, host (streamed back block by block) or disk; chunked-local
                    and sliding-window layers only hold a chunk or window of it
     activations    one chunk's worth on the device (the chunk size is what the plan tunes)
+When host memory is short, block weights go to disk first (one pass reads each layer once; the
+hidden states would cost two passes over T x D per layer), then the hidden states, then KV.
 When the run cannot fit, `plan_run` raises UserError naming what is short and by how much.
-On CPU the "device" is host memory, so everything shares the host budget.
+On CPU the "device" is host memory, so everything shares the host budget and weights are
+"resident" or "disk".
 """
 
 from __future__ import annotations
@@ -127,6 +132,8 @@ class ModelShape:
             else:
                 kind, span = "global", None
             layers.append(LayerShape(kind, span, (total + 2 * D) * dtype_bytes, active))
+        for lay, exact in zip(layers, _exact_layer_bytes(cfg, dtype_bytes) or []):
+            lay.weight_bytes = exact     # what a host arena or staging buffer really takes
         ffn_width = max([cfg.ffn_dim] + [cfg.moe_ffn_dim * (2 if llama4 else 1)] * any(cfg.moe_layers))
         emb = cfg.vocab_size * D * dtype_bytes
         return cls(dim=D, vocab=cfg.vocab_size, n_heads=Hq, n_kv_heads=Hkv, head_dim=Dh, ffn_width=ffn_width,
@@ -151,6 +158,30 @@ class ModelShape:
         return total
 
 
+_EXACT: dict[tuple[str, int], list[int] | None] = {}   # (repr(cfg), dtype bytes) -> layer bytes
+
+
+def _exact_layer_bytes(cfg, dtype_bytes: int) -> list[int] | None:
+    """Bytes of each block as the host and disk tiers lay it out (counted on a meta-device model,
+    which takes a second to build for Scout's 48 layers, hence the cache); None for a config no
+    model can be built from (the formula above stands)."""
+    import torch
+
+    from ctxprobe.runner.weights import layer_bytes
+
+    key = (repr(cfg), dtype_bytes)
+    if key not in _EXACT:
+        dtype = {2: torch.bfloat16, 4: torch.float32, 8: torch.float64}.get(dtype_bytes)
+        try:
+            from ctxprobe.models.loader import build_empty
+
+            blocks = build_empty(cfg).blocks
+        except (AttributeError, KeyError, TypeError):
+            blocks = None
+        _EXACT[key] = None if dtype is None or blocks is None else [layer_bytes(b, dtype) for b in blocks]
+    return _EXACT[key]
+
+
 # ---- the plan ---------------------------------------------------------------------------------
 @dataclass
 class Plan:
@@ -158,7 +189,7 @@ class Plan:
     device: str
     chunk_tokens: int
     kv_block_tokens: int
-    weights: str                    # "resident" | "streamed"
+    weights: str                    # "resident" | "host" | "disk" (ctxprobe.models.load_model(weights=))
     kv_tiers: list[str]             # per layer
     hidden_tier: str                # "host" | "disk"
     offload_dir: str | None
@@ -169,6 +200,7 @@ class Plan:
     gpu_budget: int | None
     host_budget: int | None
     shape: ModelShape
+    weights_host_bytes: int = 0     # host memory the weights take: the arenas (host), staging (disk)
 
     def settings(self) -> Settings:
         return Settings(chunk_tokens=self.chunk_tokens, kv_block_tokens=self.kv_block_tokens,
@@ -190,8 +222,7 @@ class Plan:
         mode = "all layers' KV kept (generation)" if self.keep_kv else "one layer's KV at a time"
         lines = [f"plan for {self.length:,} tokens on {self.device}, {mode}:",
                  f"  chunk: {self.chunk_tokens:,} tokens per step, KV blocks of {self.kv_block_tokens:,} tokens",
-                 f"  weights: {fmt_bytes(s.weight_bytes)}, {self.weights}"
-                 + (" (one layer ahead of the compute)" if self.weights == "streamed" else ""),
+                 f"  weights: {fmt_bytes(s.weight_bytes)}, " + self._where_weights(),
                  f"  hidden states: {fmt_bytes(self.length * s.dim * s.dtype_bytes)}, {self.hidden_tier} tier",
                  *kv_lines,
                  *([f"  peak GPU memory: {fmt_bytes(self.gpu_bytes)} ({budget(self.gpu_budget)})"]
@@ -200,6 +231,16 @@ class Plan:
         if self.disk_bytes:
             lines.append(f"  disk: {fmt_bytes(self.disk_bytes)} in {self.offload_dir}")
         return "\n".join(lines)
+
+    def _where_weights(self) -> str:
+        if self.weights == "resident":
+            return f"resident on {self.device}"
+        if self.weights == "host":
+            return (f"host tier: blocks in page-locked host memory ({fmt_bytes(self.weights_host_bytes)}, "
+                    "exact size), copied in one layer ahead of the compute")
+        staging = "two layers' staging" + ("" if self.device.startswith("cuda") else ", embedding and head")
+        return (f"disk tier: blocks read from the checkpoint's files one layer ahead of the compute "
+                f"(host memory: {fmt_bytes(self.weights_host_bytes)} for {staging})")
 
 
 def default_budgets(device: str):
@@ -226,10 +267,11 @@ def _short(what: str, need: int, have: int, fix: str) -> UserError:
 
 def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=None, host_memory=None,
              offload_dir: str | None = None, keep_kv: bool = False, extra_tokens: int = 0,
-             kv_block_tokens: int = 16384) -> Plan:
+             kv_block_tokens: int = 16384, weights: str | None = None) -> Plan:
     """Choose chunk size and tiers for a prefill of `length` tokens (+ extra_tokens for branches or
     generation). gpu_memory / host_memory: budgets (bytes or '80GiB'); None = no limit (callers
-    pass `default_budgets()` for what this machine has free)."""
+    pass `default_budgets()` for what this machine has free). weights: None lets the plan choose
+    the weight tier; "resident" / "host" / "disk" fixes it (a loaded model, a preset without files)."""
     length = parse_tokens(length)
     gpu_budget = None if gpu_memory is None else parse_bytes(gpu_memory, "--gpu-memory")
     host_budget = None if host_memory is None else parse_bytes(host_memory, "--host-memory")
@@ -241,12 +283,22 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
     kvt = shape.kv_bytes_per_token
     hidden = length * shape.dim * shape.dtype_bytes
 
-    # Weights: resident when they take at most 60% of the device budget, else streamed per layer.
-    biggest_layer = max(lay.weight_bytes for lay in shape.layers)
+    # Weights: resident when they take at most 60% of the device budget, else streamed per layer from
+    # host memory (GPU only); from the checkpoint's files when host memory cannot hold them either.
     device_budget = gpu_budget if on_gpu else host_budget
-    resident = device_budget is None or shape.weight_bytes <= 0.6 * device_budget or not on_gpu
-    weights_gpu = shape.weight_bytes if resident else 2 * biggest_layer + shape.embed_bytes + shape.head_bytes
-    weights_host = 0 if resident or not on_gpu else shape.weight_bytes
+    choose = weights is None
+    if choose:
+        fits = device_budget is None or shape.weight_bytes <= 0.6 * device_budget
+        weights = "resident" if fits or not on_gpu else "host"
+        if not on_gpu and host_budget is not None and (
+                shape.weight_bytes + shape.activation_bytes(CHUNKS[-1]) > host_budget):
+            weights = "disk"
+    elif weights not in ("resident", "host", "disk"):
+        raise UserError(f"weights={weights!r} is not a weight tier; use resident, host or disk")
+    elif weights == "host" and not on_gpu:
+        weights = "resident"     # on CPU the host is the device
+    weights_gpu, weights_host = _weight_bytes(shape, weights, on_gpu)
+    resident = weights == "resident"
 
     # Chunk and KV tiers: the largest chunk that fits with KV on the device; else KV off the device.
     chunks = [c for c in CHUNKS if c < 2 * n] or [CHUNKS[-1]]
@@ -265,19 +317,25 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
             used = used + b if (keep_kv and fits) else (max(used, b) if fits else used)
         return tiers, used + (0 if all(t == "device" for t in tiers) else 2 * block * kvt)
 
-    for c in chunks:   # largest first
-        tiers, used = device_kv(c)
-        if on_gpu:
-            fits = device_budget is None or weights_gpu + shape.activation_bytes(c) + used <= device_budget
-        else:
-            fits = host_budget is None or weights_gpu + shape.activation_bytes(c) <= host_budget
-        if not fits:
-            continue
-        all_device = all(t == "device" for t in tiers)
-        if chunk is None or (all_device and c >= min(MIN_DEVICE_KV_CHUNK, chunks[0])):
-            chunk, kv_tiers, kv_gpu = c, tiers, used
-        if all_device or c <= MIN_DEVICE_KV_CHUNK:
-            break
+    def pick_chunk():
+        """-> (chunk, KV tiers, device KV bytes) for the current weights, or (None, None, 0)."""
+        best = (None, None, 0)
+        for c in chunks:   # largest first
+            tiers, used = device_kv(c)
+            if on_gpu:
+                fits = device_budget is None or weights_gpu + shape.activation_bytes(c) + used <= device_budget
+            else:
+                fits = host_budget is None or weights_gpu + shape.activation_bytes(c) <= host_budget
+            if not fits:
+                continue
+            all_device = all(t == "device" for t in tiers)
+            if best[0] is None or (all_device and c >= min(MIN_DEVICE_KV_CHUNK, chunks[0])):
+                best = (c, tiers, used)
+            if all_device or c <= MIN_DEVICE_KV_CHUNK:
+                break
+        return best
+
+    chunk, kv_tiers, kv_gpu = pick_chunk()
     if chunk is None:
         c = chunks[-1]
         if not on_gpu:
@@ -292,7 +350,7 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
     else:
         gpu_bytes = 0
 
-    # Host: hidden states, KV not on the device, streamed weights; spill to disk in that order.
+    # Host: hidden states, KV not on the device, streamed weights; spill to disk: weights, hidden, KV.
     live = [shape.live_kv_tokens(lay, n, chunk, block) * kvt for lay in shape.layers]
     off = [b for b, t in zip(live, kv_tiers) if t != "device"]
     kv_host = (sum(off) if keep_kv else max(off, default=0))
@@ -303,6 +361,24 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
         return ((hidden if hidden_tier == "host" else 0) + (kv_host if "disk" not in kv_tiers else 0)
                 + weights_host + cpu_extra)
 
+    if host_budget is not None and host_need() > host_budget and choose and weights != "disk":
+        # Weights first: reading a layer from disk once per pass costs its size, while hidden states
+        # on disk cost 2 x T x D per layer; and the checkpoint is on disk already.
+        before = host_need()
+        old = weights, weights_gpu, weights_host, cpu_extra
+        old_chunk = chunk, kv_tiers, kv_gpu
+        weights_gpu, weights_host = _weight_bytes(shape, "disk", on_gpu)
+        weights, cpu_extra = "disk", (0 if on_gpu else weights_gpu + shape.activation_bytes(chunk) + kv_gpu)
+        if host_need() >= before:    # a model of one or two layers: streaming saves nothing
+            weights, weights_gpu, weights_host, cpu_extra = old
+        elif not on_gpu:             # CPU: the room the weights left may take a larger chunk
+            chunk, kv_tiers, kv_gpu = pick_chunk()
+            live = [shape.live_kv_tokens(lay, n, chunk, block) * kvt for lay in shape.layers]
+            cpu_extra = weights_gpu + shape.activation_bytes(chunk) + kv_gpu
+            if host_need() > host_budget:   # the larger chunk went too far: keep the smaller one
+                chunk, kv_tiers, kv_gpu = old_chunk
+                live = [shape.live_kv_tokens(lay, n, chunk, block) * kvt for lay in shape.layers]
+                cpu_extra = weights_gpu + shape.activation_bytes(chunk) + kv_gpu
     if host_budget is not None and host_need() > host_budget:
         if offload_dir is None:
             raise _short("host memory", host_need(), host_budget,
@@ -325,13 +401,28 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
         if disk > free:
             raise _short(f"disk space in {offload_dir}", disk, free, "free space there or pick another --offload-dir")
     return Plan(length=length, device=device, chunk_tokens=chunk, kv_block_tokens=block,
-                weights="resident" if resident else "streamed", kv_tiers=kv_tiers, hidden_tier=hidden_tier,
+                weights=weights, kv_tiers=kv_tiers, hidden_tier=hidden_tier,
                 offload_dir=offload_dir, keep_kv=keep_kv, gpu_bytes=gpu_bytes, host_bytes=host_need(),
-                disk_bytes=disk, gpu_budget=gpu_budget if on_gpu else None, host_budget=host_budget, shape=shape)
+                disk_bytes=disk, gpu_budget=gpu_budget if on_gpu else None, host_budget=host_budget, shape=shape,
+                weights_host_bytes=weights_host if on_gpu else weights_gpu)
+
+
+def _weight_bytes(shape: ModelShape, tier: str, on_gpu: bool) -> tuple[int, int]:
+    """-> (bytes on the compute device, host bytes besides) the weights take in `tier`. Streamed
+    tiers keep two layers on the device (one computing, the next arriving); the host tier holds
+    every block in its arena, the disk tier two staging buffers of the largest layer."""
+    if tier == "resident":
+        return shape.weight_bytes, 0
+    blocks = sum(lay.weight_bytes for lay in shape.layers)
+    two_layers = 2 * max(lay.weight_bytes for lay in shape.layers)
+    device = two_layers + shape.embed_bytes + shape.head_bytes
+    if not on_gpu:   # the device is the host: the staging buffers are the two layers
+        return device, 0
+    return device, blocks if tier == "host" else two_layers
 
 
 def plan_for_checkpoint(path, length, *, dtype=None, device=None, gpu_memory=None, host_memory=None,
-                        offload_dir=None, keep_kv: bool = False) -> Plan:
+                        offload_dir=None, keep_kv: bool = False, extra_tokens: int = 0, weights=None) -> Plan:
     """The plan for a checkpoint directory (config.json only; no weights are read).
     device: None = cuda when a GPU budget is given or a GPU is present, else cpu."""
     from ctxprobe.models.loader import _dtype, read_config
@@ -346,7 +437,7 @@ def plan_for_checkpoint(path, length, *, dtype=None, device=None, gpu_memory=Non
     if device.startswith("cuda") and gpu_memory is None and not _cuda_present():
         raise UserError("planning for a GPU on a machine without one: pass --gpu-memory (e.g. 80GiB)")
     return plan_run(shape, length, device=device, gpu_memory=gpu_memory, host_memory=host_memory,
-                    offload_dir=offload_dir, keep_kv=keep_kv)
+                    offload_dir=offload_dir, keep_kv=keep_kv, extra_tokens=extra_tokens, weights=weights)
 
 
 def _cuda_present() -> bool:
@@ -372,5 +463,6 @@ def auto_settings(model, length: int, *, keep_kv: bool = False, extra_tokens: in
         # Free memory excludes what torch's caching allocator already holds (the model's weights, and
         # blocks cached by earlier runs), all of which this run can use.
         gpu += torch.cuda.memory_reserved(device)
+    # The model is loaded: its weight tier is fixed (and counts in the budgets as such).
     return plan_run(shape, length, device=device, gpu_memory=gpu, host_memory=host, keep_kv=keep_kv,
-                    extra_tokens=extra_tokens).settings()
+                    extra_tokens=extra_tokens, weights=getattr(model, "weight_tier", "resident")).settings()

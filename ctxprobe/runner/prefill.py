@@ -121,8 +121,8 @@ def prefill(model, ids, *, settings: Settings | None = None, riders=(), keep_kv:
     if distributed.active() is not None:  # under torchrun: the prompt is sharded over the ranks
         from ctxprobe.runner.sharded import sharded_prefill
 
-        return sharded_prefill(model, ids, distributed.active(), riders=riders, keep_kv=keep_kv,
-                               all_logits=all_logits, chunk_tokens=settings.chunk_tokens if settings else None)
+        return sharded_prefill(model, ids, distributed.active(), settings=settings, riders=riders,
+                               keep_kv=keep_kv, all_logits=all_logits)
     if settings is None:
         from ctxprobe.runner.planner import auto_settings
 

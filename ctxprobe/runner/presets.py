@@ -47,37 +47,59 @@ def preset_config(name: str):
 
 
 @torch.no_grad()
-def build_preset(name: str, *, device="cpu", dtype=None, seed: int = 0, weights_device=None):
-    """A model of preset `name` with N(0, 1/fan_in) weights drawn directly where they will live.
+def build_preset(name: str, *, device="cpu", dtype=None, seed: int = 0, weights_device=None,
+                 weights: str = "resident"):
+    """A model of preset `name` with N(0, 1/fan_in) weights drawn on `device`.
 
-    weights_device: where block weights live (default: device); 'cpu' with device 'cuda' makes the
-    runner stream them in one layer ahead. Embedding and head always live on `device`.
+    weights: "resident", or "host" (blocks moved into page-locked host arenas of exact size, one
+    per layer, and streamed to a CUDA device one layer ahead; on CPU this is "resident"). A preset
+    has no files, so the "disk" tier is refused. weights_device="cpu" with device "cuda" (the older
+    keyword) means "host". Embedding and head always live on `device`.
     """
-    from ctxprobe.models.loader import _dtype, build_empty
+    from ctxprobe.models.loader import _dtype, build_empty, weight_tier
+    from ctxprobe.runner.weights import HostArenas
+
+    if weights == "disk":
+        raise UserError(f"preset {name!r} has no checkpoint files to stream weights from, so the disk weight "
+                        "tier is not available; keep its weights resident or in host memory (--stream-weights), "
+                        "or benchmark a checkpoint directory")
 
     cfg = preset_config(name)
     dt = _dtype(dtype or cfg.dtype)
     cfg.dtype = str(dt).removeprefix("torch.")
     model = build_empty(cfg)
     device = torch.device(device)
-    weights_device = torch.device(weights_device or device)
+    tier = weight_tier(weights, weights_device, device)
     g = torch.Generator(device=device).manual_seed(seed)
+    arenas = HostArenas([]) if tier == "host" else None
+    drawing = None   # the block whose parameters are being drawn (same order as ever: same weights)
     for mod_name, module in model.named_modules():
-        where = weights_device if mod_name.startswith("blocks.") else device
-        for name, p in module._parameters.items():
-            if p is None:
-                continue
-            t = torch.empty(p.shape, dtype=dt, device=device)
-            if p.dim() == 1:
-                t.fill_(1.0)
-            else:
-                # Llama 4's fused experts store [E, D_in, D_out]; everything else [.., D_out, D_in].
-                fan_in = p.shape[-2] if name in ("gate_up", "down") else p.shape[-1]
-                t.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=g)
-            if where != device:
-                t = t.to(where).pin_memory() if device.type == "cuda" else t.to(where)
-            module._parameters[name] = nn.Parameter(t, requires_grad=False)
+        layer = int(mod_name.split(".")[1]) if mod_name.startswith("blocks.") else None
+        if arenas is not None and drawing is not None and layer != drawing:
+            arenas.add(model.blocks[drawing])   # to its host arena: one layer on the device at a time
+        drawing = layer
+        _draw(module, dt, device, g)
+    if arenas is not None:
+        if drawing is not None:
+            arenas.add(model.blocks[drawing])
+        model.blocks.weight_source = arenas
     if cfg.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
+    model.weight_tier = tier
     model.path = f"preset:{name}"
     return model
+
+
+def _draw(module: nn.Module, dtype, device, g):
+    """The module's own parameters: N(0, 1/fan_in) for matrices, 1 for norm weights, drawn on `device`."""
+    for name, p in module._parameters.items():
+        if p is None:
+            continue
+        t = torch.empty(p.shape, dtype=dtype, device=device)
+        if p.dim() == 1:
+            t.fill_(1.0)
+        else:
+            # Llama 4's fused experts store [E, D_in, D_out]; everything else [.., D_out, D_in].
+            fan_in = p.shape[-2] if name in ("gate_up", "down") else p.shape[-1]
+            t.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=g)
+        module._parameters[name] = nn.Parameter(t, requires_grad=False)

@@ -1,0 +1,20 @@
+"""Options shared by several commands, as click decorators (one definition, one help text)."""
+
+from __future__ import annotations
+
+import click
+
+
+def memory_options(command):
+    """--gpu-memory, --host-memory, --offload-dir: the budgets the native runner's memory plan
+    must fit (ctxprobe/runner/planner.py). Each is passed on as given (a size string or None)."""
+    for option in reversed([
+        click.option("--gpu-memory", default=None,
+                     help="GPU memory budget per device, e.g. 78GiB [default: what is free]."),
+        click.option("--host-memory", default=None,
+                     help="Host memory budget, e.g. 120GiB [default: what is available]."),
+        click.option("--offload-dir", default=None, type=click.Path(file_okay=False),
+                     help="Directory for the disk tier (hidden states, KV) when host memory is short."),
+    ]):
+        command = option(command)
+    return command
