@@ -6,7 +6,10 @@
 
 Steps, each a subprocess with its own share of the budget, so one failure or hang costs only its
 share; every step's output is echoed and also written to $OUT/<step>.log when OUT is set:
-  1. pytest tests/test_attention_cuda.py          CUDA backends against the reference
+  1. pytest tests/test_attention_cuda.py tests/test_runner_cuda.py
+                                                  CUDA backends against the reference; the runner's
+                                                  weight / KV / hidden-state tiers, score, generate,
+                                                  traffic, leaks and a one-rank NCCL group against the CPU
   2. bench/attention.py                           (a) backends, (b) 128K resident vs streamed, (c) 1M host, disk
   3. bench/ring.py                                single-rank NCCL ring against plain attend at 128K
   4. bench/runner.py                              scout-4l at 128K and 1M, then the longest prompt that fits
@@ -24,15 +27,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # (name, share of the budget, GPU command, CPU rehearsal command)
+# -rfEs: every failure, error and skip reason in the summary (a CUDA test skipped on the card is a finding);
+# faulthandler: a test still running after 40 s has every thread's stack printed before the step is killed.
+CUDA_TESTS = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-o", "faulthandler_timeout=40",
+              "tests/test_attention_cuda.py", "tests/test_runner_cuda.py"]
 STEPS = [
-    ("cuda_tests", 0.06, [sys.executable, "-m", "pytest", "-q", "tests/test_attention_cuda.py"],
-     [sys.executable, "-m", "pytest", "-q", "tests/test_attention_cuda.py"]),
-    ("attention", 0.30, [sys.executable, "bench/attention.py", "--time-limit", "{t}"],
+    ("cuda_tests", 0.14, CUDA_TESTS, CUDA_TESTS),
+    ("attention", 0.28, [sys.executable, "bench/attention.py", "--time-limit", "{t}"],
      [sys.executable, "bench/attention.py", "--small", "--time-limit", "{t}"]),
     ("ring", 0.08, [sys.executable, "bench/ring.py", "--seq-len", "131072", "--heads", "40", "--kv-heads", "8",
                     "--head-dim", "128", "--dtype", "bfloat16", "--repeats", "2"],
      [sys.executable, "bench/ring.py", "--seq-len", "2048"]),
-    ("runner", 0.56, [sys.executable, "bench/runner.py", "--budget-s", "{t}"],
+    ("runner", 0.50, [sys.executable, "bench/runner.py", "--budget-s", "{t}"],
      [sys.executable, "bench/runner.py", "--preset", "tiny", "--lengths", "2k,8k", "--budget-s", "{t}"]),
 ]
 

@@ -173,7 +173,8 @@ def test_torchrun_ranks_plan_their_share_and_stream_kv_from_disk(checkpoint, unb
     share = -(-extent.prefill_tokens // 2)
     offload = tmp_path / "offload"
     plan = lambda budget: plan_for_checkpoint(checkpoint, share, device="cpu", host_memory=budget,  # noqa: E731
-                                              extra_tokens=extent.extra_tokens, offload_dir=str(offload))
+                                              extra_tokens=extent.extra_tokens, offload_dir=str(offload),
+                                              sharded=True)
     budget = next(b for b in range(plan(None).host_bytes, 0, -1024) if "disk" in plan(b).kv_tiers)
     db = tmp_path / "ring.db"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",

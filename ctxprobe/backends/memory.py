@@ -31,14 +31,18 @@ class MemoryBudgets:
 class RunPlanner:
     """Plans for one checkpoint on one device under fixed budgets.
 
-    Under torchrun each rank holds 1/ranks of the prompt's tokens (and their K/V), so a rank plans
-    for its share; `local_ranks` processes on one machine split its available host memory.
+    Under torchrun each rank holds about 1/ranks of the prompt's tokens (and their K/V), so a rank
+    plans for the largest share any rank holds; `local_ranks` processes on one machine split its
+    available host memory.
     """
 
     def __init__(self, path: str, *, device: str, dtype, budgets: MemoryBudgets, ranks: int = 1,
                  local_ranks: int = 1):
+        from ctxprobe.models.loader import read_config
         from ctxprobe.runner.planner import default_budgets
 
+        cfg = read_config(path)
+        self._masks = [cfg.layer_mask(i) for i in range(cfg.n_layers)]    # how the ranks' shards align
         self.path, self.device, self.dtype, self.ranks = path, device, dtype, ranks
         self.budgets = budgets
         free_gpu, free_host = default_budgets(device)
@@ -73,7 +77,7 @@ class RunPlanner:
         plan = plan_for_checkpoint(self.path, self._share(length), dtype=self.dtype, device=self.device,
                                    gpu_memory=self.gpu_memory, host_memory=self.host_memory,
                                    offload_dir=self.budgets.offload_dir, keep_kv=keep_kv,
-                                   extra_tokens=extra_tokens)
+                                   extra_tokens=extra_tokens, sharded=self.ranks > 1)
         self._shape, self.weights = plan.shape, plan.weights
         self._plan.cache_clear()
         return plan
@@ -84,14 +88,23 @@ class RunPlanner:
         return self._plan(self._share(length), extra_tokens, keep_kv)
 
     def _share(self, length: int) -> int:
-        return -(-length // self.ranks)
+        """The most prompt tokens one rank holds: shards aligned to Llama 4's attention chunk are
+        uneven (up to a chunk per zigzag piece more than length / ranks)."""
+        if self.ranks == 1:
+            return length
+        from attention.shard import shard_len
+        from ctxprobe.runner.sharded import chunk_align
+
+        align = chunk_align(self._masks, length, self.ranks)
+        return max(shard_len(length, rank, self.ranks, align=align) for rank in range(self.ranks))
 
     def _plan_uncached(self, length: int, extra_tokens: int, keep_kv: bool):
         from ctxprobe.runner.planner import plan_run
 
         return plan_run(self._shape, length, device=self.device, gpu_memory=self.gpu_memory,
                         host_memory=self.host_memory, offload_dir=self.budgets.offload_dir,
-                        keep_kv=keep_kv, extra_tokens=extra_tokens, weights=self.weights)
+                        keep_kv=keep_kv, extra_tokens=extra_tokens, weights=self.weights,
+                        sharded=self.ranks > 1)
 
 
 def local_ranks() -> int:

@@ -70,16 +70,22 @@ class Extent:
     keep_kv: bool           # generation keeps every layer's KV
 
 
-def _device(device: str | None) -> str:
-    """The device load_model would pick, named with its index (cuda:0), known before loading."""
+def pick_device(device: str | None) -> str:
+    """--device as the device load_model would pick, named with its index (cuda:0), known before
+    loading; UserError (not a torch traceback) for one this machine lacks or the runner cannot use."""
     import torch
 
     try:
         d = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
         raise UserError(f"--device {device!r} is not a device; use cuda, cuda:N or cpu") from None
+    if d.type not in ("cuda", "cpu"):   # the runner's streams, pinned memory and kernels are CUDA's or the CPU's
+        raise UserError(f"--device {device}: the runner supports cuda and cpu; use --device cuda, cuda:N or cpu")
     if d.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA device on this machine; use --device cpu")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                        f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if d.type == "cuda" and d.index is None:
         d = torch.device("cuda", torch.cuda.current_device())
     return str(d)
@@ -101,7 +107,7 @@ class NativeBackend:
         self.path = str(path)
         root = Path(path)
         config = read_config(root)
-        self.device = _device(device)
+        self.device = pick_device(device)
         self.dtype = _dtype(dtype or config.dtype)
         self.model = None
         self.planner = None

@@ -41,7 +41,9 @@ def _model(path, preset, device, dtype, weights):
 
 def _plans(shape, lengths, preset, weights, **budgets):
     """One plan per length, all before anything is built. A preset has no files, so where the
-    planner would read weights from disk it plans them in host memory instead (and says what is short)."""
+    planner would read weights from disk it plans them in host memory instead (and says what is short).
+    One model serves every length, in the most streamed tier any plan needs (it takes the least
+    memory), so every length is planned, described and run with that tier."""
     from ctxprobe.runner.planner import parse_tokens, plan_run
 
     plans = []
@@ -52,28 +54,8 @@ def _plans(shape, lengths, preset, weights, **budgets):
             on_gpu = budgets["device"].startswith("cuda")
             plan = plan_run(shape, n, weights="host" if on_gpu else "resident", **budgets)
         plans.append(plan)
-    return plans
-
-
-def _device(text):
-    """--device as a torch device that exists here (UserError otherwise, not a torch traceback)."""
-    import torch
-
-    from ctxprobe.errors import UserError
-
-    if text is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise UserError(f"--device {text!r} is not a device; use cuda, cuda:N or cpu") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {text!r}: the runner supports cuda and cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {text}: no CUDA device on this machine; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return text
+    tier = max((p.weights for p in plans), key=TIER_ORDER.index)
+    return [p if p.weights == tier else plan_run(shape, p.length, weights=tier, **budgets) for p in plans]
 
 
 @click.command("bench")
@@ -104,6 +86,7 @@ def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload
 
     Example: ctxprobe bench --preset scout-4l --length 128k,1M --dtype bfloat16
     """
+    from ctxprobe.backends.native import pick_device
     from ctxprobe.errors import UserError
     from ctxprobe.models.loader import _dtype
     from ctxprobe.runner.bench import bench_prefill
@@ -115,7 +98,7 @@ def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload
     if preset is not None and weights == "disk":
         raise UserError(f"--weights disk reads weights from a checkpoint's files; preset {preset!r} has none: "
                         "use --weights host, or give a checkpoint PATH")
-    device = _device(device)
+    device = pick_device(device)
     cfg = _config(path, preset)
     shape = ModelShape.from_config(cfg, _dtype(dtype or cfg.dtype).itemsize)
     free_gpu, free_host = default_budgets(device)
@@ -124,12 +107,12 @@ def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload
     # Every length is planned before anything is built: a run that cannot fit stops here.
     plans = _plans(shape, lengths, preset, weights, device=device, gpu_memory=gpu_memory,
                    host_memory=host_memory, offload_dir=offload_dir)
-    # One model for every length: the most streamed tier any plan needs (it takes the least memory).
-    model = _model(path, preset, device, dtype, max((p.weights for p in plans), key=TIER_ORDER.index))
+    chunk = parse_tokens(chunk, "--chunk") if chunk else None
+    model = _model(path, preset, device, dtype, plans[0].weights)   # every plan has the same tier
     for plan in plans:
         settings = plan.settings()
         if chunk:
-            settings.chunk_tokens = parse_tokens(chunk, "--chunk")
+            settings.chunk_tokens = chunk
         if not as_json:
             click.echo(plan.describe())
         result = bench_prefill(model, plan.length, settings=settings, peak_tflops=peak_tflops)

@@ -12,7 +12,8 @@ def memory_options(command):
         click.option("--gpu-memory", default=None,
                      help="GPU memory budget per device, e.g. 78GiB [default: what is free]."),
         click.option("--host-memory", default=None,
-                     help="Host memory budget, e.g. 120GiB [default: what is available]."),
+                     help="Host memory budget per process, e.g. 120GiB [default: what is available, "
+                          "split among torchrun's processes on this machine]."),
         click.option("--offload-dir", default=None, type=click.Path(file_okay=False),
                      help="Directory for the disk tier (hidden states, KV) when host memory is short."),
     ]):

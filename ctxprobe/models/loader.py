@@ -74,13 +74,13 @@ def load_weights(path: str | Path, cfg: ModelConfig, device=None, dtype=None, we
     streamed to a CUDA device one layer ahead) or "disk" (blocks read from the shards one layer
     ahead; see ctxprobe/runner/weights.py). weights_device="cpu" with a CUDA device means "host".
     """
-    from ctxprobe.runner.weights import DiskWeights, HostArenas, StoredTensor
+    from ctxprobe.runner.weights import DiskWeights, HostArenas, StoredTensor, file_stamp
 
     root = _checkpoint_dir(path)
+    stamps = {str(f): file_stamp(f.stat()) for f in shard_files(root)}   # before the headers are read
     index = read_index(root)
-    headers = {f: {k: t[1] for k, t in entries.items()} for f, (_, entries) in index.items()}
     model = build_empty(cfg)
-    plan = plan_copies(headers, model, cfg, KEYMAPS[cfg.arch])
+    plan = plan_copies(_shapes(index), model, cfg, KEYMAPS[cfg.arch])
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tier = weight_tier(weights, weights_device, device)
     dtype = _dtype(dtype or cfg.dtype)
@@ -104,7 +104,8 @@ def load_weights(path: str | Path, cfg: ModelConfig, device=None, dtype=None, we
                     reads[int(layer)].append(StoredTensor(str(file), start + begin, _DTYPES[stored_dtype],
                                                           shape, param, expert))
                     del copies[key]
-        model.blocks.weight_source = DiskWeights(model.blocks, reads, dtype, cuda=device.type == "cuda")
+        model.blocks.weight_source = DiskWeights(model.blocks, reads, dtype, cuda=device.type == "cuda",
+                                                 stamps=stamps)
     params = dict(model.named_parameters())
     for file, copies in plan.items():
         if not copies:
@@ -127,7 +128,11 @@ def read_index(root: Path) -> dict[Path, tuple[int, dict[str, tuple]]]:
 
 def read_headers(root: Path) -> dict[Path, dict[str, tuple]]:
     """{shard file: {key: shape}} for every shard, each file's size checked against its header."""
-    return {f: {k: t[1] for k, t in entries.items()} for f, (_, entries) in read_index(root).items()}
+    return _shapes(read_index(root))
+
+
+def _shapes(index) -> dict[Path, dict[str, tuple]]:
+    return {f: {key: shape for key, (_, shape, _) in entries.items()} for f, (_, entries) in index.items()}
 
 
 def shard_files(root: Path) -> list[Path]:

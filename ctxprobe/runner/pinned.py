@@ -10,6 +10,8 @@ Without CUDA, page-locking buys nothing and the buffer is plain memory.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -20,8 +22,10 @@ def page_locked(shape, dtype) -> tuple[torch.Tensor, bool]:
     t = torch.empty(shape, dtype=dtype)
     try:   # flag 1: cudaHostRegisterPortable (every device may DMA from it)
         nbytes = t.numel() * t.element_size()
-        if nbytes and int(torch.cuda.cudart().cudaHostRegister(t.data_ptr(), nbytes, 1)) == 0:
-            return t, True
+        if nbytes:
+            if int(torch.cuda.cudart().cudaHostRegister(t.data_ptr(), nbytes, 1)) == 0:
+                return t, True
+            _clear_last_cuda_error()
     except Exception:
         pass
     if not torch.cuda.is_available():
@@ -34,3 +38,18 @@ def unregister(t: torch.Tensor, device=None):
     """Undo `page_locked`'s registration, after every copy that may touch the pages is done."""
     torch.cuda.synchronize(device)
     torch.cuda.cudart().cudaHostUnregister(t.data_ptr())
+
+
+def _clear_last_cuda_error():
+    """A failed cudaHostRegister leaves its error as the runtime's "last error", and torch checks
+    that after every kernel launch: an unrelated kernel would then fail with it. torch's bindings
+    have no cudaGetLastError, so call the one in the runtime torch already loaded (best effort)."""
+    import ctypes
+
+    for soname in ("libcudart.so.13", "libcudart.so.12", "libcudart.so"):
+        try:
+            lib = ctypes.CDLL(soname, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        except OSError:
+            continue
+        lib.cudaGetLastError()
+        return

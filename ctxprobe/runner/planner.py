@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 
 from ctxprobe.errors import UserError
@@ -55,7 +56,10 @@ def parse_tokens(text, what: str = "--length") -> int:
         return text
     from ctxprobe.grid import parse_size
 
-    return parse_size(str(text))
+    try:
+        return parse_size(str(text))
+    except ValueError as e:
+        raise UserError(f"{what}: {e}") from None
 
 
 def fmt_bytes(n: float) -> str:
@@ -94,6 +98,14 @@ class ModelShape:
     @property
     def weight_bytes(self) -> int:
         return sum(lay.weight_bytes for lay in self.layers) + self.embed_bytes + self.head_bytes
+
+    @property
+    def shard_bytes_per_token(self) -> int:
+        """Device bytes per token of a torchrun rank's share that the sharded runner holds through a
+        whole layer: hidden states in and out, queries and attention output in the model's dtype,
+        and the ring's fp32 accumulators (output and log-sum-exp)."""
+        return (self.dtype_bytes * (2 * self.dim + 2 * self.n_heads * self.head_dim)
+                + 4 * self.n_heads * (self.head_dim + 1))
 
     def live_kv_tokens(self, layer: LayerShape, length: int, chunk: int, block: int) -> int:
         """Keys a layer holds at once: all of them for global layers, a chunk/window plus slack otherwise."""
@@ -191,7 +203,7 @@ class Plan:
     kv_block_tokens: int
     weights: str                    # "resident" | "host" | "disk" (ctxprobe.models.load_model(weights=))
     kv_tiers: list[str]             # per layer
-    hidden_tier: str                # "host" | "disk"
+    hidden_tier: str                # "host" | "disk" | "device" (a torchrun rank's share)
     offload_dir: str | None
     keep_kv: bool
     gpu_bytes: int                  # peak estimates
@@ -201,6 +213,7 @@ class Plan:
     host_budget: int | None
     shape: ModelShape
     weights_host_bytes: int = 0     # host memory the weights take: the arenas (host), staging (disk)
+    shard_bytes: int = 0            # sharded: the share's tensors held on the device through a layer
 
     def settings(self) -> Settings:
         return Settings(chunk_tokens=self.chunk_tokens, kv_block_tokens=self.kv_block_tokens,
@@ -228,6 +241,9 @@ class Plan:
                  *([f"  peak GPU memory: {fmt_bytes(self.gpu_bytes)} ({budget(self.gpu_budget)})"]
                    if self.device.startswith("cuda") else []),
                  f"  peak host memory: {fmt_bytes(self.host_bytes)} ({budget(self.host_budget)})"]
+        if self.shard_bytes:
+            lines.insert(4, f"  rank's share on the device: {fmt_bytes(self.shard_bytes)} (hidden states, queries, "
+                            "attention output, the ring's K/V in flight)")
         if self.disk_bytes:
             lines.append(f"  disk: {fmt_bytes(self.disk_bytes)} in {self.offload_dir}")
         return "\n".join(lines)
@@ -267,11 +283,12 @@ def _short(what: str, need: int, have: int, fix: str) -> UserError:
 
 def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=None, host_memory=None,
              offload_dir: str | None = None, keep_kv: bool = False, extra_tokens: int = 0,
-             kv_block_tokens: int = 16384, weights: str | None = None) -> Plan:
+             kv_block_tokens: int = 16384, weights: str | None = None, sharded: bool = False) -> Plan:
     """Choose chunk size and tiers for a prefill of `length` tokens (+ extra_tokens for branches or
     generation). gpu_memory / host_memory: budgets (bytes or '80GiB'); None = no limit (callers
     pass `default_budgets()` for what this machine has free). weights: None lets the plan choose
-    the weight tier; "resident" / "host" / "disk" fixes it (a loaded model, a preset without files)."""
+    the weight tier; "resident" / "host" / "disk" fixes it (a loaded model, a preset without files).
+    sharded: the plan of one torchrun rank for its share of `length` tokens (ctxprobe/runner/sharded.py)."""
     length = parse_tokens(length)
     gpu_budget = None if gpu_memory is None else parse_bytes(gpu_memory, "--gpu-memory")
     host_budget = None if host_memory is None else parse_bytes(host_memory, "--host-memory")
@@ -282,6 +299,10 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
     block = max(1, min(kv_block_tokens, 1 << max(0, (n - 1).bit_length())))
     kvt = shape.kv_bytes_per_token
     hidden = length * shape.dim * shape.dtype_bytes
+    # The sharded runner keeps its share's hidden states, queries and attention output on the device
+    # through each layer (not one chunk of them), and the ring holds a peer's K/V share while it
+    # receives the next: none of it shrinks with the chunk.
+    shard = length * (shape.shard_bytes_per_token + 2 * kvt) if sharded else 0
 
     # Weights: resident when they take at most 60% of the device budget, else streamed per layer from
     # host memory (GPU only); from the checkpoint's files when host memory cannot hold them either.
@@ -293,10 +314,12 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
         if not on_gpu and host_budget is not None and (
                 shape.weight_bytes + shape.activation_bytes(CHUNKS[-1]) > host_budget):
             weights = "disk"
-    elif weights not in ("resident", "host", "disk"):
-        raise UserError(f"weights={weights!r} is not a weight tier; use resident, host or disk")
-    elif weights == "host" and not on_gpu:
-        weights = "resident"     # on CPU the host is the device
+    else:   # checked as the loader checks it; on CPU "host" is "resident" (the host is the device)
+        import torch
+
+        from ctxprobe.models.loader import weight_tier
+
+        weights = weight_tier(weights, None, torch.device("cuda" if on_gpu else "cpu"))
     weights_gpu, weights_host = _weight_bytes(shape, weights, on_gpu)
     resident = weights == "resident"
 
@@ -309,7 +332,7 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
         live_ = [shape.live_kv_tokens(lay, n, chunk_, block) * kvt for lay in shape.layers]
         if not on_gpu:
             return ["device"] * len(live_), (sum(live_) if keep_kv else max(live_))
-        room = (device_budget or 0) - weights_gpu - shape.activation_bytes(chunk_) - 2 * block * kvt
+        room = (device_budget or 0) - weights_gpu - shape.activation_bytes(chunk_) - 2 * block * kvt - shard
         tiers, used = [], 0
         for b in live_:
             fits = (used + b if keep_kv else b) <= room or device_budget is None
@@ -323,9 +346,9 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
         for c in chunks:   # largest first
             tiers, used = device_kv(c)
             if on_gpu:
-                fits = device_budget is None or weights_gpu + shape.activation_bytes(c) + used <= device_budget
+                fits = device_budget is None or weights_gpu + shape.activation_bytes(c) + used + shard <= device_budget
             else:
-                fits = host_budget is None or weights_gpu + shape.activation_bytes(c) <= host_budget
+                fits = host_budget is None or weights_gpu + shape.activation_bytes(c) + shard <= host_budget
             if not fits:
                 continue
             all_device = all(t == "device" for t in tiers)
@@ -339,14 +362,14 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
     if chunk is None:
         c = chunks[-1]
         if not on_gpu:
-            raise _short("host memory", weights_gpu + shape.activation_bytes(c), host_budget,
+            raise _short("host memory", weights_gpu + shape.activation_bytes(c) + shard, host_budget,
                          f"the weights and even {c}-token chunks do not fit; raise --host-memory")
-        need = weights_gpu + shape.activation_bytes(c) + 2 * block * kvt
+        need = weights_gpu + shape.activation_bytes(c) + 2 * block * kvt + shard
         raise _short("GPU memory", need, device_budget,
                      f"even {c}-token chunks with KV streamed from host do not fit; raise --gpu-memory"
                      + ("" if resident else " (weights are already streamed one layer at a time)"))
     if on_gpu:
-        gpu_bytes = weights_gpu + shape.activation_bytes(chunk) + kv_gpu
+        gpu_bytes = weights_gpu + shape.activation_bytes(chunk) + kv_gpu + shard
     else:
         gpu_bytes = 0
 
@@ -354,12 +377,12 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
     live = [shape.live_kv_tokens(lay, n, chunk, block) * kvt for lay in shape.layers]
     off = [b for b, t in zip(live, kv_tiers) if t != "device"]
     kv_host = (sum(off) if keep_kv else max(off, default=0))
-    hidden_tier = "host"
+    hidden_tier = "device" if sharded else "host"
     cpu_extra = 0 if on_gpu else weights_gpu + shape.activation_bytes(chunk) + kv_gpu
 
     def host_need():
         return ((hidden if hidden_tier == "host" else 0) + (kv_host if "disk" not in kv_tiers else 0)
-                + weights_host + cpu_extra)
+                + weights_host + cpu_extra + (0 if on_gpu else shard))
 
     if host_budget is not None and host_need() > host_budget and choose and weights != "disk":
         # Weights first: reading a layer from disk once per pass costs its size, while hidden states
@@ -383,7 +406,7 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
         if offload_dir is None:
             raise _short("host memory", host_need(), host_budget,
                          "pass --offload-dir DIR to put hidden states and KV on disk, or raise --host-memory")
-        hidden_tier = "disk"
+        hidden_tier = "disk" if hidden_tier == "host" else hidden_tier
         if host_need() > host_budget:
             kv_tiers = ["disk" if t != "device" else t for t in kv_tiers]
             if not on_gpu:   # CPU: the "device" KV is host memory too
@@ -396,7 +419,7 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
         (sum(b for b, t in zip(live, kv_tiers) if t == "disk") if keep_kv
          else max([b for b, t in zip(live, kv_tiers) if t == "disk"], default=0)))
     if disk and offload_dir is not None:
-        os.makedirs(offload_dir, exist_ok=True)
+        _check_writable(offload_dir)
         free = shutil.disk_usage(offload_dir).free
         if disk > free:
             raise _short(f"disk space in {offload_dir}", disk, free, "free space there or pick another --offload-dir")
@@ -404,7 +427,18 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
                 weights=weights, kv_tiers=kv_tiers, hidden_tier=hidden_tier,
                 offload_dir=offload_dir, keep_kv=keep_kv, gpu_bytes=gpu_bytes, host_bytes=host_need(),
                 disk_bytes=disk, gpu_budget=gpu_budget if on_gpu else None, host_budget=host_budget, shape=shape,
-                weights_host_bytes=weights_host if on_gpu else weights_gpu)
+                weights_host_bytes=weights_host if on_gpu else weights_gpu, shard_bytes=shard)
+
+
+def _check_writable(offload_dir: str) -> None:
+    """The disk tier will create files here: refuse a path it cannot write to now, before any cell."""
+    try:
+        os.makedirs(offload_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=offload_dir):
+            pass
+    except OSError as e:
+        raise UserError(f"--offload-dir {offload_dir}: cannot write there ({e.strerror or e}); "
+                        "pick a writable directory") from None
 
 
 def _weight_bytes(shape: ModelShape, tier: str, on_gpu: bool) -> tuple[int, int]:
@@ -422,7 +456,8 @@ def _weight_bytes(shape: ModelShape, tier: str, on_gpu: bool) -> tuple[int, int]
 
 
 def plan_for_checkpoint(path, length, *, dtype=None, device=None, gpu_memory=None, host_memory=None,
-                        offload_dir=None, keep_kv: bool = False, extra_tokens: int = 0, weights=None) -> Plan:
+                        offload_dir=None, keep_kv: bool = False, extra_tokens: int = 0, weights=None,
+                        sharded: bool = False) -> Plan:
     """The plan for a checkpoint directory (config.json only; no weights are read).
     device: None = cuda when a GPU budget is given or a GPU is present, else cpu."""
     from ctxprobe.models.loader import _dtype, read_config
@@ -437,7 +472,8 @@ def plan_for_checkpoint(path, length, *, dtype=None, device=None, gpu_memory=Non
     if device.startswith("cuda") and gpu_memory is None and not _cuda_present():
         raise UserError("planning for a GPU on a machine without one: pass --gpu-memory (e.g. 80GiB)")
     return plan_run(shape, length, device=device, gpu_memory=gpu_memory, host_memory=host_memory,
-                    offload_dir=offload_dir, keep_kv=keep_kv, extra_tokens=extra_tokens, weights=weights)
+                    offload_dir=offload_dir, keep_kv=keep_kv, extra_tokens=extra_tokens, weights=weights,
+                    sharded=sharded)
 
 
 def _cuda_present() -> bool:

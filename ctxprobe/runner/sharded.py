@@ -76,7 +76,12 @@ def check_tiers(settings: Settings, n_layers: int) -> None:
 def shard_align(model, seq_len: int, world_size: int) -> int:
     """Align shards to the local-attention chunk (Llama 4: 8192) when every zigzag piece can
     hold at least one whole chunk; shorter prompts split finer (ring_attend is exact either way)."""
-    chunks = {b.mask.get("chunk_size") for b in model.blocks} - {None}
+    return chunk_align([b.mask for b in model.blocks], seq_len, world_size)
+
+
+def chunk_align(masks: list[dict], seq_len: int, world_size: int) -> int:
+    """shard_align from the layers' masks alone (the planner's, before any weight is loaded)."""
+    chunks = {m.get("chunk_size") for m in masks} - {None}
     if len(chunks) == 1:
         c = chunks.pop()
         if seq_len >= 2 * world_size * c:

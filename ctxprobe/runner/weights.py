@@ -26,6 +26,7 @@ aligned to ALIGN bytes, so that one contiguous copy moves a layer and views need
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ctxprobe.errors import UserError
 from ctxprobe.runner.pinned import page_locked, unregister
 
 ALIGN = 256          # bytes; cudaMalloc's alignment, so device views suit every kernel
@@ -51,10 +53,7 @@ class Slot:
 
     @property
     def nbytes(self) -> int:
-        n = self.dtype.itemsize
-        for s in self.shape:
-            n *= s
-        return n
+        return self.dtype.itemsize * math.prod(self.shape)
 
     def view(self, buf_u8: torch.Tensor) -> torch.Tensor:
         return buf_u8[self.offset:self.offset + self.nbytes].view(self.dtype).view(self.shape)
@@ -140,24 +139,24 @@ class StoredTensor:
 
     @property
     def nbytes(self) -> int:
-        n = self.dtype.itemsize
-        for s in self.shape:
-            n *= s
-        return n
+        return self.dtype.itemsize * math.prod(self.shape)
 
 
 class DiskWeights:
     """The disk tier: block weights read from the checkpoint's files one layer ahead of the compute.
 
     reads[l] lists the stored tensors that make up block l (checked against the model already).
+    stamps: {file: file_stamp(file)} when the reads were indexed; a file that no longer matches is
+    refused rather than read at the old offsets (another model's weights, or garbage).
     Two staging buffers (2 x the largest layer, page-locked under CUDA) alternate between layers;
     this is all the host memory the tier holds."""
     tier = "disk"
 
-    def __init__(self, blocks, reads: list[list[StoredTensor]], dtype: torch.dtype, cuda: bool):
+    def __init__(self, blocks, reads: list[list[StoredTensor]], dtype: torch.dtype, cuda: bool,
+                 stamps: dict[str, tuple] | None = None):
         layouts = [layout(b, dtype) for b in blocks]
         self.slots, self.sizes = [slots for slots, _ in layouts], [n for _, n in layouts]
-        self.reads, self.dtype, self.cuda = reads, dtype, cuda
+        self.reads, self.dtype, self.cuda, self.stamps = reads, dtype, cuda, stamps
         for slots in self.slots:
             _point(slots, None)
         self._staging: list[torch.Tensor] | None = None
@@ -195,15 +194,17 @@ class DiskWeights:
     def fill(self, layer: int, buf_u8: torch.Tensor) -> int:
         """Read block `layer` from disk into buf_u8 in its layout; -> bytes read. Thread-safe per buffer."""
         by_name = {s.name: s for s in self.slots[layer]}
+        for file in {r.file for r in self.reads[layer]}:
+            self._check_unchanged(file)
         total = 0
         for r in self.reads[layer]:
             dest = by_name[r.param].view(buf_u8)
             dest = dest if r.expert is None else dest[r.expert]
             if r.dtype == self.dtype:
-                _pread(self._fd(r.file), dest.view(-1).view(torch.uint8), r.start)
+                _pread(self._fd(r.file), dest.view(-1).view(torch.uint8), r.start, r.file)
             else:   # --dtype differs from the checkpoint's: read as stored, convert in one pass
                 raw = self._scratch_for(r.nbytes)
-                _pread(self._fd(r.file), raw, r.start)
+                _pread(self._fd(r.file), raw, r.start, r.file)
                 dest.copy_(raw.view(r.dtype).view(r.shape))
             total += r.nbytes
         return total
@@ -212,6 +213,12 @@ class DiskWeights:
         if self._scratch.numel() < nbytes:
             self._scratch = torch.empty(nbytes, dtype=torch.uint8)
         return self._scratch[:nbytes]
+
+    def _check_unchanged(self, file: str):
+        """The open file is still the one indexed at load (fstat: microseconds, once per file per layer)."""
+        if self.stamps is not None and file_stamp(os.fstat(self._fd(file))) != self.stamps[file]:
+            raise UserError(f"{file} changed since the model was loaded (replaced, rewritten or truncated); "
+                            "rerun to load the checkpoint as it is now")
 
     def _fd(self, file: str) -> int:
         with self._lock:
@@ -239,14 +246,19 @@ class DiskWeights:
             pass
 
 
-def _pread(fd: int, out_u8: torch.Tensor, offset: int):
+def file_stamp(st: os.stat_result) -> tuple:
+    """What identifies a file's bytes as indexed: inode, size, modification time."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _pread(fd: int, out_u8: torch.Tensor, offset: int, file: str):
     """Fill the contiguous uint8 tensor out_u8 from fd at offset (looping: one read moves < 2 GiB)."""
     view = memoryview(out_u8.numpy()).cast("B")
     done = 0
     while done < len(view):
         n = os.preadv(fd, [view[done:]], offset + done)
         if n <= 0:
-            raise OSError(f"unexpected end of file (fd {fd}) at byte {offset + done}; re-download the checkpoint")
+            raise OSError(f"{file}: unexpected end of file at byte {offset + done}; re-download the checkpoint")
         done += n
 
 
@@ -256,6 +268,10 @@ class LayerWeights:
 
     def __init__(self, blocks, device):
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            # A bare "cuda" is the current device: compared with a parameter's cuda:0 it would
+            # differ, and resident blocks would be taken for host ones and moved into arenas.
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.source = getattr(blocks, "weight_source", None)
         self.blocks = list(blocks)
         self.bytes_moved = 0        # host -> device
