@@ -153,7 +153,8 @@ def test_run_records_the_budgets_it_was_given(checkpoint, runner, tmp_path):
     assert result.exit_code == 0, result.output
     run, _ = cells_of(db)
     assert run.backend["memory"] == {"gpu_memory": "1GiB"}
-    refused = runner.invoke(main, ["run", "--model", checkpoint, "--probe", "niah", "--lengths", "256",
+    # a pending cell (512): a finished run reruns without a plan (tests/test_run_resume_lazy.py)
+    refused = runner.invoke(main, ["run", "--model", checkpoint, "--probe", "niah", "--lengths", "256,512",
                                    "--device", "cpu", "--db", db, "--gpu-memory", "64KiB"])
     assert refused.exit_code == 2 and "error: host memory" in refused.output   # the host's, on a CPU
     assert "--gpu-memory 1GiB" in run.command

@@ -9,8 +9,8 @@ With a chat template (and unless turned off), the probe's instruction, haystack 
 are the user message and the assistant turn opens with the answer prefix. The probe's length
 counts its own tokens; the template's tokens come on top and show in `prompt_tokens`.
 
-With memory budgets (`ctxprobe run --gpu-memory/--host-memory/--offload-dir`), `prepare(spec)`
-plans for the sweep's longest cell before any weight is read (ctxprobe/backends/memory.py), loads
+With memory budgets (`ctxprobe run --gpu-memory/--host-memory/--offload-dir`), `prepare(spec, cells)`
+plans for the longest cell still to run before any weight is read (ctxprobe/backends/memory.py), loads
 the weights in the tier that plan chose, and every pass runs by the plan for its own length.
 """
 
@@ -153,27 +153,29 @@ class NativeBackend:
 
     # -- planning and loading ------------------------------------------------------------
 
-    def prepare(self, spec) -> None:
-        """Plan for the sweep's longest cell, then load the weights where that plan puts them.
-        Raises UserError, with nothing loaded, when that cell cannot fit the budgets."""
+    def prepare(self, spec, cells: list | None = None) -> None:
+        """Plan for the longest of `cells` (default: every cell of the sweep; `ctxprobe run` passes
+        those not stored yet), then load the weights where that plan puts them. Nothing is loaded
+        without cells; UserError, with nothing loaded, when the longest cannot fit the budgets."""
         if self.planner is None or self.model is not None:
             return
-        extent = self.sweep_extent(spec)
+        extent = self.sweep_extent(spec, cells)
         if extent is not None:
             self._load_for(extent)
 
-    def sweep_extent(self, spec) -> Extent | None:
-        """The longest cell of `spec` (a SweepSpec) as prefill + extra tokens; None without cells.
+    def sweep_extent(self, spec, cells: list | None = None) -> Extent | None:
+        """The longest of `cells` (default: every cell of `spec`, a SweepSpec) as prefill + extra
+        tokens; None without cells.
 
         A probe's length counts its question, and its needles, question and answer are the same at
         every length (they are seeded by family, seed and sample), so the longest cell is the
         longest length plus the most template tokens and answer tokens that one probe per family
-        and sample shows at the sweep's shortest length, where probes are cheap to build. Counting
+        and sample shows at the shortest of those lengths, where probes are cheap to build. Counting
         the question in the prefill and again in the branch keeps the plan on the safe side.
         """
         from ctxprobe.planner import build_probes
 
-        cells = spec.cells()
+        cells = spec.cells() if cells is None else cells
         if not cells:
             return None
         shortest = min(c.length for c in cells)

@@ -75,9 +75,10 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
                 shard, chat_template, device, dtype, gpu_memory, host_memory, offload_dir, quiet):
     """Run probes against a model and store one row per cell; rerunning resumes.
 
-    Native runs plan their memory for the longest cell before loading any weight (--gpu-memory,
-    --host-memory, --offload-dir; default: what is free here) and stop at once, storing nothing,
-    when it cannot fit. Budgets are not part of a run's identity: rerun with others to resume.
+    Native runs plan their memory for the longest cell not yet stored before loading any weight
+    (--gpu-memory, --host-memory, --offload-dir; default: what is free here) and stop at once,
+    storing nothing, when it cannot fit; a finished run reruns without loading the model. Budgets
+    are not part of a run's identity: rerun with others to resume.
 
     Example: ctxprobe run --model openai:http://127.0.0.1:8000/v1 --served-model m --probe niah --lengths 1k,4k --depths 0,50,100 --samples 3
 
@@ -108,8 +109,8 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
                                tokenizer=tokenizer, timeout=timeout, retries=retries,
                                chat_template=chat_template, device=device, dtype=dtype,
                                memory=memory)
-        try:  # native: plan the longest cell and load the weights; a run that cannot fit stops here
-            _prepare(backend, spec)
+        try:  # native: plan the longest pending cell and load the weights; one that cannot fit stops here
+            _prepare(backend, spec, _pending(store, backend, spec, model_spec, name))
         except BaseException:
             backend.close()
             raise
@@ -126,10 +127,18 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
                f"{stats.skipped} already stored, in {stats.seconds:.1f} s; db {db}")
 
 
-def _prepare(backend, spec) -> None:
+def _pending(store, backend, spec, model_spec, name) -> list:
+    """The cells the sweep will run, read from the store before any weight is (nothing written)."""
+    from ctxprobe.sweep import find_run, pending_cells
+
+    return pending_cells(store, find_run(store, backend, spec, model_spec=model_spec, name=name), spec)
+
+
+def _prepare(backend, spec, pending: list) -> None:
+    """Native: plan for the longest pending cell and load the weights; a finished run loads nothing."""
     prepare = getattr(backend, "prepare", None)   # the native backend's; servers need none
-    if prepare is not None:
-        prepare(spec)
+    if prepare is not None and pending:
+        prepare(spec, pending)
 
 
 def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed, db, name, max_new_tokens,
@@ -145,10 +154,10 @@ def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed,
     from ctxprobe.store import Store
     from ctxprobe.sweep import SweepSpec, check_families, open_run, run_sweep, summarize
 
-    store = run = backend = spec = None
+    store = run = backend = spec = todo = None
     with ExitStack() as stack:
         def open_all():
-            nonlocal store, backend, spec
+            nonlocal store, backend, spec, todo
             spec = SweepSpec(families=[f.strip() for f in probes.split(",") if f.strip()],
                              lengths=parse_lengths(lengths), depths=parse_depths(depths),
                              samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard))
@@ -162,18 +171,21 @@ def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed,
                                    device=distributed.rank_device(world, device), dtype=dtype,
                                    memory=memory)
             stack.callback(backend.close)
+            if world.is_main:
+                todo = _pending(store, backend, spec, model_spec, name)
 
         def prepare_all():
             nonlocal run
             # Every rank plans its share of the longest cell under the smallest free memory of any
             # rank, so all choose the same plan (the ring runs the same tiers and chunks everywhere).
             backend.planner.agree(world)
-            _prepare(backend, spec)
+            _prepare(backend, spec, todo)
             if world.is_main:
                 run = open_run(store, backend, spec, model_spec=model_spec, name=name,
                                command=_command_line(ctx))
 
         _on_every_rank(world, open_all)
+        todo = world.broadcast(todo)    # rank 0 read the pending cells: every rank loads, or none does
         _on_every_rank(world, prepare_all)
         # A pass that fails here ends this rank at once (no close: the others may be inside a
         # collective); torchrun then stops them, and a rerun resumes from the stored cells.

@@ -66,19 +66,32 @@ def open_run(store: Store, backend, spec: SweepSpec, *, model_spec: str, name: s
     The server URL is not part of a run's identity, so a sweep survives a server restarted on
     another port (pass the same --name); the served model's identity is.
     """
+    run = find_run(store, backend, spec, model_spec=model_spec, name=name)
+    if run is not None:
+        return run
+    settings = run_settings(spec, backend)
+    name = name or default_run_name(model_spec, backend, settings)
+    try:
+        return store.create_run(name=name, model_spec=model_spec,
+                                model_fingerprint=backend.model_fingerprint,
+                                backend=backend.settings,
+                                tokenizer_fingerprint=backend.tokenizer.fingerprint,
+                                version=__version__, command=command, settings=settings)
+    except sqlite3.IntegrityError:  # another process (a parallel --shard) created it just now
+        run = find_run(store, backend, spec, model_spec=model_spec, name=name)
+        assert run is not None
+        return run
+
+
+def find_run(store: Store, backend, spec: SweepSpec, *, model_spec: str,
+             name: str | None = None) -> Run | None:
+    """The stored run that this invocation resumes, or None when there is none yet; writes nothing.
+    UserError when a run of that name was made with another model or other settings."""
     settings = run_settings(spec, backend)
     name = name or default_run_name(model_spec, backend, settings)
     run = store.find_run(name)
     if run is None:
-        try:
-            return store.create_run(name=name, model_spec=model_spec,
-                                    model_fingerprint=backend.model_fingerprint,
-                                    backend=backend.settings,
-                                    tokenizer_fingerprint=backend.tokenizer.fingerprint,
-                                    version=__version__, command=command, settings=settings)
-        except sqlite3.IntegrityError:  # another process (a parallel --shard) created it just now
-            run = store.find_run(name)
-            assert run is not None
+        return None
     if run.model_fingerprint != backend.model_fingerprint or run.settings != settings:
         differ = sorted(k for k in set(settings) | set(run.settings)
                         if settings.get(k) != run.settings.get(k))
@@ -87,6 +100,13 @@ def open_run(store: Store, backend, spec: SweepSpec, *, model_spec: str, name: s
         raise UserError(f"run {name!r} in {store.path} was made with other settings "
                         f"({', '.join(differ)} differ); pass another --name to start a new run")
     return run
+
+
+def pending_cells(store: Store, run: Run | None, spec: SweepSpec) -> list[Cell]:
+    """The cells of `spec` that `run` has not stored without error (all of them without a run):
+    what a sweep will answer, known before a backend loads anything."""
+    cells = spec.cells()
+    return cells if run is None else pending(cells, store.done_keys(run.id))
 
 
 def score_cell(cell: Cell, probe, result: CellResult, seed: int) -> dict:
@@ -127,7 +147,7 @@ def run_sweep(store: Store | None, run: Run | None, backend, spec: SweepSpec, *,
     main_rank = world is None or world.is_main
     cells = spec.cells()
     stats = SweepStats(planned=len(cells))
-    todo = pending(cells, store.done_keys(run.id)) if main_rank else None
+    todo = pending_cells(store, run, spec) if main_rank else None
     if world is not None:
         todo = world.broadcast(todo)
     stats.skipped = len(cells) - len(todo)
