@@ -34,3 +34,17 @@ def spawn_world(worker, world_size: int, out_dir: str, *args) -> list[dict]:
         with open(os.path.join(out_dir, f"rank{rank}.json")) as f:
             results.append(json.load(f))
     return results
+
+
+_SPAWNED: dict[tuple[str, int], list[dict]] = {}
+
+
+def spawned_once(tmp_path_factory, name: str, worker, world_size: int, make_args=tuple) -> list[dict]:
+    """spawn_world's per-rank results, spawned once per (name, world size) per session: a test
+    module's fixture asks for them once per test. make_args() gives the worker's extra args (called
+    only when the world is spawned, so that building a checkpoint for it happens once)."""
+    key = (name, world_size)
+    if key not in _SPAWNED:
+        out_dir = str(tmp_path_factory.mktemp(f"{name}{world_size}"))
+        _SPAWNED[key] = spawn_world(worker, world_size, out_dir, *make_args())
+    return _SPAWNED[key]

@@ -17,7 +17,7 @@ from attention import attend, shard, shard_positions, shard_ranges, unshard
 from attention.reference import visible
 from attention.ring import block_visible, last_needed_step, ring_attend
 from attention.shard import chunk_bounds, shard_len
-from processes import finish_rank, spawn_world
+from processes import finish_rank, spawned_once
 
 TOL = 1e-5
 
@@ -238,22 +238,19 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, model_dir: str 
         finish_rank(out_dir, rank, results)
 
 
-_WORLDS: dict[int, list[dict]] = {}
-
-
 @pytest.fixture
 def world(request, tmp_path_factory):
     """Per-rank result dicts of one spawned gloo world (spawned once per size per session)."""
     world_size = request.param
-    if world_size not in _WORLDS:
-        out_dir = str(tmp_path_factory.mktemp(f"ring{world_size}"))
-        model_dir = None
-        if world_size in MODEL_WORLD_SIZES:
-            from ctxprobe.models.tiny import save_tiny
 
-            model_dir = str(save_tiny(tmp_path_factory.mktemp("tiny_llama4"), "llama4")[0])
-        _WORLDS[world_size] = spawn_world(_worker, world_size, out_dir, model_dir)
-    return _WORLDS[world_size]
+    def model_dir():   # a tiny Llama 4 checkpoint for the worlds that also run the model's prefill
+        if world_size not in MODEL_WORLD_SIZES:
+            return (None,)
+        from ctxprobe.models.tiny import save_tiny
+
+        return (str(save_tiny(tmp_path_factory.mktemp("tiny_llama4"), "llama4")[0]),)
+
+    return spawned_once(tmp_path_factory, "ring", _worker, world_size, model_dir)
 
 
 @pytest.mark.timeout(180)

@@ -16,7 +16,7 @@ import torch
 
 from attention import KVStore, attend, ring_attend, shard
 from attention.ring_tiers import local_pieces
-from processes import finish_rank, spawn_world
+from processes import finish_rank, spawned_once
 
 TOL = 1e-5
 
@@ -89,17 +89,10 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         finish_rank(out_dir, rank, results)
 
 
-_WORLDS: dict[int, list[dict]] = {}
-
-
 @pytest.fixture
 def world(request, tmp_path_factory):
     """Per-rank result dicts of one spawned gloo world (spawned once per size per session)."""
-    world_size = request.param
-    if world_size not in _WORLDS:
-        out_dir = str(tmp_path_factory.mktemp(f"ring_tiers{world_size}"))
-        _WORLDS[world_size] = spawn_world(_worker, world_size, out_dir)
-    return _WORLDS[world_size]
+    return spawned_once(tmp_path_factory, "ring_tiers", _worker, request.param)
 
 
 @pytest.mark.timeout(120)

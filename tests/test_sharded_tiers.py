@@ -17,7 +17,7 @@ import traceback
 import pytest
 import torch
 
-from processes import finish_rank, spawn_world
+from processes import finish_rank, spawned_once
 
 TOL = 1e-5
 TIERS = ("host", "disk")
@@ -166,17 +166,10 @@ def models(tmp_path_factory) -> dict[str, str]:
     return {family: str(save_tiny(tmp_path_factory.mktemp(family), family)[0]) for family in ("llama4", "llama")}
 
 
-_WORLDS: dict[int, list[dict]] = {}
-
-
 @pytest.fixture
 def world(request, tmp_path_factory, models):
     """Per-rank result dicts of one spawned gloo world (spawned once per size per session)."""
-    world_size = request.param
-    if world_size not in _WORLDS:
-        out_dir = str(tmp_path_factory.mktemp(f"sharded_tiers{world_size}"))
-        _WORLDS[world_size] = spawn_world(_worker, world_size, out_dir, models)
-    return _WORLDS[world_size]
+    return spawned_once(tmp_path_factory, "sharded_tiers", _worker, request.param, lambda: (models,))
 
 
 def _cases(world_size: int) -> list[str]:
