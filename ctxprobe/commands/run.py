@@ -92,10 +92,8 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
     from ctxprobe.store import Store
     from ctxprobe.sweep import SweepSpec, check_families, open_run, run_sweep, summarize
 
-    from ctxprobe.runner import distributed
-
     memory = MemoryBudgets(gpu_memory, host_memory, offload_dir)
-    world = distributed.init_from_env(device)  # None unless torchrun started several processes
+    world = _torchrun_world(device)  # None unless torchrun started several processes
     if world is not None:
         return _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed, db, name,
                             max_new_tokens, haystack, shard, chat_template, device, dtype, memory, quiet)
@@ -125,6 +123,16 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
         click.echo(summarize(store.cells(run.id)))
     click.echo(f"run {run.name}: {stats.finished} cell(s) done now ({stats.errored} errored), "
                f"{stats.skipped} already stored, in {stats.seconds:.1f} s; db {db}")
+
+
+def _torchrun_world(device):
+    """torchrun's World, or None. The runner (and torch) is imported only under torchrun, so
+    an HTTP run never loads torch."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    from ctxprobe.runner import distributed
+
+    return distributed.init_from_env(device)
 
 
 def _pending(store, backend, spec, model_spec, name) -> list:
