@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from ctxprobe.errors import UserError
+from ctxprobe.output_file import output_file
 
 FORMAT = "ctxprobe-baseline"
 VERSION = 1
@@ -22,9 +23,10 @@ OPTIONAL_CELL_KEYS = ("answers",)
 
 def write_baseline(path, run, cells) -> Path:
     record = {"format": FORMAT, "version": VERSION, "run": dataclasses.asdict(run), "cells": cells}
-    path = Path(path)
-    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
+    with output_file(path) as f:  # whole or not at all: a CI job never commits half a baseline
+        f.write(text)
+    return Path(path)
 
 
 def read_baseline(path) -> tuple[dict, list[dict]]:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sys
-from pathlib import Path
 
 import click
 
@@ -168,29 +164,12 @@ def export(family, lengths, depths, samples, output, seed, tokenizer_path, hayst
                f"{len(depth_list)} depths x {samples} samples)", err=True)
 
 
-@contextlib.contextmanager
 def _jsonl_output(path: str):
-    """stdout for '-'; else a temporary file beside `path`, renamed onto it only when every
-    probe is written, so a failed export never leaves a partial file or clobbers an old one."""
-    if path == "-":
-        yield sys.stdout
-        return
-    target = Path(os.path.realpath(path))    # through a symlink, to the file it names
-    if target.exists() and not target.is_file():   # /dev/null, a FIFO: write straight to it
-        with open(target, "w", encoding="utf-8") as f:
-            yield f
-        return
-    if not target.parent.is_dir():
-        raise UserError(f"cannot write {path}: directory {target.parent} does not exist; "
-                        "create it or pass another -o")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            yield f
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """stdout for '-'; else written whole or not at all (ctxprobe/output_file.py), so a failed
+    export never leaves a partial file or clobbers an old one."""
+    from ctxprobe.output_file import output_file
+
+    return output_file(path)
 
 
 COMMANDS = [probes]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
+from ctxprobe.output_file import output_file
 from ctxprobe.store import DEFAULT_PATH, Store
 
 
@@ -34,6 +33,7 @@ def report(run_ref, db, output, relative, threshold):
     with Store(db, readonly=True) as store:
         run = store.get_run(run_ref)
         cells = store.cells(run.id)
-    Path(output).write_text(build_report(run, cells, relative=relative, threshold=threshold),
-                            encoding="utf-8")
+    html = build_report(run, cells, relative=relative, threshold=threshold)
+    with output_file(output) as f:  # whole or not at all: a failure keeps the earlier report
+        f.write(html)
     click.echo(f"wrote {output} ({len(cells)} cells of run {run.name})")

@@ -275,8 +275,9 @@ def export_command(run_ref, db, fmt, output):
     with Store(db, readonly=True) as store:
         run = store.get_run(run_ref)
         cells = store.cells(run.id)
-    out = sys.stdout if output == "-" else open(output, "w", newline="", encoding="utf-8")
-    try:
+    from ctxprobe.output_file import output_file
+
+    with output_file(output, newline="") as out:  # a file is written whole or not at all
         if fmt == "jsonl":
             for cell in cells:
                 out.write(json.dumps({"run": run.name, **cell}, ensure_ascii=False) + "\n")
@@ -288,9 +289,6 @@ def export_command(run_ref, db, fmt, output):
                 answers = "" if answers is None else json.dumps(answers, ensure_ascii=False)
                 row = {"run": run.name, **cell, "answers": answers}
                 writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})
-    finally:
-        if out is not sys.stdout:
-            out.close()
 
 
 @click.command("merge")

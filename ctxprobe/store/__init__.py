@@ -1,5 +1,7 @@
-"""The SQLite results store (see store.py) and its numbered migrations (migrations.py)."""
+"""The SQLite results store (see store.py), its numbered migrations (migrations.py), how it
+opens a file (opening.py) and what it says when SQLite fails (faults.py)."""
 
+from ctxprobe.store.faults import StoreError
 from ctxprobe.store.store import CELL_KEYS, DEFAULT_PATH, Run, Store
 
-__all__ = ["CELL_KEYS", "DEFAULT_PATH", "Run", "Store"]
+__all__ = ["CELL_KEYS", "DEFAULT_PATH", "Run", "Store", "StoreError"]

@@ -1,8 +1,13 @@
 """The results store: one SQLite file, a row per run and a row per finished cell.
 
 Writers commit each cell in its own transaction, so a killed sweep loses at most the cells in
-flight and the same command resumes where it stopped. The file is in WAL mode so that
-`ctxprobe report` can read while a sweep writes.
+flight and the same command resumes where it stopped. A cell stored without an error is final:
+no later try (a retry in flight at resume, an identical sweep running at the same time) replaces
+it. The file is in WAL mode so that `ctxprobe report` can read while a sweep writes; readers
+open it read-only and also read it on a read-only directory or mount.
+
+A database that cannot be used right now raises StoreError (faults.py): one line naming the file
+and, where known, the run and cell.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctxprobe.errors import UserError
-from ctxprobe.store.migrations import LATEST, READABLE_FROM, current_version, migrate
+from ctxprobe.store.faults import Guard, StoreError, Transaction, busy_timeout
+from ctxprobe.store.opening import open_readonly, open_writable
 
 DEFAULT_PATH = "ctxprobe.db"
 
@@ -26,6 +32,10 @@ CELL_KEYS = (
     "exact", "logprob", "first_rank", "answers", "response", "prompt_tokens", "latency", "error",
 )
 CELL_KEY = ("family", "length", "depth", "sample")  # unique within a run
+
+# When a stored cell (`cells`) may be replaced by a new try of it (`excluded`): only while it is
+# errored. A cell stored without error is final, whatever comes later or from a parallel sweep.
+REPLACEABLE = "cells.error IS NOT NULL"
 
 
 @dataclass(frozen=True)
@@ -54,63 +64,15 @@ class Store:
     def __init__(self, path: str | os.PathLike = DEFAULT_PATH, *, readonly: bool = False,
                  must_exist: bool = False):
         self.path = Path(path)
+        self.timeout = busy_timeout()
+        self._run_names: dict[int, str] = {}  # to name a run in an error without reading again
         if (readonly or must_exist) and not self.path.is_file():
             raise UserError(f"no results database at {self.path}: run `ctxprobe run` first or pass --db")
-        self.conn = self._open_readonly() if readonly else self._open_writable()
+        self.conn = (open_readonly if readonly else open_writable)(self.path, self.timeout)
         self.conn.row_factory = sqlite3.Row
 
-    # -- opening -------------------------------------------------------------------------
-
-    def _open_writable(self) -> sqlite3.Connection:
-        parent = self.path.resolve().parent
-        if not parent.is_dir():
-            raise UserError(f"cannot create database {self.path}: directory {parent} does not exist; "
-                            "create it or pass another --db")
-        if self.path.exists() and not os.access(self.path, os.W_OK) or not os.access(parent, os.W_OK):
-            raise UserError(f"database path {self.path} is read-only; pass a writable --db path")
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-            self._refuse_future(conn)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            migrate(conn)
-        except sqlite3.OperationalError as e:
-            if "readonly" in str(e) or "unable to open" in str(e) or "read-only" in str(e):
-                raise UserError(f"database path {self.path} is read-only ({e}); "
-                                "pass a writable --db path") from None
-            raise UserError(f"cannot open database {self.path}: {e}") from None
-        except sqlite3.DatabaseError as e:
-            raise UserError(f"{self.path} is not a ctxprobe results database ({e}); "
-                            "pass another --db") from None
-        return conn
-
-    def _open_readonly(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
-                                   isolation_level=None, timeout=30.0)
-            self._refuse_future(conn)
-            version = current_version(conn)
-            if version == 0:
-                conn.close()
-                raise UserError(f"{self.path} holds no ctxprobe results; pass another --db")
-            if version < READABLE_FROM:
-                conn.close()
-                raise UserError(f"database {self.path} has an older schema; upgrade it by "
-                                "writing to it once (`ctxprobe merge` it into itself)")
-        except sqlite3.OperationalError as e:
-            raise UserError(f"cannot read database {self.path} ({e}); check its permissions "
-                            "and those of its directory") from None
-        except sqlite3.DatabaseError as e:
-            raise UserError(f"{self.path} is not a ctxprobe results database ({e}); "
-                            "pass another --db") from None
-        return conn
-
-    def _refuse_future(self, conn: sqlite3.Connection) -> None:
-        version = current_version(conn)
-        if version > LATEST:
-            conn.close()
-            raise UserError(f"database {self.path} was written by a newer ctxprobe (schema version "
-                            f"{version}, this ctxprobe knows up to {LATEST}); upgrade ctxprobe")
+    def _guard(self, doing: str) -> Guard:
+        return Guard(self.path, self.timeout, doing)
 
     def close(self) -> None:
         self.conn.close()
@@ -123,25 +85,34 @@ class Store:
 
     # -- runs ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _run(row: sqlite3.Row) -> Run:
+    def _run(self, row: sqlite3.Row) -> Run:
         d = dict(row)
-        d["backend"] = json.loads(d["backend"])
-        d["settings"] = json.loads(d["settings"])
+        self._run_names[d["id"]] = d["name"]
+        for key in ("backend", "settings"):
+            try:
+                d[key] = json.loads(d[key])
+            except (TypeError, json.JSONDecodeError) as e:
+                raise StoreError(f"database {self.path}: run {d['name']!r} (id {d['id']}) has "
+                                 f"unreadable {key} JSON ({e}); the row was damaged or edited: "
+                                 "restore the file from a copy") from None
         return Run(**d)
 
     def runs(self) -> list[Run]:
-        return [self._run(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY id")]
+        with self._guard("reading its runs"):
+            rows = self.conn.execute("SELECT * FROM runs ORDER BY id").fetchall()
+        return [self._run(r) for r in rows]
 
     def find_run(self, name: str) -> Run | None:
-        row = self.conn.execute("SELECT * FROM runs WHERE name = ?", (name,)).fetchone()
+        with self._guard(f"looking up run {name!r}"):
+            row = self.conn.execute("SELECT * FROM runs WHERE name = ?", (name,)).fetchone()
         return self._run(row) if row else None
 
     def get_run(self, ref: str | int) -> Run:
         """A run by name, or by id (an int or a string of digits)."""
         run = self.find_run(str(ref))
         if run is None and str(ref).isdigit():
-            row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (int(ref),)).fetchone()
+            with self._guard(f"looking up run {ref}"):
+                row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (int(ref),)).fetchone()
             run = self._run(row) if row else None
         if run is None:
             names = [r.name for r in self.runs()]
@@ -153,7 +124,8 @@ class Store:
     def create_run(self, *, name: str, model_spec: str, model_fingerprint: str, backend: dict,
                    tokenizer_fingerprint: str, version: str, command: str,
                    settings: dict | None = None, created: str | None = None) -> Run:
-        with self._transaction():
+        """A new run; sqlite3.IntegrityError when another process created one of that name just now."""
+        with self._guard(f"creating run {name!r}"), self._transaction():
             cur = self.conn.execute(
                 "INSERT INTO runs (name, created, model_spec, model_fingerprint, backend, "
                 "tokenizer_fingerprint, version, command, settings) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -163,6 +135,10 @@ class Store:
             )
         return self.get_run(cur.lastrowid)
 
+    def _run_label(self, run_id: int) -> str:
+        name = self._run_names.get(run_id)
+        return f"run {name!r}" if name is not None else f"run id {run_id}"
+
     # -- cells ---------------------------------------------------------------------------
 
     def _cell_columns(self) -> str:
@@ -171,29 +147,38 @@ class Store:
         return ", ".join(k if k in present else f"NULL AS {k}" for k in CELL_KEYS)
 
     def cells(self, run_id: int) -> list[dict]:
-        rows = self.conn.execute(
-            f"SELECT {self._cell_columns()} FROM cells WHERE run_id = ? "
-            "ORDER BY family, length, depth, sample", (run_id,))
+        with self._guard(f"reading the cells of {self._run_label(run_id)}"):
+            rows = self.conn.execute(
+                f"SELECT {self._cell_columns()} FROM cells WHERE run_id = ? "
+                "ORDER BY family, length, depth, sample", (run_id,)).fetchall()
         out = []
         for row in rows:
             cell = dict(row)
             cell["exact"] = None if cell["exact"] is None else bool(cell["exact"])
-            cell["answers"] = None if cell["answers"] is None else json.loads(cell["answers"])
+            try:
+                answers = None if cell["answers"] is None else json.loads(cell["answers"])
+            except (TypeError, json.JSONDecodeError) as e:
+                raise StoreError(f"database {self.path}: {_cell_label(cell)} of "
+                                 f"{self._run_label(run_id)} has unreadable answers JSON ({e}); "
+                                 "the row was damaged or edited: restore the file from a copy") from None
+            cell["answers"] = answers
             out.append(cell)
         return out
 
     def done_keys(self, run_id: int) -> set[tuple]:
         """(family, length, depth, sample) of the cells that finished without an error."""
-        rows = self.conn.execute(
-            "SELECT family, length, depth, sample FROM cells WHERE run_id = ? AND error IS NULL",
-            (run_id,))
+        with self._guard(f"reading the finished cells of {self._run_label(run_id)}"):
+            rows = self.conn.execute(
+                "SELECT family, length, depth, sample FROM cells WHERE run_id = ? AND error IS NULL",
+                (run_id,)).fetchall()
         return {tuple(r) for r in rows}
 
-    def put_cell(self, run_id: int, cell: dict) -> None:
-        """Store one finished cell in its own transaction (replacing an earlier errored try)."""
+    def put_cell(self, run_id: int, cell: dict) -> bool:
+        """Store one finished cell in its own transaction. An errored cell stored earlier is
+        replaced; a cell stored without error is kept and this one dropped (returns False)."""
         missing = [k for k in CELL_KEY + ("seed",) if cell.get(k) is None]
         assert not missing, f"cell lacks {missing}"
-        values = {k: cell.get(k) for k in CELL_KEYS}
+        values = {k: _storable(cell.get(k)) for k in CELL_KEYS}
         if values["exact"] is not None:
             values["exact"] = int(bool(values["exact"]))
         if values["answers"] is not None:
@@ -201,18 +186,24 @@ class Store:
                 isinstance(a, str) for a in values["answers"]), values["answers"]
             values["answers"] = json.dumps(list(values["answers"]), ensure_ascii=False)
         columns = ("run_id",) + CELL_KEYS + ("finished",)
-        with self._transaction():
-            self.conn.execute(
-                f"INSERT OR REPLACE INTO cells ({', '.join(columns)}) "
-                f"VALUES ({', '.join('?' * len(columns))})",
+        with self._guard(f"storing {_cell_label(cell)} of {self._run_label(run_id)}"), \
+                self._transaction():
+            cur = self.conn.execute(
+                f"INSERT INTO cells ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))}) "
+                f"ON CONFLICT ({', '.join(('run_id',) + CELL_KEY)}) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in columns[len(CELL_KEY) + 1:])
+                + f" WHERE {REPLACEABLE}",
                 (run_id, *values.values(), _utc_now()),
             )
+        return cur.rowcount > 0
 
     def cell_counts(self, run_id: int) -> tuple[int, int]:
         """(cells stored, of which errored)."""
-        row = self.conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(error IS NOT NULL), 0) FROM cells WHERE run_id = ?",
-            (run_id,)).fetchone()
+        with self._guard(f"counting the cells of {self._run_label(run_id)}"):
+            row = self.conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(error IS NOT NULL), 0) FROM cells WHERE run_id = ?",
+                (run_id,)).fetchone()
         return row[0], row[1]
 
     # -- merging -------------------------------------------------------------------------
@@ -239,16 +230,19 @@ class Store:
             before = self.cell_counts(target.id)[0]
             columns = ("run_id",) + CELL_KEYS + ("finished",)
             # Stored text as is (answers stay JSON); columns `other` lacks read as NULL.
-            rows = other.conn.execute(
-                f"SELECT {other._cell_columns()}, finished FROM cells WHERE run_id = ?", (run.id,))
-            with self._transaction():
+            with other._guard(f"reading the cells of run {run.name!r}"):
+                rows = other.conn.execute(
+                    f"SELECT {other._cell_columns()}, finished FROM cells WHERE run_id = ?",
+                    (run.id,)).fetchall()
+            with self._guard(f"merging the cells of run {run.name!r} from {other.path}"), \
+                    self._transaction():
                 for row in rows:
                     self.conn.execute(
                         f"INSERT INTO cells ({', '.join(columns)}) "
                         f"VALUES ({', '.join('?' * len(columns))}) "
-                        "ON CONFLICT (run_id, family, length, depth, sample) DO UPDATE SET "
-                        + ", ".join(f"{c} = excluded.{c}" for c in columns[5:])
-                        + " WHERE cells.error IS NOT NULL AND excluded.error IS NULL",
+                        f"ON CONFLICT ({', '.join(('run_id',) + CELL_KEY)}) DO UPDATE SET "
+                        + ", ".join(f"{c} = excluded.{c}" for c in columns[len(CELL_KEY) + 1:])
+                        + f" WHERE {REPLACEABLE} AND excluded.error IS NULL",
                         (target.id, *tuple(row)),
                     )
             cells_added += self.cell_counts(target.id)[0] - before
@@ -268,7 +262,7 @@ class Store:
     # -- plumbing ------------------------------------------------------------------------
 
     def _transaction(self):
-        return _Transaction(self.conn)
+        return Transaction(self.conn)
 
 
 def _same_sweep(a: Run, b: Run) -> bool:
@@ -277,14 +271,19 @@ def _same_sweep(a: Run, b: Run) -> bool:
             and a.model_fingerprint == b.model_fingerprint)
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (the connection is autocommit)."""
+def _cell_label(cell: dict) -> str:
+    depth = cell.get("depth")
+    depth = f"{depth:g}" if isinstance(depth, (int, float)) else depth
+    return (f"cell {cell.get('family')} length {cell.get('length')} depth {depth}% "
+            f"sample {cell.get('sample')}")
 
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
 
-    def __enter__(self):
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type, exc, tb):
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+def _storable(value):
+    """`value`, with any lone UTF-16 surrogate in a str (JSON such as "\\ud800" from a server)
+    replaced by U+FFFD: SQLite stores UTF-8 only, and one such character must not stop a sweep."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
