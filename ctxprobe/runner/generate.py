@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ctxprobe.runner.prefill import Settings, layer_step, model_device, prefill
+from ctxprobe.runner.prefill import FiniteWatch, Settings, layer_step, model_device, prefill
 from ctxprobe.runner.weights import LayerWeights
 
 
@@ -38,11 +38,16 @@ def generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *,
     try:
         while len(out) < max_new_tokens and out[-1] not in stop:
             x = model.embed(torch.tensor([out[-1]], device=device))
+            watch = FiniteWatch(len(model.blocks), device)   # NaN would decode as token 0
+            watch.see(0, x)
             for layer, (block, kv) in enumerate(zip(model.blocks, done.kv)):
                 weights.enter(layer)
                 x = layer_step(block, kv, x, pos)
+                watch.see(layer + 1, x)
                 weights.leave(layer)
-            out.append(int(model.head(x)[-1].argmax()))
+            logits = model.head(x)[-1]
+            watch.check(logits)
+            out.append(int(logits.argmax()))
             pos += 1
     finally:
         weights.restore()

@@ -9,7 +9,12 @@
         KV_l is freed, unless kept for generation
 
 Only one layer's KV and one chunk's activations are live on the device; the hidden states of
-all T tokens wait in a HiddenBuffer (host or disk). Shapes: T tokens, D hidden, V vocab.
+all T tokens wait in a HiddenBuffer (host or disk). Shapes: T tokens, D hidden, V vocab, L layers.
+
+NaN or inf in the logits (a poisoned checkpoint, an overflow in a low-precision dtype) is
+never a result: prefill raises NonFiniteLogits naming where the hidden states first went bad.
+Each layer's output is checked on the device into a flag (no synchronisation while it runs);
+the flags are read once, only when the logits are not finite.
 """
 
 from __future__ import annotations
@@ -23,6 +28,35 @@ from ctxprobe.errors import UserError
 from ctxprobe.runner.hidden import HiddenBuffer
 from ctxprobe.runner.kv import LayerKV
 from ctxprobe.runner.weights import LayerWeights
+
+
+class NonFiniteLogits(RuntimeError):
+    """The logits hold NaN or inf: the cell is errored with this message, never scored."""
+
+
+class FiniteWatch:
+    """Per-stage flags on the device: stage 0 the embeddings, stage l + 1 the output of layer l.
+    `see` costs one elementwise pass and no host synchronisation."""
+
+    def __init__(self, n_layers: int, device):
+        self.bad_S = torch.zeros(n_layers + 1, dtype=torch.bool, device=device)
+
+    def see(self, stage: int, x: torch.Tensor) -> None:
+        self.bad_S[stage] |= ~torch.isfinite(x).all()
+
+    def check(self, *logits: torch.Tensor) -> None:
+        """Raise NonFiniteLogits when any of these logits is not finite."""
+        if all(bool(torch.isfinite(x).all()) for x in logits):
+            return
+        bad = self.bad_S.nonzero().flatten().tolist()
+        if not bad:
+            where = "the final norm or output head (every layer's hidden states were finite)"
+        elif bad[0] == 0:
+            where = "the token embeddings"
+        else:
+            where = f"layer {bad[0] - 1}"
+        raise NonFiniteLogits(f"non-finite logits in {where}: NaN or inf from the checkpoint's "
+                              "weights or an overflow in this dtype; the cell is not scored")
 
 
 @dataclass
@@ -135,11 +169,16 @@ def prefill(model, ids, *, settings: Settings | None = None, riders=(), keep_kv:
     hidden = HiddenBuffer(T, model.config.dim, dtype, tier=settings.hidden_tier, device=device,
                           offload_dir=settings.offload_dir)
     weights = LayerWeights(model.blocks, device)
+    watch = FiniteWatch(len(model.blocks), device)
     kept, moved, kv = [], 0, None
     try:
         for s, e in spans:
-            hidden.write(s, model.embed(ids_T[s:e].to(device)))
+            x = model.embed(ids_T[s:e].to(device))
+            watch.see(0, x)
+            hidden.write(s, x)
         rider_x = [model.embed(_ids(r, device)) for r in riders]
+        for x in rider_x:
+            watch.see(0, x)
         for layer, block in enumerate(model.blocks):
             weights.enter(layer)     # this layer's weights on the device; the next one's on their way
             kv = new_layer_kv(block, settings, layer, device, dtype)
@@ -147,8 +186,12 @@ def prefill(model, ids, *, settings: Settings | None = None, riders=(), keep_kv:
                 x = hidden.read(s, e)
                 if i + 1 < len(spans):
                     hidden.prefetch(*spans[i + 1])
-                hidden.write(s, layer_step(block, kv, x, s))
+                x = layer_step(block, kv, x, s)
+                watch.see(layer + 1, x)
+                hidden.write(s, x)
             rider_x = riders_step(block, kv, rider_x, T) if rider_x else rider_x
+            for x in rider_x:
+                watch.see(layer + 1, x)
             weights.leave(layer)
             moved += kv.bytes_moved
             if keep_kv:
@@ -166,6 +209,7 @@ def prefill(model, ids, *, settings: Settings | None = None, riders=(), keep_kv:
             out.last_logits = model.head(hidden.read(T - 1, T)).float()[0].cpu()
         out.rider_logits = [model.head(x).float().cpu() for x in rider_x]
         out.bytes_moved = moved + hidden.bytes_moved + weights.bytes_moved
+        watch.check(out.logits if all_logits else out.last_logits, *out.rider_logits)
     except BaseException:
         # A failed run (out of memory at some length, say) must leave the model as it found it and
         # no offload files behind, so that a sweep or benchmark can go on with the next cell.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ctxprobe.errors import UserError
-from ctxprobe.runner.prefill import Settings, prefill
+from ctxprobe.runner.prefill import NonFiniteLogits, Settings, prefill
 
 
 @dataclass
@@ -29,6 +29,8 @@ class BranchScore:
 def read_answer(rows_AV: torch.Tensor, answer_ids) -> BranchScore:
     """rows_AV[j] = the logits that predict answer token j."""
     rows = rows_AV.float()
+    if not bool(torch.isfinite(rows).all()):   # NaN would read as rank 1 and a score of 0
+        raise NonFiniteLogits("non-finite logits at the answer positions: the cell is not scored")
     gold = torch.as_tensor(list(answer_ids), dtype=torch.long)
     greedy = rows.argmax(-1)
     logp = torch.log_softmax(rows, dim=-1)
