@@ -4,11 +4,15 @@ Cells align on (family, length, depth, sample, seed, probe_hash): the same probe
 of both models, so each pair differs only in the model. A (family, length) cell regressed when
 its paired test is significant after Holm's correction AND its mean dropped by more than
 min_drop (in score units, or nats for log-probabilities).
+
+As a gate, a (family, length) that A has results for and B has none for (no cell at all, every
+cell errored, or none pairing with A's) fails too: it is listed in `missing`, never dropped
+into a footnote, since "B could not be measured there" must not read as "B is no worse".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,6 +44,17 @@ class CellComparison:
 
 
 @dataclass
+class MissingCell:
+    """A (family, length) with usable cells in A and no pair in B: a failure of the gate."""
+    family: str
+    length: int
+    cells_a: int      # usable cells of A here
+    mean_a: float
+    kind: str         # "absent", "errored", "no metric" or "unpaired" (the last two: a setup mismatch)
+    reason: str       # for people: "no cell in B", "all 12 errored in B", ...
+
+
+@dataclass
 class Comparison:
     metric: str
     alpha: float
@@ -47,10 +62,16 @@ class Comparison:
     cells: list[CellComparison]
     unpaired_a: int   # usable cells of A with no partner in B
     unpaired_b: int
+    missing: list[MissingCell] = field(default_factory=list)
 
     @property
     def regressions(self) -> list[CellComparison]:
         return [c for c in self.cells if c.regressed]
+
+    @property
+    def failed(self) -> bool:
+        """The gate's verdict: some cell regressed, or B has no result where A has one."""
+        return bool(self.regressions or self.missing)
 
 
 def pair_cells(cells_a, cells_b, metric: str = "score") -> tuple[dict, int, int]:
@@ -76,7 +97,8 @@ def compare(cells_a, cells_b, *, metric: str = "score", alpha: float = 0.05,
     if min_drop < 0:
         raise UserError(f"--min-drop {min_drop} is negative: use e.g. 0.05")
     pairs, unpaired_a, unpaired_b = pair_cells(cells_a, cells_b, metric)
-    if not pairs:
+    missing = missing_in_b(cells_a, cells_b, set(pairs), metric)
+    if not pairs and all(m.kind in SETUP_MISMATCH for m in missing):
         raise UserError(
             f"the two runs share no cells with a {metric}: compare runs made with the same "
             "probes, lengths, depths, samples and --seed (log-probabilities need native runs)")
@@ -90,4 +112,32 @@ def compare(cells_a, cells_b, *, metric: str = "score", alpha: float = 0.05,
         row.p_adjusted = float(adjusted)
         row.significant = bool(adjusted < alpha)
         row.regressed = row.significant and (row.mean_a - row.mean_b) > min_drop
-    return Comparison(metric, alpha, min_drop, rows, unpaired_a, unpaired_b)
+    return Comparison(metric, alpha, min_drop, rows, unpaired_a, unpaired_b, missing)
+
+
+SETUP_MISMATCH = ("no metric", "unpaired")   # alone, the runs were not made to be compared: exit 2
+
+
+def missing_in_b(cells_a, cells_b, paired: set, metric: str = "score") -> list[MissingCell]:
+    """Each (family, length) with usable cells in A but outside `paired`, and why B has none."""
+    values_a: dict[tuple[str, int], list[float]] = {}
+    for c in usable(cells_a, metric):
+        values_a.setdefault((c["family"], int(c["length"])), []).append(float(c[metric]))
+    in_b: dict[tuple[str, int], list[dict]] = {}
+    for c in cells_b:
+        in_b.setdefault((c["family"], int(c["length"])), []).append(c)
+    out = []
+    for (family, length), values in sorted(values_a.items()):
+        if (family, length) in paired:
+            continue
+        here = in_b.get((family, length), [])
+        if not here:
+            kind, reason = "absent", "no cell in B"
+        elif all(c.get("error") for c in here):
+            kind, reason = "errored", f"all {len(here)} errored in B"
+        elif not usable(here, metric):
+            kind, reason = "no metric", f"no {metric} in B"
+        else:
+            kind, reason = "unpaired", "no cell of B pairs with A's (other seed or probe)"
+        out.append(MissingCell(family, length, len(values), float(np.mean(values)), kind, reason))
+    return out

@@ -31,7 +31,7 @@ def format_table(result: Comparison) -> str:
     change = (lambda v: f"{100 * v:+.1f}") if score else (lambda v: f"{v:+.3f}")
     header = ["family", "length", "pairs", "A", "B", "B-A" + (" pts" if score else " nats"),
               "test", "p", "p (Holm)", "verdict"]
-    rows = [header]
+    rows = []
     for c in result.cells:
         if c.regressed:
             verdict = "REGRESSED"
@@ -39,8 +39,13 @@ def format_table(result: Comparison) -> str:
             verdict = "worse, within --min-drop"
         else:
             verdict = "ok"
-        rows.append([c.family, length_label(c.length), str(c.pairs), value(c.mean_a), value(c.mean_b),
+        rows.append([c.family, c.length, str(c.pairs), value(c.mean_a), value(c.mean_b),
                      change(c.delta), c.test, f"{c.p:.3g}", f"{c.p_adjusted:.3g}", verdict])
+    for m in result.missing:   # a gate failure, in the table where the cell would be
+        rows.append([m.family, m.length, "0", value(m.mean_a), "-", "-", "-", "-", "-",
+                     f"MISSING: {m.reason}"])
+    rows.sort(key=lambda r: (r[0], r[1]))
+    rows = [header] + [[r[0], length_label(r[1]), *r[2:]] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -60,9 +65,12 @@ def format_table(result: Comparison) -> str:
 @click.pass_context
 def compare(ctx, run_a, run_b, db, alpha, min_drop, metric, plot_path):
     """Paired test, per (family, length), of whether RUN_B is worse than RUN_A on the same
-    probes. RUN_A or RUN_B may be a baseline file written by `ctxprobe baseline`. Exits 1 when
-    some cell regressed (significant after Holm's correction and a drop above --min-drop), 0
-    otherwise, 2 on bad input.
+    probes. RUN_A or RUN_B may be a baseline file written by `ctxprobe baseline`.
+
+    Exits 1 when the gate fails: some cell regressed (significant after Holm's correction and
+    a drop above --min-drop), or a (family, length) that RUN_A has results for has none in
+    RUN_B (no cell there, every cell errored, or none pairing with A's), shown as MISSING in
+    the table. Exits 0 otherwise, and 2 on bad input (including two runs that share no probes).
 
     Example: ctxprobe compare base.json candidate --min-drop 0.05
     """
@@ -71,13 +79,15 @@ def compare(ctx, run_a, run_b, db, alpha, min_drop, metric, plot_path):
     result = compare_cells(cells_a, cells_b, metric=metric, alpha=alpha, min_drop=min_drop)
     click.echo(f"A = {label_a}\nB = {label_b}")
     click.echo(format_table(result))
-    unpaired = result.unpaired_a + result.unpaired_b
-    if unpaired:
-        click.echo(f"({result.unpaired_a} cells of A and {result.unpaired_b} of B had no partner "
+    left_out_a = result.unpaired_a - sum(m.cells_a for m in result.missing)  # MISSING rows count apart
+    if left_out_a + result.unpaired_b:
+        click.echo(f"({left_out_a} cells of A and {result.unpaired_b} of B had no partner "
                    "with the same seed and probe and were left out)")
     from plots.style import length_label, save
 
-    if plot_path:
+    if plot_path and not result.cells:
+        click.echo(f"no pairs to plot: {plot_path} not written")
+    elif plot_path:
         from ctxprobe.analysis.figures import delta_figure
 
         save(delta_figure(result, title=f"{label_b} minus {label_a}"), plot_path)
@@ -86,6 +96,10 @@ def compare(ctx, run_a, run_b, db, alpha, min_drop, metric, plot_path):
     if regressions:
         where = ", ".join(f"{c.family}@{length_label(c.length)}" for c in regressions)
         click.echo(f"REGRESSION at {where} (alpha {alpha}, min drop {min_drop})")
+    if result.missing:
+        where = ", ".join(f"{m.family}@{length_label(m.length)} ({m.reason})" for m in result.missing)
+        click.echo(f"MISSING in B at {where}: B has no result where A has one")
+    if result.failed:
         ctx.exit(1)
     click.echo(f"no regression (alpha {alpha}, min drop {min_drop})")
 
