@@ -1,15 +1,13 @@
 """A cell stored without error is final: no errored try replaces it, whichever process writes it
 (two identical sweeps at once, a retry in flight when a resumed sweep finishes the cell)."""
 
-import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from fake_openai import FakeOpenAI, answers_for
+from scripted_server import ScriptedServer
 
 from ctxprobe.store import Store
 
@@ -95,51 +93,6 @@ def test_two_processes_cannot_replace_finished_cells_with_errors(tmp_path):
     assert [(c["error"], c["response"]) for c in cells] == [(None, "ok")] * 40
 
 
-class HeldThenFailing:
-    """A server of model "fake-model" (as FakeOpenAI's) whose every POST waits until `release`
-    is set, then answers HTTP 500."""
-
-    def __init__(self):
-        self.release, self.arrived = threading.Event(), threading.Event()
-        self.posts = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._reply(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                server.posts += 1
-                server.arrived.set()
-                server.release.wait(120)
-                self._reply(500, {"error": "boom"})
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.http.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
-
-    def __enter__(self):
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.release.set()
-        self.http.shutdown()
-        self.http.server_close()
-
-
 def sweep(url, db, *extra):
     return [sys.executable, "-m", "ctxprobe", "run", "--model", f"openai:{url}", "--probe", "niah",
             "--lengths", "512", "--depths", "0,50,100", "--samples", "2", "--name", "shared",
@@ -153,7 +106,7 @@ def test_a_retry_in_flight_cannot_undo_a_sweep_that_finished_the_cells(tmp_path)
     db = tmp_path / "r.db"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": ""}
     grid = dict(families=["niah"], lengths=[512], depths=[0, 50, 100], samples=2)
-    with FakeOpenAI(answers_for(**grid)) as good, HeldThenFailing() as bad:
+    with FakeOpenAI(answers_for(**grid)) as good, ScriptedServer(500, b'{"error": "boom"}', hold=True) as bad:
         slow = subprocess.Popen(sweep(bad.url, db, "--timeout", "100"), env=env, cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert bad.arrived.wait(60), "the stalled sweep never sent a request"
