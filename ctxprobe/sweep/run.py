@@ -168,8 +168,9 @@ def run_sweep(store: Store | None, run: Run | None, backend, spec: SweepSpec, *,
             results = [CellResult(error=f"{type(e).__name__}: {e}") for _ in items]
         for (cell, probe), result in zip(items, results):
             row = score_cell(cell, probe, result, spec.seed)
-            if main_rank:
-                store.put_cell(run.id, row)
+            if main_rank and not store.put_cell(run.id, row):
+                stats.skipped += 1  # another process finished this cell meanwhile: its row stands
+                continue
             stats.finished += 1
             stats.errored += row["error"] is not None
             stats.prompt_tokens += row["prompt_tokens"] or 0
