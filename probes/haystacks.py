@@ -6,6 +6,8 @@ per tokenizer). A `Haystack` is a pool plus an order: the stream of pool indices
 context prefix. Kinds:
   procedural (default)  seeded prose from probes/prose.py; blocks of seeded permutations
   noise                 one group of sentences repeated (RULER's control)
+  coherent              seeded scenes whose sentences follow one another (story.py), in order
+  shuffled              the same sentences as `coherent`, in a seeded random order
   a path                a .txt file or a directory of .txt files, split into sentences, read
                         in order from a seeded start and repeated when shorter than needed
 """
@@ -20,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from probes import prose
+from probes import lexical, prose, story
 
 POOL_SIZE = 32768  # distinct procedural sentences per seed (~1.8 MB of text)
+STORY_KINDS = {"coherent": "cycle", "shuffled": "shuffle"}   # spec -> how the stream reads the pool
 NOISE = [" The grass is green.", " The sky is blue.", " The sun is yellow.", " Here we go.",
          " There and back again."]
 _MAX_UNIT_CHARS = 2000
@@ -166,6 +169,9 @@ def _texts(spec: str | None, seed: int, files_signature=None) -> tuple[tuple[str
         return tuple(prose.sentences(rng, POOL_SIZE)), "shuffle"
     if spec == "noise":
         return tuple(NOISE), "cycle"
+    if spec in STORY_KINDS:
+        texts = tuple(story.sentences(random.Random(derive_seed("story", seed)), POOL_SIZE))
+        return texts, STORY_KINDS[spec]
     return tuple(_file_sentences(spec)), "cycle"
 
 
@@ -197,9 +203,58 @@ def load_haystack(spec: str | None, seed: int, tokenizer) -> Haystack:
         if not spec.strip():   # Path("") is the current directory: never read that by accident
             raise ValueError("haystack is an empty string; pass a .txt file, a directory of .txt "
                              "files, or 'noise' (omit it for procedural prose)")
-    if spec in (None, "noise"):
-        texts, mode = _texts(spec, seed if spec is None else 0)
+    if spec in (None, "noise") or spec in STORY_KINDS:
+        texts, mode = _texts(spec, 0 if spec == "noise" else seed)
     else:
         texts, mode = _texts(spec, 0, _signature(spec))
     name = "procedural" if spec is None else spec
     return Haystack(name, pool_for(texts, tokenizer), mode)
+
+
+class FilteredHaystack:
+    """A haystack's stream without the units that hold any of some words: a needle's key words
+    kept out of the haystack (the nolima family). Same pool, so nothing is tokenized again; the
+    stream still does not depend on length or depth."""
+
+    def __init__(self, base: Haystack, banned_stems: set[str], banned_words: set[str] = frozenset()):
+        self.base, self.pool, self.spec = base, base.pool, base.spec
+        self.banned = units_with(base.pool, banned_stems, banned_words)
+        if self.banned.all():
+            raise ValueError(f"every sentence of haystack {base.spec} holds one of the words the "
+                             "probe must keep out of it; use a larger or another haystack")
+
+    def order_covering(self, seed: int, sample: int, budget: int, extra: int) -> np.ndarray:
+        keep = ~self.banned
+        mean = max(float(self.pool.lengths_of(np.flatnonzero(keep)[:256]).mean()), 1e-9)
+        n = int(budget / mean / max(keep.mean(), 1e-3)) + extra + 1
+        while True:
+            order = self.base.order(seed, sample, n)
+            order = order[keep[order]]
+            cum = np.cumsum(self.pool.lengths_of(order))
+            k = int(np.searchsorted(cum, budget, side="right"))
+            if k < len(order) and len(order) - k >= extra:
+                return order
+            n = int(n * 1.25) + extra + 1
+
+
+def units_with(pool: UnitPool, stems: set[str], exact: set[str] = frozenset()) -> np.ndarray:
+    """[len(pool)] bool: units holding a word whose stem is in `stems` or that is in `exact`
+    (lower-cased words). Reads a word index built once per pool."""
+    index = getattr(pool, "_word_index", None)
+    if index is None:
+        by_word: dict[str, list[int]] = {}
+        for i, text in enumerate(pool.texts.tolist()):
+            for w in set(lexical.words(text)):
+                by_word.setdefault(w, []).append(i)
+        by_stem: dict[str, list[int]] = {}
+        for w, units in by_word.items():
+            if w not in lexical.STOP_WORDS:
+                by_stem.setdefault(lexical.stem(w), []).extend(units)
+        index = pool._word_index = (by_word, by_stem)
+    by_word, by_stem = index
+    hit = np.zeros(len(pool), dtype=bool)
+    for s in stems:
+        hit[by_stem.get(s, [])] = True
+    for w in exact:
+        hit[by_word.get(w, [])] = True
+    return hit

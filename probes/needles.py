@@ -16,6 +16,18 @@ def keys(rng: random.Random, n: int) -> list[str]:
     return [f"{a}-{b}" for a, b in rng.sample(pairs, n)]
 
 
+def similar_keys(rng: random.Random, key: str, n: int, taken=()) -> list[str]:
+    """n distinct keys that share one word with `key` ("quiet-heron" -> "quiet-raven",
+    "misty-heron"), none of them in `taken`: near misses for a literal search."""
+    adjective, noun = key.split("-")
+    pool = [f"{adjective}-{b}" for b in W.KEY_NOUNS if b != noun]
+    pool += [f"{a}-{noun}" for a in W.KEY_ADJECTIVES if a != adjective]
+    pool = [k for k in pool if k not in set(taken)]
+    if n > len(pool):
+        raise ValueError(f"at most {len(pool)} similar keys; asked for {n}")
+    return rng.sample(pool, n)
+
+
 def values(rng: random.Random, kind: str, n: int) -> list[str]:
     """n distinct values of one kind: 7-digit numbers, words or UUIDs."""
     if kind == "number":

@@ -6,6 +6,7 @@ the requested depth, the others at seeded depths.
 
 from __future__ import annotations
 
+from probes import distractors as D
 from probes import needles as N
 from probes.parts import Parts
 
@@ -36,15 +37,28 @@ def _check_count(name, n, lo=1, hi=20):
         raise ValueError(f"{name}={n} is out of range; use {lo} to {hi}")
 
 
-def niah(ctx, depth, value_kind="number"):
+def _near_misses(rng, kind, keys, values, depth, n, placement):
+    """n needles with a key that shares a word with the asked key (keys[0]) and a value that
+    no other needle has: a literal search for the asked key finds them too."""
+    D.check(n, placement)
+    if not n:
+        return []
+    ks = N.similar_keys(rng, keys[0], n, taken=keys)
+    vs = [v for v in N.values(rng, kind, n + len(values)) if v not in values][:n]
+    return [(_needle(kind, k, v), f) for k, v, f in zip(ks, vs, D.depths(rng, n, depth, placement))]
+
+
+def niah(ctx, depth, value_kind="number", near_misses=0, placement="spread"):
     rng = ctx.rng
     (key,), (value,) = N.keys(rng, 1), N.values(rng, value_kind, 1)
     q, a = _ask_one(value_kind, key)
-    return Parts(_instruction(value_kind, False), q, a,
-                 [(_needle(value_kind, key, value), depth)], [value], " " + value)
+    misses = _near_misses(rng, value_kind, [key], [value], depth, near_misses, placement)
+    return Parts(_instruction(value_kind, bool(misses)), q, a,
+                 [(_needle(value_kind, key, value), depth)] + misses, [value], " " + value,
+                 roles=["needle"] + ["similar-key"] * len(misses))
 
 
-def multikey(ctx, depth, value_kind="number", distractors=3):
+def multikey(ctx, depth, value_kind="number", distractors=3, near_misses=0, placement="spread"):
     rng = ctx.rng
     _check_count("distractors", distractors, 0, 19)
     ks, vs = N.keys(rng, distractors + 1), N.values(rng, value_kind, distractors + 1)
@@ -52,7 +66,9 @@ def multikey(ctx, depth, value_kind="number", distractors=3):
     needles = [(_needle(value_kind, ks[0], vs[0]), depth)]
     needles += [(_needle(value_kind, k, v), f)
                 for k, v, f in zip(ks[1:], vs[1:], N.spread(rng, distractors))]
-    return Parts(_instruction(value_kind, True), q, a, needles, [vs[0]], " " + vs[0])
+    misses = _near_misses(rng, value_kind, ks, vs, depth, near_misses, placement)
+    return Parts(_instruction(value_kind, True), q, a, needles + misses, [vs[0]], " " + vs[0],
+                 roles=["needle"] + ["other-key"] * distractors + ["similar-key"] * len(misses))
 
 
 def multivalue(ctx, depth, value_kind="number", values=4):

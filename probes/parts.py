@@ -17,3 +17,10 @@ class Parts:
     answers_by_position: bool = False  # list answers in the order their needles appear
     answer_joiner: str = ", "
     meta: dict = field(default_factory=dict)
+    # Per needle: "needle" (asked) or the kind of distractor ("other-key", "similar-key",
+    # "lure", ...); None means every needle is asked.
+    roles: list[str] | None = None
+    asked: int = 0                   # the needle whose depth is the probe's depth
+    grade: object = None             # response -> score in [0, 1], for families with their own grader
+    messages: object = None          # Assembly -> chat messages, for probes that are a conversation
+    chat: str | None = None          # the chat format's name, for those

@@ -28,6 +28,8 @@ class BuildContext:
     seed: int
     sample: int
     length: int
+    haystack: str | None = None   # the user's haystack spec (None: procedural prose)
+    chat: object = None           # a probes.chat.ChatFormat for conversation families; None: plain
 
 
 class Probe:
@@ -47,7 +49,16 @@ class Probe:
         self.token_array: np.ndarray = assembly.ids           # [length] int32, the fast path
         self.needle_spans: list[tuple[int, int]] = list(assembly.needle_spans)
         self.needle_depths: list[float] = [round(d, 3) for d in assembly.needle_depths]
-        self.actual_depth: float | None = self.needle_depths[0] if self.needle_depths else None
+        # What each needle is: "needle" (asked) or a distractor's kind; the asked needle's depth
+        # is the probe's depth.
+        self.needle_roles: list[str] = list(parts.roles or ["needle"] * len(self.needle_spans))
+        self.actual_depth: float | None = \
+            self.needle_depths[parts.asked] if self.needle_depths else None
+        self.meta: dict = dict(parts.meta)
+        self.meta.pop("min_haystack", None)
+        self._grade = parts.grade
+        self.chat: str | None = parts.chat        # the chat format a conversation was rendered in
+        self.messages: list[dict] | None = parts.messages(assembly) if parts.messages else None
         self.context_end = assembly.context_end
         self.verified = assembly.verified
         answers = list(parts.answers)
@@ -81,6 +92,15 @@ class Probe:
             tok_pos, char_pos = tok_pos + len(seg.ids), char_pos + n_chars
         return [by_token[start] for start, _ in self.needle_spans]
 
+    @property
+    def distractor_spans(self) -> list[tuple[int, int]]:
+        """Token spans of the needles that are not asked, in needle order."""
+        return [s for s, r in zip(self.needle_spans, self.needle_roles) if r != "needle"]
+
+    def grade(self, response: str) -> float | None:
+        """The family's own score of a response (mrcr's), or None for the standard scores."""
+        return None if self._grade is None else float(self._grade(response))
+
     @cached_property
     def token_ids(self) -> list[int]:
         return self.token_array.tolist()
@@ -96,7 +116,8 @@ class Probe:
     def _hash(self) -> str:
         head = json.dumps([GENERATOR_VERSION, self.family, self.params, self.length, float(self.depth),
                            self.seed, self.sample, self.tokenizer_fingerprint, self._haystack_kind(),
-                           self.answers, self.answer_text], sort_keys=True)
+                           self.answers, self.answer_text] + ([self.chat] if self.chat else []),
+                          sort_keys=True)
         h = hashlib.sha256(head.encode())
         h.update(np.ascontiguousarray(self.token_array, dtype="<i4").tobytes())
         return h.hexdigest()[:16]
@@ -104,7 +125,8 @@ class Probe:
     def _haystack_kind(self) -> str:
         # A user's file enters the hash through its token ids, not its path, so the same
         # text hashes the same on every machine.
-        return self.haystack if self.haystack in ("procedural", "noise", "kv", "cwe") else "file"
+        builtin = ("procedural", "noise", "kv", "cwe", "coherent", "shuffled", "mrcr")
+        return self.haystack if self.haystack in builtin else "file"
 
     def to_json(self) -> dict:
         """The export record: everything another harness needs to run and score this probe."""
@@ -118,6 +140,9 @@ class Probe:
             "prompt": self.prompt, "answers": self.answers, "answer_text": self.answer_text,
             "question": self.question, "answer_prefix": self.answer_prefix,
             "context_tokens": self.context_end, "needle_spans": [list(s) for s in self.needle_spans],
+            "needle_roles": self.needle_roles, "needle_depths": self.needle_depths,
+            **({"meta": self.meta} if self.meta else {}),
+            **({"chat": self.chat, "messages": self.messages} if self.messages is not None else {}),
         }
 
     def __repr__(self):
@@ -132,15 +157,21 @@ def _check_int(name, value, lo):
 
 
 def make_probe(family: str, length: int, depth: float, *, seed: int = 0, sample: int = 0,
-               tokenizer=None, haystack=None, verify: bool | None = None, **family_params) -> Probe:
+               tokenizer=None, haystack=None, verify: str | bool | None = None, chat=None,
+               **family_params) -> Probe:
     """Build one probe of exactly `length` tokens with its first needle near `depth` percent.
 
     tokenizer: a probes tokenizer, a path to tokenizer.json (or a dir holding one), or None
     for bytes. haystack: None (seeded procedural prose), "noise", or a .txt file / directory.
-    verify: re-tokenize the whole prompt (default up to 1M tokens) or only the junctions.
+    verify: how to prove the prompt re-tokenizes to its ids (probes/exactness.py): "sampled"
+    (the default: every pair of adjacent pieces, then a few windows in context), "pairs",
+    "full" (the whole prompt re-tokenized once) or "junctions"; True means full, False junctions.
+    chat: for conversation families (mrcr), the probes.chat.ChatFormat the conversation is
+    rendered in and counted by (a checkpoint's chat template); None: a plain transcript.
+    Other families ignore it.
     """
     fam = get_family(family)
-    params = fam.check_params(family_params)
+    params = fam.identity(fam.check_params(family_params))
     length = _check_int("length", length, 1)
     seed, sample = _check_int("seed", seed, 0), _check_int("sample", sample, 0)
     if isinstance(depth, bool) or not isinstance(depth, numbers.Real) or not 0 <= depth <= 100:
@@ -148,7 +179,8 @@ def make_probe(family: str, length: int, depth: float, *, seed: int = 0, sample:
     tok = as_probe_tokenizer(tokenizer)
     rng = random.Random(derive_seed("needles", family, json.dumps(params, sort_keys=True),
                                     seed, sample))
-    parts = fam.build(BuildContext(rng, tok, seed, sample, length), depth / 100, **params)
+    ctx = BuildContext(rng, tok, seed, sample, length, None if haystack is None else str(haystack), chat)
+    parts = fam.build(ctx, depth / 100, **params)
     if parts.haystack is not None:
         hay, hay_name = parts.haystack, parts.haystack.spec
     else:

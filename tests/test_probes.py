@@ -28,7 +28,8 @@ def check_probe(p, tok, length):
         assert 0 <= s < e <= len(p.context_ids)
         assert tok.decode(p.token_ids[s:e]) == p.prompt[cs:ce]
         assert tok.encode(p.prompt[cs:ce]) == p.token_ids[s:e]
-        assert p.prompt[cs:ce].startswith((" The special magic", ' "', " VAR "))
+        if p.family not in ("nolima", "nolima-literal", "mrcr"):   # their needles are sentences, exchanges
+            assert p.prompt[cs:ce].startswith((" The special magic", ' "', " VAR "))
     assert p.answers and all(a in p.answer_text for a in p.answers)
 
 

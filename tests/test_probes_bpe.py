@@ -48,7 +48,8 @@ def check_probe(p, tok, length):
     assert p.token_ids == p.context_ids + p.question_ids
     for (s, e), (cs, ce) in zip(p.needle_spans, p.needle_char_spans):
         assert tok.encode(p.prompt[cs:ce]) == p.token_ids[s:e]
-        assert p.prompt[cs:ce].startswith((" The special magic", ' "', " VAR "))
+        if p.family not in ("nolima", "nolima-literal", "mrcr"):   # their needles are sentences, exchanges
+            assert p.prompt[cs:ce].startswith((" The special magic", ' "', " VAR "))
 
 
 def test_bpe_is_really_bpe(bpe):
