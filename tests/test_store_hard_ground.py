@@ -325,6 +325,30 @@ def test_outputs_on_a_full_disk_keep_the_old_file_and_leave_no_temporary(small_d
     assert sorted((out / "listing").read_text().split()) == sorted([*writes, "filler"])
 
 
+def test_a_database_on_a_full_disk_is_read_and_a_writer_is_told(small_disk, tmp_path):
+    # With no byte left SQLite cannot size the -shm file beside a closed WAL database: readers
+    # read without one (nothing else can be writing); a writer gets one line.
+    make_db(tmp_path / "r.db")
+    out = tmp_path / "out"
+    out.mkdir()
+    fill = tmp_path / "fill.py"
+    fill.write_text(FILL)
+    script = (f'cp "{tmp_path}/r.db" r.db && "$PY" "{fill}" . 0 && '
+              f'"$PY" -m ctxprobe runs --db r.db > "{out}/o1" 2> "{out}/e1"; echo $? > "{out}/rc1"; '
+              f'"$PY" -m ctxprobe export r --db r.db > "{out}/o2" 2> "{out}/e2"; echo $? > "{out}/rc2"; '
+              f'"$PY" -m ctxprobe merge r.db r.db > "{out}/o3" 2> "{out}/e3"; echo $? > "{out}/rc3"; '
+              f'cp r.db "{out}/after.db"')
+    done = on_small_disk(small_disk, script)
+    assert done.returncode == 0, done.stderr
+    read = lambda name: (out / name).read_text()  # noqa: E731
+    assert read("rc1").strip() == "0" and " 12 " in read("o1"), read("e1")
+    assert read("rc2").strip() == "0" and len(read("o2").splitlines()) == 13, read("e2")
+    assert read("rc3").strip() == "2", read("o3")
+    lines = read("e3").strip().splitlines()
+    assert len(lines) == 1 and "the disk is full" in lines[0] and "r.db" in lines[0], lines
+    assert digest(out / "after.db") == digest(tmp_path / "r.db")
+
+
 def test_output_file_keeps_the_old_file_when_writing_fails(tmp_path):
     from ctxprobe.output_file import output_file
 
