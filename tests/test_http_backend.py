@@ -165,3 +165,72 @@ def test_a_tokenizer_that_fails_mid_sweep_is_a_user_error_not_a_traceback():
             tok.encode("a sentence this test alone tokenizes")
         with pytest.raises(UserError, match="tokenizer failed"):
             tok.decode([104, 105])
+
+
+def test_one_persistent_connection_per_thread_and_a_dropped_one_is_replaced():
+    # A kept-alive connection carries every request of a thread; when the server closes it
+    # between requests (as servers do with idle connections), the next request opens another
+    # without spending a retry, and that one is kept in turn.
+    with FakeOpenAI(keep_alive=True, faults=[None, None, "drop-after"]) as fake:
+        client = JsonClient(fake.url, policy=RetryPolicy(retries=0))
+        for _ in range(3):
+            client.request("completions", {"model": "m", "prompt": "hi"})
+        assert fake.connections == 1
+        deadline = time.monotonic() + 30
+        while fake.closed < 1 and time.monotonic() < deadline:   # the server has hung up
+            time.sleep(0.01)
+        for _ in range(3):
+            client.request("completions", {"model": "m", "prompt": "hi"})
+        client.close()
+        conns = [r["conn"] for r in fake.log]
+    assert fake.completions_served() == 6 and fake.connections == 2
+    assert len(set(conns[:3])) == 1 and len(set(conns[3:])) == 1 and conns[0] != conns[3]
+
+
+def test_a_sweep_keeps_at_most_one_connection_per_worker(tmp_path):
+    with FakeOpenAI(answers_for(**GRID), keep_alive=True) as fake:
+        stats, cells = sweep(tmp_path, backend_for(fake, concurrency=2, tokenizer_path="byte"))
+        completions = {r["conn"] for r in fake.log if r["path"].endswith("completions")}
+    assert stats.finished == 8 and all(c["score"] == 1.0 for c in cells)
+    assert 1 <= len(completions) <= 2    # one per worker thread, however the groups fell
+
+
+def test_the_timeout_bounds_the_whole_request_not_each_read():
+    # One byte every 0.2 s never leaves a socket read waiting 1 s, yet the request must end at
+    # 1 s; the server would drip for 20 s.
+    with FakeOpenAI(faults=["drip"], drip_interval=0.2, drip_for=20.0) as fake:
+        client = JsonClient(fake.url, timeout=1.0, policy=RetryPolicy(retries=0))
+        started = time.monotonic()
+        with pytest.raises(RequestFailed, match="timed out after 1 s"):
+            client.request("completions", {"model": "m", "prompt": "hi"})
+        assert time.monotonic() - started < 10
+        client.close()
+
+
+def test_a_post_is_not_turned_into_a_get_by_a_same_origin_302():
+    with FakeOpenAI(faults=["redirect"], redirect_status=302) as fake:
+        fake.redirect_to = fake.origin
+        client = JsonClient(fake.url, policy=RetryPolicy(retries=3))
+        with pytest.raises(RequestFailed, match="a POST is not re-sent there as a GET"):
+            client.request("completions", {"model": "m", "prompt": "hi"})
+        assert [r["path"] for r in fake.log] == ["/v1/completions"]   # not retried, not followed
+
+
+def test_max_response_bytes_caps_a_reply_and_is_a_run_flag(tmp_path, runner, monkeypatch):
+    from ctxprobe.cli import main
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    args = ["run", "--probe", "niah", "--lengths", "512", "--depths", "0,100", "--tokenizer", "byte",
+            "--concurrency", "1", "--db", str(tmp_path / "r.db"), "--name", "capped", "--quiet"]
+    with FakeOpenAI(answers_for(**GRID), faults=["huge"], huge_bytes=4096) as fake:
+        result = runner.invoke(main, args + ["--model", f"openai:{fake.url}", "--max-response-bytes", "2048"])
+        refused = runner.invoke(main, args + ["--model", f"openai:{fake.url}", "--max-response-bytes", "10"])
+    assert result.exit_code == 0, result.output
+    with Store(tmp_path / "r.db") as store:
+        run = store.get_run("capped")
+        cells = store.cells(run.id)
+    assert run.backend["max_response_bytes"] == 2048
+    [errored] = [c for c in cells if c["error"]]
+    assert "larger than 2048 bytes (--max-response-bytes)" in errored["error"]
+    assert len(cells) == 2 and errored["response"] == ""
+    assert refused.exit_code == 2 and "--max-response-bytes must be at least 1024" in refused.output

@@ -1,11 +1,19 @@
 """The OpenAI-compatible HTTP backend (vLLM, SGLang, llama.cpp's server, transformers serve,
-hosted APIs), over the standard library only.
+hosted APIs), over the standard library only (the wire itself: ctxprobe/backends/transport.py).
 
 Requests are retried with exponential backoff and jitter on 429, 5xx, timeouts and dropped
 connections, honouring Retry-After; any other failure, and a reply that is not the JSON we
-expect, becomes an errored cell instead of stopping the sweep. The API key is read from the
-environment variable the user names, sent only in the Authorization header, and scrubbed
-from anything recorded; the run row keeps the variable's name, never its value.
+expect, becomes an errored cell instead of stopping the sweep. `--timeout` bounds a whole
+request, a reply body is capped (`--max-response-bytes`), and redirects are followed only within
+the server's origin.
+
+Secrets: the API key is read from the environment variable the user names, sent only in the
+Authorization header to the server's own origin, and scrubbed from anything recorded; the run
+row keeps the variable's name, never its value. A server URL that could carry a secret (user:pass@,
+a query, a fragment) is refused, so only its scheme, host, port and path are ever stored.
+Scoring reads the raw answer; only the stored copy is redacted (`redact`). A key shorter than
+MIN_REDACTABLE_KEY characters would corrupt text if replaced wherever it occurs, so recorded text
+that contains such a key is withheld whole instead.
 """
 
 from __future__ import annotations
@@ -13,30 +21,37 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import hashlib
-import http.client
 import json
+import math
 import random
+import re
+import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 
+from ctxprobe.backends import transport
 from ctxprobe.backends.base import CellResult
 from ctxprobe.errors import UserError
 
 _TOKENIZE_WORKERS = 8  # /tokenize requests in flight while pre-tokenizing a haystack
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _FINGERPRINT_TEXT = "ctxprobe fingerprint: The quick brown fox, 1234567 jumps; über naïve 東京."
+DEFAULT_MAX_RESPONSE_BYTES = 1 << 20   # 1 MiB: answers of --max-new-tokens tokens are far smaller
+MIN_REDACTABLE_KEY = 8
+REDACTED = "[redacted]"
+WITHHELD = ("[withheld: this text contains the API key, which is too short to redact without "
+            "changing the text]")
 
 
 class RequestFailed(Exception):
-    """A request that failed for good (after any retries). `status` is None for transport errors."""
+    """A request that failed for good (after any retries). `status` is None for transport errors;
+    `redirect` is set when the server redirected to where ctxprobe does not follow."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, *, redirect: bool = False):
         super().__init__(message)
-        self.status = status
+        self.status, self.redirect = status, redirect
 
 
 @dataclass(frozen=True)
@@ -59,34 +74,88 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
     value = value.strip()
     try:
-        return float(value)
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return max(0.0, when.timestamp() - time.time())
 
 
+# -- secrets in what the user typed ------------------------------------------------------
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Prefixes of API keys and tokens as providers issue them (OpenAI's sk- fails _ENV_NAME already).
+_KEY_PREFIXES = ("sk_", "gsk_", "hf_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_",
+                 "glpat", "xox", "AKIA", "ASIA", "AIza", "pk_live", "rk_live", "fw_")
+
+
+def check_server_url(url: str) -> None:
+    """Refuse a server URL that could carry a secret: the --model spec and the command line are
+    stored as typed, so user:pass@, a query or a fragment would land in the store. One line,
+    naming the host only (the rest may be the secret)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "the server"
+    if "@" in parts.netloc:
+        raise UserError(f"the server URL for {host} holds credentials (user:secret@); remove them and "
+                        "pass the API key in an environment variable named by --api-key-env")
+    if "?" in url or "#" in url:
+        raise UserError(f"the server URL for {host} has a query or fragment (?... or #...), which could "
+                        "hold a secret and would be stored: give scheme://host:port/path only, and the "
+                        "API key in an environment variable named by --api-key-env")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError("bad server URL: use openai:http://HOST:PORT/v1 (or https://)")
+
+
+def check_api_key_env(name: str | None, environ) -> None:
+    """Refuse a --api-key-env value that looks like a key rather than a variable's name, without
+    repeating it (it would be shown, and the command line is stored)."""
+    if name is None:
+        return
+    looks_like_key = (
+        not _ENV_NAME.fullmatch(name)                       # sk-..., spaces, dots, dashes
+        or name.startswith(_KEY_PREFIXES)
+        or (len(name) >= 20 and any(c.isdigit() for c in name)
+            and any(c.islower() for c in name) and any(c.isupper() for c in name))
+        or (len(name) >= 24 and re.fullmatch(r"[0-9a-f]+", name) is not None)  # hex tokens
+        or (name not in environ and name in environ.values())  # the value of a set variable
+    )
+    if looks_like_key:
+        raise UserError("--api-key-env takes the NAME of an environment variable that holds the key, "
+                        "and the value given looks like a key itself (not shown): export it, e.g. "
+                        "MY_KEY=..., and pass --api-key-env MY_KEY")
+
+
+def check_max_response_bytes(value: int) -> None:
+    if not isinstance(value, int) or value < 1024:
+        raise UserError(f"--max-response-bytes must be at least 1024, got {value}")
+
+
 class JsonClient:
-    """POST/GET JSON with a per-request timeout and the retry policy."""
+    """POST/GET JSON under a whole-request timeout, with the retry policy."""
 
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 120.0,
-                 policy: RetryPolicy = RetryPolicy(), sleep=None):
+                 policy: RetryPolicy = RetryPolicy(), sleep=None,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.timeout = timeout
         self.policy = policy
         self.stopping = threading.Event()  # set by close(): no new attempts, backoffs cut short
         self._sleep = sleep or self.stopping.wait
-        host = urllib.parse.urlsplit(self.base_url).hostname or ""
-        # A proxy configured for the outside world must not capture a server on loopback.
-        handlers = [urllib.request.ProxyHandler({})] if host in ("127.0.0.1", "localhost", "::1") else []
-        self._opener = urllib.request.build_opener(*handlers)
+        # No proxy: requests go straight to the server's origin, and nowhere else.
+        self.transport = transport.Transport(timeout=timeout, max_bytes=max_response_bytes)
 
     def redact(self, text: str) -> str:
-        return text.replace(self._api_key, "[redacted]") if self._api_key else text
+        """Text to record: the key replaced, or the whole text withheld when the key is too short
+        to replace without changing other text."""
+        key = self._api_key
+        if not key or key not in text:
+            return text
+        return text.replace(key, REDACTED) if len(key) >= MIN_REDACTABLE_KEY else WITHHELD
 
     def request(self, path: str, payload: dict | None = None, *, retries: int | None = None) -> dict:
         """The decoded JSON reply of `path` (relative to the base URL, or an absolute URL)."""
@@ -94,10 +163,13 @@ class JsonClient:
         retries = self.policy.retries if retries is None else retries
         for attempt in range(retries + 1):
             if self.stopping.is_set():
-                raise RequestFailed(f"request to {url} cancelled: the sweep is stopping")
+                raise RequestFailed(f"request to {transport.shown(url)} cancelled: the sweep is stopping")
             try:
                 return self._once(url, payload)
             except _Retryable as e:
+                if self.stopping.is_set():
+                    raise RequestFailed(f"request to {transport.shown(url)} cancelled: the sweep is "
+                                        "stopping") from None
                 if attempt == retries:
                     raise RequestFailed(f"{e.message} (gave up after {retries + 1} attempts)",
                                         e.status) from None
@@ -112,38 +184,36 @@ class JsonClient:
             headers["Content-Type"] = "application/json"
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        req = urllib.request.Request(url, data=data, headers=headers,
-                                     method="POST" if payload is not None else "GET")
+        where = transport.shown(url)
         try:
-            with self._opener.open(req, timeout=self.timeout) as resp:
-                body = resp.read()
-        except urllib.error.HTTPError as e:
-            detail = self.redact(_read_quietly(e))[:300]  # redact, then cut: never half a key
-            message = f"HTTP {e.code} from {url}: {detail}".strip()
-            if e.code in RETRY_STATUSES:
-                raise _Retryable(message, e.code, parse_retry_after(e.headers.get("Retry-After")))
-            raise RequestFailed(message, e.code) from None
-        except (OSError, http.client.HTTPException) as e:  # timeouts, refused/dropped connections
-            reason = getattr(e, "reason", e)
-            kind = "timed out" if isinstance(reason, TimeoutError) else f"failed ({reason})"
-            raise _Retryable(self.redact(f"request to {url} {kind}"), None, None)
+            reply = self.transport.exchange("POST" if payload is not None else "GET", url, data, headers)
+        except transport.Redirected as e:
+            raise RequestFailed(self.redact(str(e)), e.status, redirect=True) from None
+        except transport.TransportError as e:  # timeouts, refused/dropped connections, too large
+            if e.retryable:
+                raise _Retryable(self.redact(f"request to {where} failed: {e}"), None, None) from None
+            raise RequestFailed(self.redact(str(e))) from None
+        if not 200 <= reply.status < 300:
+            detail = self.redact(reply.body.decode(errors="replace"))[:300]  # redact, then cut
+            message = f"HTTP {reply.status} from {where}: {detail}".strip()
+            if reply.status in RETRY_STATUSES:
+                raise _Retryable(message, reply.status,
+                                 parse_retry_after(reply.headers.get("Retry-After")))
+            raise RequestFailed(message, reply.status)
         try:
-            return json.loads(body)
+            return json.loads(reply.body)
         except (UnicodeDecodeError, json.JSONDecodeError):
-            start = self.redact(body.decode(errors="replace"))[:120]
-            raise RequestFailed(f"malformed JSON from {url}: {start!r}") from None
+            start = self.redact(reply.body.decode(errors="replace"))[:120]
+            raise RequestFailed(f"malformed JSON from {where}: {start!r}") from None
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.transport.close()
 
 
 class _Retryable(Exception):
     def __init__(self, message: str, status: int | None, retry_after: float | None):
         self.message, self.status, self.retry_after = message, status, retry_after
-
-
-def _read_quietly(e: urllib.error.HTTPError) -> str:
-    try:
-        return e.read().decode(errors="replace")
-    except Exception:  # the body of an error reply is a courtesy; never fail on it
-        return ""
 
 
 class RemoteTokenizer:
@@ -257,7 +327,8 @@ class HttpBackend:
     def __init__(self, base_url: str, *, served_model: str | None = None, api: str = "chat",
                  api_key_env: str | None = None, tokenizer_path: str | None = None,
                  max_new_tokens: int = 32, concurrency: int = 4, timeout: float = 120.0,
-                 retries: int = 5, retry_base: float = 0.5, environ: dict | None = None):
+                 retries: int = 5, retry_base: float = 0.5, environ: dict | None = None,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, sleep=None):
         import os
 
         environ = os.environ if environ is None else environ
@@ -267,18 +338,14 @@ class HttpBackend:
             raise UserError(f"--concurrency must be at least 1, got {concurrency}")
         if retries < 0:
             raise UserError(f"--retries must be 0 or more, got {retries}")
-        if not timeout > 0:
-            raise UserError(f"--timeout must be a positive number of seconds, got {timeout}")
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise UserError(f"--timeout must be a positive, finite number of seconds, got {timeout}")
         if max_new_tokens < 1:
             raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        check_max_response_bytes(max_response_bytes)
+        check_server_url(base_url)
+        check_api_key_env(api_key_env, environ)
         parts = urllib.parse.urlsplit(base_url)
-        if parts.username is not None or parts.password is not None:
-            # They would never be sent, yet the --model spec and command line are stored as typed.
-            raise UserError(f"the server URL for {parts.hostname} holds credentials (user:secret@); "
-                            "remove them and pass the API key in an environment variable named "
-                            "by --api-key-env")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UserError(f"bad server URL {base_url!r}: use openai:http://HOST:PORT/v1")
         # A bare host means the usual /v1 prefix.
         self.base_url = urllib.parse.urlunsplit(
             (parts.scheme, parts.netloc, parts.path.rstrip("/") or "/v1", "", ""))
@@ -291,9 +358,14 @@ class HttpBackend:
             if not api_key:
                 raise UserError(f"environment variable {api_key_env} (named by --api-key-env) is "
                                 "not set; export it or name another variable")
+            if len(api_key) < MIN_REDACTABLE_KEY:
+                print(f"warning: the API key in {api_key_env} has under {MIN_REDACTABLE_KEY} "
+                      "characters, too few to redact from recorded text without changing it; a "
+                      "response or error that contains it is stored as withheld", file=sys.stderr)
         self.api, self.max_new_tokens, self.concurrency = api, max_new_tokens, concurrency
         policy = RetryPolicy(retries=retries, base=retry_base)
-        self.client = JsonClient(self.base_url, api_key=api_key, timeout=timeout, policy=policy)
+        self.client = JsonClient(self.base_url, api_key=api_key, timeout=timeout, policy=policy,
+                                 sleep=sleep, max_response_bytes=max_response_bytes)
         self.served_model, model_info = self._pick_model(served_model)
         self.tokenizer, tokenizer_source = self._pick_tokenizer(tokenizer_path)
         self.model_fingerprint = "server-model:" + json.dumps(model_info, sort_keys=True)
@@ -301,7 +373,7 @@ class HttpBackend:
             "kind": "http", "base_url": self.base_url, "served_model": self.served_model,
             "api": api, "api_key_env": api_key_env, "tokenizer": tokenizer_source,
             "max_new_tokens": max_new_tokens, "concurrency": concurrency, "timeout": timeout,
-            "retries": retries,
+            "retries": retries, "max_response_bytes": max_response_bytes,
         }
         self.identity = {"kind": "http", "served_model": self.served_model, "api": api,
                          "max_new_tokens": max_new_tokens}
@@ -312,6 +384,8 @@ class HttpBackend:
         try:
             reply = self.client.request("models", retries=0)
         except RequestFailed as e:
+            if e.redirect:
+                raise UserError(f"server {self.base_url}: {e}") from None
             if e.status is None:
                 raise UserError(f"cannot reach server {self.base_url}: {e}; start it or fix "
                                 "--model openai:URL") from None
@@ -358,7 +432,9 @@ class HttpBackend:
             path = "chat/completions"
             payload = {"model": self.served_model, "temperature": 0.0,
                        "max_tokens": self.max_new_tokens,
-                       "messages": [{"role": "user", "content": probe.prompt}]}
+                       # A conversation probe (mrcr) goes as its messages; the server renders them.
+                       "messages": getattr(probe, "messages", None)
+                       or [{"role": "user", "content": probe.prompt}]}
         else:
             path = "completions"
             payload = {"model": self.served_model, "temperature": 0.0,
@@ -372,7 +448,8 @@ class HttpBackend:
                               prompt_tokens=len(probe.token_ids))
         usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
         prompt_tokens = usage.get("prompt_tokens")
-        return CellResult(response=self.client.redact(text), latency=time.perf_counter() - start,
+        # The raw text: the sweep scores it, then stores redact(text).
+        return CellResult(response=text, latency=time.perf_counter() - start,
                           prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int)
                           else len(probe.token_ids))
 
@@ -389,5 +466,9 @@ class HttpBackend:
             raise RequestFailed(f"malformed {self.api} reply: text is {type(text).__name__}")
         return text
 
+    def redact(self, text: str) -> str:
+        """What the store may keep of a response (scored before this, never after)."""
+        return self.client.redact(text)
+
     def close(self) -> None:
-        self.client.stopping.set()
+        self.client.close()

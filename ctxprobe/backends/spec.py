@@ -12,12 +12,25 @@ from pathlib import Path
 from ctxprobe.errors import UserError
 
 
+def check_spec(spec: str, *, api_key_env: str | None = None, environ=None) -> None:
+    """What can be refused before a store is opened or a server called: an openai: URL that could
+    carry a secret, or a --api-key-env value that looks like a key (both would be stored)."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    if spec.startswith("openai:"):
+        from ctxprobe.backends.http import check_api_key_env, check_server_url
+
+        check_server_url(spec[len("openai:"):])
+        check_api_key_env(api_key_env, environ)
+
+
 def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
                  served_model: str | None = None, api: str = "chat",
                  api_key_env: str | None = None, tokenizer: str | None = None,
                  timeout: float = 120.0, retries: int = 5, retry_base: float = 0.5,
-                 chat_template: bool = True, device: str | None = None, dtype: str | None = None,
-                 memory=None):
+                 max_response_bytes: int = 1 << 20, chat_template: bool = True,
+                 device: str | None = None, dtype: str | None = None, memory=None):
     """memory: a ctxprobe.backends.memory.MemoryBudgets for the native runner (None: no plan before
     loading; each pass plans from the free memory). A server manages its own memory."""
     if spec.startswith("openai:"):
@@ -29,7 +42,8 @@ def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
         return HttpBackend(spec[len("openai:"):], served_model=served_model, api=api,
                            api_key_env=api_key_env, tokenizer_path=tokenizer,
                            max_new_tokens=max_new_tokens, concurrency=concurrency,
-                           timeout=timeout, retries=retries, retry_base=retry_base)
+                           timeout=timeout, retries=retries, retry_base=retry_base,
+                           max_response_bytes=max_response_bytes)
     path = Path(spec)
     if spec == "builtin" and not path.exists():
         path = Path(__file__).resolve().parents[1] / "builtin" / "model"

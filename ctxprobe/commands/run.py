@@ -59,7 +59,10 @@ def _command_line(ctx: click.Context) -> str:
               help="openai: tokenizer.json (or its directory) to count lengths when the server "
                    "has no /tokenize.")
 @click.option("--timeout", default=120.0, show_default=True, type=float,
-              help="openai: seconds per request before it is retried.")
+              help="openai: seconds a whole request may take (connect, send, wait, read) before "
+                   "it is retried.")
+@click.option("--max-response-bytes", default=1 << 20, show_default=True, type=int,
+              help="openai: a reply body larger than this is not read; its cell is stored as errored.")
 @click.option("--retries", default=5, show_default=True, type=int,
               help="openai: retries on 429, 5xx and timeouts.")
 @click.option("--shard", default=None, help="Run only the i-th of n shares of the cells, e.g. 0/4.")
@@ -71,14 +74,19 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, name, max_new_tokens,
-                concurrency, haystack, served_model, api, api_key_env, tokenizer, timeout, retries,
-                shard, chat_template, device, dtype, gpu_memory, host_memory, offload_dir, quiet):
+                concurrency, haystack, served_model, api, api_key_env, tokenizer, timeout,
+                max_response_bytes, retries, shard, chat_template, device, dtype, gpu_memory,
+                host_memory, offload_dir, quiet):
     """Run probes against a model and store one row per cell; rerunning resumes.
 
     Native runs plan their memory for the longest cell not yet stored before loading any weight
     (--gpu-memory, --host-memory, --offload-dir; default: what is free here) and stop at once,
     storing nothing, when it cannot fit; a finished run reruns without loading the model. Budgets
     are not part of a run's identity: rerun with others to resume.
+
+    Exit status: 0 when the sweep ran; 2 on bad input (nothing stored); 3 when more than half of
+    the cells attempted by this invocation errored (e.g. the server failed them all): they are
+    stored as errored and a rerun retries them, but the results are not a measurement.
 
     Example: ctxprobe run --model openai:http://127.0.0.1:8000/v1 --served-model m --probe niah --lengths 1k,4k --depths 0,50,100 --samples 3
 
@@ -87,6 +95,7 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
     """
     from ctxprobe.backends import open_backend
     from ctxprobe.backends.memory import MemoryBudgets
+    from ctxprobe.backends.spec import check_spec
     from ctxprobe.grid import parse_depths, parse_lengths
     from ctxprobe.planner import parse_shard
     from ctxprobe.store import Store
@@ -101,10 +110,12 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
                      lengths=parse_lengths(lengths), depths=parse_depths(depths),
                      samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard))
     check_families(spec.families)
+    check_spec(model_spec, api_key_env=api_key_env)  # a secret in a flag: refused before any store
     with Store(db) as store:  # refuse a bad --db before loading a model or calling a server
         backend = open_backend(model_spec, max_new_tokens=max_new_tokens, concurrency=concurrency,
                                served_model=served_model, api=api, api_key_env=api_key_env,
                                tokenizer=tokenizer, timeout=timeout, retries=retries,
+                               max_response_bytes=max_response_bytes,
                                chat_template=chat_template, device=device, dtype=dtype,
                                memory=memory)
         try:  # native: plan the longest pending cell and load the weights; one that cannot fit stops here
@@ -123,6 +134,20 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
         click.echo(summarize(store.cells(run.id)))
     click.echo(f"run {run.name}: {stats.finished} cell(s) done now ({stats.errored} errored), "
                f"{stats.skipped} already stored, in {stats.seconds:.1f} s; db {db}")
+    _fail_if_mostly_errored(ctx, stats)
+
+
+EXIT_MOSTLY_ERRORED = 3
+
+
+def _fail_if_mostly_errored(ctx, stats) -> None:
+    """A CI job must never read "every cell errored" as success: more than half of this
+    invocation's cells errored -> one line on stderr and exit 3."""
+    if stats.finished and 2 * stats.errored > stats.finished:
+        click.echo(f"error: {stats.errored} of the {stats.finished} cell(s) run now errored (more than "
+                   "half; see the error column of `ctxprobe export`): rerun the same command to "
+                   "retry them", err=True)
+        ctx.exit(EXIT_MOSTLY_ERRORED)
 
 
 def _torchrun_world(device):

@@ -156,6 +156,7 @@ def run_sweep(store: Store | None, run: Run | None, backend, spec: SweepSpec, *,
     bar = tqdm(total=len(todo), unit="cell", file=sys.stderr, disable=not progress or not todo or not main_rank,
                dynamic_ncols=True, desc=run.name if run is not None else "")
     start = time.perf_counter()
+    redact = getattr(backend, "redact", None)  # the HTTP backend's: what the store may keep
 
     def finish(future: Future, items: list[tuple[Cell, object]]) -> None:
         try:
@@ -168,9 +169,11 @@ def run_sweep(store: Store | None, run: Run | None, backend, spec: SweepSpec, *,
             results = [CellResult(error=f"{type(e).__name__}: {e}") for _ in items]
         for (cell, probe), result in zip(items, results):
             row = score_cell(cell, probe, result, spec.seed)
-            if main_rank and not store.put_cell(run.id, row):
-                stats.skipped += 1  # another process finished this cell meanwhile: its row stands
-                continue
+            if redact is not None:  # scored on the raw text above; stored without the API key
+                row["response"] = redact(row["response"])
+                row["error"] = row["error"] and redact(row["error"])
+            if main_rank:
+                store.put_cell(run.id, row)
             stats.finished += 1
             stats.errored += row["error"] is not None
             stats.prompt_tokens += row["prompt_tokens"] or 0
