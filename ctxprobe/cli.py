@@ -1,7 +1,9 @@
 """The `ctxprobe` command line: a thin click layer over the Python API.
 
-Every user mistake (ValueError, UserError, a missing file) becomes one line on stderr and
-exit code 2; set CTXPROBE_DEBUG=1 to see the traceback instead.
+Every user mistake (ValueError, UserError, a missing file, an option click cannot parse)
+becomes one line on stderr and exit code 2; Ctrl-C anywhere in a command becomes one line and
+exit code 130 (a sweep's own handler says first how many cells are stored). Set
+CTXPROBE_DEBUG=1 to see the traceback instead.
 """
 
 from __future__ import annotations
@@ -14,18 +16,45 @@ import click
 from ctxprobe import __version__
 
 
+EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
+# click 8.2+: `ctxprobe probes` with no subcommand shows the help through this UsageError.
+_SHOWS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class CtxprobeGroup(click.Group):
     def invoke(self, ctx: click.Context):
+        debug = bool(os.environ.get("CTXPROBE_DEBUG"))
         try:
             return super().invoke(ctx)
+        except _SHOWS_HELP:
+            raise
+        except click.UsageError as e:  # a bad option value: one line, not click's usage block
+            if debug:
+                raise
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            _fail(f"{e.format_message()} (see `{where} --help`)")
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except (ValueError, OSError) as e:  # UserError is a ValueError
-            if os.environ.get("CTXPROBE_DEBUG"):
+            if debug:
                 raise
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            click.echo(f"error: {msg}", err=True)
-            sys.exit(2)
+            _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            # Every `with` and `finally` on the way up has run (stores closed, temporary files
+            # gone); exit at once rather than wait for worker threads still blocked in I/O.
+            name = ctx.invoked_subcommand or "command"
+            click.echo(f"\ninterrupted: ctxprobe {name} stopped (Ctrl-C); rerun the same command "
+                       "to start again", err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
 
 
 @click.group(cls=CtxprobeGroup, context_settings={"help_option_names": ["-h", "--help"]})

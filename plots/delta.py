@@ -12,7 +12,7 @@ from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter
 
-from plots.style import DELTA_CMAP, length_label, new_figure, text_color
+from plots.style import DELTA_CMAP, length_label, new_figure, plain, text_color
 
 
 def delta_heatmap(rows, lengths, delta_RL, significant_RL, regressed_RL=None, n_RL=None, *,
@@ -36,7 +36,7 @@ def delta_heatmap(rows, lengths, delta_RL, significant_RL, regressed_RL=None, n_
     image = ax.imshow(np.ma.masked_invalid(delta_RL), cmap=DELTA_CMAP, norm=norm, aspect="auto",
                       interpolation="nearest")
     ax.set_xticks(range(shape[1]), [length_label(x) for x in lengths])
-    ax.set_yticks(range(shape[0]), list(rows))
+    ax.set_yticks(range(shape[0]), [plain(r) for r in rows])
     ax.set_xlabel("context length (tokens)")
     ax.set_xticks(np.arange(-0.5, shape[1], 1), minor=True)
     ax.set_yticks(np.arange(-0.5, shape[0], 1), minor=True)
@@ -68,7 +68,7 @@ def delta_heatmap(rows, lengths, delta_RL, significant_RL, regressed_RL=None, n_
     if percent:
         bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:+.0f}" if v else "0"))
     bar.outline.set_visible(False)
-    ax.set_title(title or "B - A", loc="left", fontsize=11, fontweight="bold")
+    ax.set_title(plain(title or "B - A"), loc="left", fontsize=11, fontweight="bold")
     # The key goes under the axis label, not beside the title: a title naming two runs fills
     # that line.
     ax.annotate("* significantly worse (Holm)   boxed: regression", xy=(0.5, 0.0),

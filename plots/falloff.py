@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 from matplotlib.ticker import FixedLocator, NullLocator
 
-from plots.style import approx_length_label, length_label, new_figure
+from plots.style import approx_length_label, length_label, new_figure, plain
 
 MARKER_COLORS = ("#1565c0", "#6a1b9a", "#00838f", "#ad1457")
 
@@ -36,7 +36,7 @@ def falloff(lengths, mean, lo, hi, *, threshold=None, markers=(), fit=None, titl
     fig = ax.figure
 
     ax.fill_between(lengths, lo, hi, color="#2e7d32", alpha=0.18, linewidth=0, label="95% interval")
-    ax.plot(lengths, mean, "o-", color="#2e7d32", linewidth=2, markersize=5, label=label)
+    ax.plot(lengths, mean, "o-", color="#2e7d32", linewidth=2, markersize=5, label=plain(label))
     if fit is not None:
         ax.plot(fit[0], fit[1], "--", color="#455a64", linewidth=1.3, label="logistic fit")
     if threshold is not None:
@@ -56,7 +56,7 @@ def falloff(lengths, mean, lo, hi, *, threshold=None, markers=(), fit=None, titl
             text = "< " + length_label(lengths.min())
         x = float(np.clip(marker.length, low, high))
         ax.axvline(x, color=color, linewidth=1.4, linestyle="-" if inside else ":",
-                   label=f"{marker.label} {text}")
+                   label=plain(f"{marker.label} {text}"))
         if marker.lo is not None and marker.hi is not None:
             span_lo, span_hi = np.clip([marker.lo, marker.hi], low, high)
             if span_hi > span_lo:
@@ -70,13 +70,13 @@ def falloff(lengths, mean, lo, hi, *, threshold=None, markers=(), fit=None, titl
     ax.set_ylim(-0.03, 1.03)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
     ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel(label)
+    ax.set_ylabel(plain(label))
     ax.grid(True, color="#eeeeee")
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     if title:
-        ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
+        ax.set_title(plain(title), loc="left", fontsize=11, fontweight="bold")
     return fig
 
 

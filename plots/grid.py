@@ -8,7 +8,7 @@ from matplotlib.colors import Normalize
 from matplotlib.cm import ScalarMappable
 
 from plots.heatmap import heatmap
-from plots.style import SCORE_CMAP, new_figure
+from plots.style import SCORE_CMAP, new_figure, plain
 
 
 def grid(panels, *, title=None, columns=2):
@@ -31,5 +31,5 @@ def grid(panels, *, title=None, columns=2):
     bar.set_label("score")
     bar.outline.set_visible(False)
     if title:
-        fig.suptitle(title, x=0.01, ha="left", fontsize=12, fontweight="bold")
+        fig.suptitle(plain(title), x=0.01, ha="left", fontsize=12, fontweight="bold")
     return fig

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.colors import Normalize
 
-from plots.style import SCORE_CMAP, length_label, new_figure, text_color
+from plots.style import SCORE_CMAP, length_label, new_figure, plain, text_color
 
 
 def heatmap(lengths, depths, score_DL, n_DL, *, title=None, ax=None, colorbar=True):
@@ -50,7 +50,7 @@ def matrix_heatmap(lengths, depths, values_DL, n_DL, *, title, ax, colorbar, cma
     for spine in ax.spines.values():
         spine.set_visible(False)
     if title:
-        ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
+        ax.set_title(plain(title), loc="left", fontsize=11, fontweight="bold")
 
     _annotate(ax, values_DL, n_DL, cmap, norm, value_text)
     if colorbar:

@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.ticker import FuncFormatter, NullLocator
 
-from plots.style import length_label, new_figure
+from plots.style import length_label, new_figure, plain
 
 
 def history(run_labels, effective, lengths, score_RL, *, title=None):
@@ -24,7 +24,7 @@ def history(run_labels, effective, lengths, score_RL, *, title=None):
 
     for name, (values, lo, hi) in effective.items():
         values = np.asarray(values, dtype=float)
-        line, = top.plot(runs, values, "o-", linewidth=2, label=name)
+        line, = top.plot(runs, values, "o-", linewidth=2, label=plain(name))
         if lo is not None and hi is not None:
             top.fill_between(runs, np.asarray(lo, float), np.asarray(hi, float),
                              color=line.get_color(), alpha=0.15, linewidth=0)
@@ -48,12 +48,12 @@ def history(run_labels, effective, lengths, score_RL, *, title=None):
     bottom.set_ylabel("score at each length")
     bottom.legend(title="length", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
                   frameon=False)
-    bottom.set_xticks(runs, list(run_labels), rotation=30, ha="right")
+    bottom.set_xticks(runs, [plain(r) for r in run_labels], rotation=30, ha="right")
     bottom.set_xlabel("run")
     for ax in (top, bottom):
         ax.grid(True, color="#eeeeee")
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
     if title:
-        top.set_title(title, loc="left", fontsize=11, fontweight="bold")
+        top.set_title(plain(title), loc="left", fontsize=11, fontweight="bold")
     return fig

@@ -62,6 +62,13 @@ def _tenths(n: int, base: int) -> str:
     return f"{n // base}" if n % base == 0 else f"{n / base:.1f}"
 
 
+def plain(text) -> str:
+    """A user's string (a run name, a file path, a family) as literal text: matplotlib reads
+    text between two `$` as math, so "cost $x$" would typeset x and "$\\foo$" would fail to
+    render. An escaped `\\$` shows as `$`, and nothing else in mathtext needs escaping."""
+    return str(text).replace("$", r"\$")
+
+
 def text_color(rgba) -> str:
     """Black or white, whichever reads better on a cell of this colour."""
     r, g, b = to_rgb(rgba)

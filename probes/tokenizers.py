@@ -86,11 +86,20 @@ class HFTokenizer:
         self.name = folder if path.name == "tokenizer.json" and folder else path.stem
         self.fingerprint = "hf-" + hashlib.sha256(raw).hexdigest()[:16]
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-        anchor = self._tok.encode(_ANCHOR, add_special_tokens=False).ids
-        self._anchor_ids = anchor
+        self._anchor_ids = self.encode(_ANCHOR)
+
+    def _refused(self, e: Exception) -> ValueError:
+        """A file the library loads but cannot encode with (a WordLevel or WordPiece model whose
+        unk_token is missing from its vocabulary, say): one message naming the file."""
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return ValueError(f"tokenizer file {self.path} cannot encode text ({reason}); fix the file "
+                          "(e.g. add its unk_token to the vocabulary) or pass another tokenizer")
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+        try:
+            return self._tok.encode(text, add_special_tokens=False).ids
+        except Exception as e:  # the library raises its own exception types
+            raise self._refused(e) from None
 
     def encode_array(self, text: str) -> np.ndarray:
         return np.asarray(self.encode(text), dtype=np.int32)
@@ -98,14 +107,12 @@ class HFTokenizer:
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
-    def vocabulary_texts(self) -> list[str]:
-        """The text of every token alone, decoded in one batch (probes/exactness.py reads it)."""
-        ids = sorted(self._tok.get_vocab(with_added_tokens=True).values())
-        return self._tok.decode_batch([[i] for i in ids], skip_special_tokens=False)
-
     def encode_units(self, texts: list[str]) -> list[list[int]]:
         a = self._anchor_ids
-        encs = self._tok.encode_batch([_ANCHOR + t for t in texts], add_special_tokens=False)
+        try:
+            encs = self._tok.encode_batch([_ANCHOR + t for t in texts], add_special_tokens=False)
+        except Exception as e:
+            raise self._refused(e) from None
         out = []
         for text, enc in zip(texts, encs):
             ids = enc.ids

@@ -21,10 +21,24 @@ def memory_options(command):
     return command
 
 
-VERIFY_MODES = ("sampled", "pairs", "full", "junctions")   # probes/exactness.py's MODES
+MAX_SECONDS = 86400.0   # a day: longer is a typo, and socket timeouts overflow near 1e10 s
 
-verify_option = click.option(
-    "--verify", type=click.Choice(VERIFY_MODES), default="sampled", show_default=True,
-    help="How each prompt is proven to re-tokenize to its ids: sampled (every pair of adjacent "
-         "pieces, then a few windows in context), pairs, full (the whole prompt re-tokenized: "
-         "the audit), junctions (fastest; not a proof). See docs/probes.md.")
+
+class Seconds(click.ParamType):
+    """A finite number of seconds in (0, MAX_SECONDS]: inf and nan would reach the socket layer
+    (an OverflowError there, or a request that may never end)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds, e.g. 120", param, ctx)
+        if not (seconds > 0 and seconds <= MAX_SECONDS):   # False for nan too
+            self.fail(f"{value!r} is not a number of seconds above 0 and at most "
+                      f"{MAX_SECONDS:.0f} (a day)", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()

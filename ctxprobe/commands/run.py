@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from ctxprobe.commands.options import memory_options, verify_option
+from ctxprobe.commands.options import SECONDS, memory_options
 from ctxprobe.errors import UserError
 from ctxprobe.store import CELL_KEYS, DEFAULT_PATH
 
@@ -58,7 +58,7 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--tokenizer", default=None,
               help="openai: tokenizer.json (or its directory) to count lengths when the server "
                    "has no /tokenize.")
-@click.option("--timeout", default=120.0, show_default=True, type=float,
+@click.option("--timeout", default=120.0, show_default=True, type=SECONDS,
               help="openai: seconds a whole request may take (connect, send, wait, read) before "
                    "it is retried.")
 @click.option("--max-response-bytes", default=1 << 20, show_default=True, type=int,
@@ -71,13 +71,12 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--device", default=None, help="Native: torch device [default: cuda if available].")
 @click.option("--dtype", default=None, help="Native: weight dtype [default: the checkpoint's].")
 @memory_options
-@verify_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, name, max_new_tokens,
                 concurrency, haystack, served_model, api, api_key_env, tokenizer, timeout,
                 max_response_bytes, retries, shard, chat_template, device, dtype, gpu_memory,
-                host_memory, offload_dir, quiet, verify):
+                host_memory, offload_dir, quiet):
     """Run probes against a model and store one row per cell; rerunning resumes.
 
     Native runs plan their memory for the longest cell not yet stored before loading any weight
@@ -109,8 +108,7 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
                             max_new_tokens, haystack, shard, chat_template, device, dtype, memory, quiet)
     spec = SweepSpec(families=[f.strip() for f in probes.split(",") if f.strip()],
                      lengths=parse_lengths(lengths), depths=parse_depths(depths),
-                     samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard),
-                     verify=verify)
+                     samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard))
     check_families(spec.families)
     check_spec(model_spec, api_key_env=api_key_env)  # a secret in a flag: refused before any store
     with Store(db) as store:  # refuse a bad --db before loading a model or calling a server
@@ -195,8 +193,7 @@ def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed,
             nonlocal store, backend, spec, todo
             spec = SweepSpec(families=[f.strip() for f in probes.split(",") if f.strip()],
                              lengths=parse_lengths(lengths), depths=parse_depths(depths),
-                             samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard),
-                             verify=ctx.params.get("verify"))
+                             samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard))
             check_families(spec.families)
             if model_spec.startswith("openai:"):
                 raise UserError("torchrun shards the native runner's prefill; an openai: server needs "

@@ -7,6 +7,8 @@ text model under `text_config`). `from_hf` reads them all into one shape.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 
 from ctxprobe.errors import UserError
@@ -69,6 +71,76 @@ class ModelConfig:
                     window=self.sliding_window)
 
 
+# What each config.json field must hold when present (absent or null: the readers' defaults).
+# A wrong value here would otherwise surface deep in model building as a traceback, or not at
+# all ("tie_word_embeddings": "false" is truthy).
+MAX_LAYERS = 10_000   # no model comes near; a typo would build that many blocks before any check
+_WHOLE = {"vocab_size": 1, "hidden_size": 1, "num_hidden_layers": 1, "num_attention_heads": 1,
+          "num_key_value_heads": 1, "head_dim": 1, "intermediate_size": 1, "moe_intermediate_size": 1,
+          "intermediate_size_mlp": 1, "num_experts_per_tok": 1, "num_local_experts": 0, "num_experts": 0,
+          "max_position_embeddings": 1, "sliding_window": 1, "attention_chunk_size": 1,
+          "decoder_sparse_step": 1, "interleave_moe_layer_step": 1, "no_rope_layer_interval": 1,
+          "bos_token_id": 0}
+_POSITIVE = ("rms_norm_eps", "rope_theta", "floor_scale")
+_FINITE = ("attn_scale",)
+_FLAGS = ("tie_word_embeddings", "use_qk_norm", "attn_temperature_tuning", "norm_topk_prob",
+          "use_sliding_window")
+_WHOLE_LISTS = {"mlp_only_layers": 0, "moe_layers": 0, "no_rope_layers": 0, "eos_token_id": 0}
+
+
+def _bad(where: str, key: str, want: str, value) -> UserError:
+    return UserError(f"{where}: '{key}' must be {want}, found {json.dumps(value, default=str)}; "
+                     "fix config.json")
+
+
+def _whole(value, key: str, lo: int, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise _bad(where, key, f"a whole number >= {lo}", value)
+    return value
+
+
+def _real(value, key: str, where: str, positive: bool) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (positive and value <= 0):
+        raise _bad(where, key, "a number above 0" if positive else "a finite number", value)
+    return float(value)
+
+
+def check_fields(cfg: dict, where: str) -> None:
+    """A UserError naming the first field of cfg with a wrong type or an impossible value."""
+    for key, lo in _WHOLE.items():
+        if cfg.get(key) is not None:
+            _whole(cfg[key], key, lo, where)
+    for key in _POSITIVE + _FINITE:
+        if cfg.get(key) is not None:
+            _real(cfg[key], key, where, positive=key in _POSITIVE)
+    for key in _FLAGS:   # a number is read as its truth (Scout's config says attn_temperature_tuning: 4)
+        if cfg.get(key) is not None and not isinstance(cfg[key], (bool, int, float)):
+            raise _bad(where, key, "true or false", cfg[key])
+    for key, lo in _WHOLE_LISTS.items():
+        value = cfg.get(key)
+        if value is None or (key == "eos_token_id" and not isinstance(value, list)):
+            continue
+        if not isinstance(value, list):
+            raise _bad(where, key, "a list of whole numbers", value)
+        for item in value:
+            _whole(item, key, lo, where)
+    if cfg.get("eos_token_id") is not None and not isinstance(cfg["eos_token_id"], list):
+        _whole(cfg["eos_token_id"], "eos_token_id", 0, where)
+    if cfg.get("layer_types") is not None and (not isinstance(cfg["layer_types"], list) or not all(
+            isinstance(t, str) for t in cfg["layer_types"])):
+        raise _bad(where, "layer_types", "a list of names", cfg["layer_types"])
+    for key in ("rope_parameters", "rope_scaling"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], dict):
+            raise _bad(where, key, "an object of rope settings", cfg[key])
+    if (cfg.get("num_hidden_layers") or 0) > MAX_LAYERS:
+        raise _bad(where, "num_hidden_layers", f"at most {MAX_LAYERS}", cfg["num_hidden_layers"])
+    heads, kv_heads = cfg.get("num_attention_heads"), cfg.get("num_key_value_heads")
+    if heads and kv_heads and heads % kv_heads:
+        raise UserError(f"{where}: 'num_attention_heads' ({heads}) must be a multiple of "
+                        f"'num_key_value_heads' ({kv_heads}); fix config.json")
+
+
 def _require(cfg: dict, key: str, where: str):
     if key not in cfg or cfg[key] is None:
         kind = cfg.get("model_type", "HF")
@@ -76,9 +148,10 @@ def _require(cfg: dict, key: str, where: str):
     return cfg[key]
 
 
-def _rope(cfg: dict, default_theta: float) -> tuple[float, dict | None]:
+def _rope(cfg: dict, default_theta: float, where: str = "config.json") -> tuple[float, dict | None]:
     params = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
-    theta = float(params.get("rope_theta", cfg.get("rope_theta", default_theta)))
+    theta = params.get("rope_theta", cfg.get("rope_theta", default_theta))
+    theta = _real(theta, "rope_theta", where, positive=True)
     kind = params.get("rope_type", params.get("type", "default"))
     if kind in (None, "default"):
         return theta, None
@@ -89,7 +162,7 @@ def _rope(cfg: dict, default_theta: float) -> tuple[float, dict | None]:
     missing = [k for k in keys if params.get(k) is None]
     if missing:
         raise UserError(f"config.json: llama3 rope scaling needs {', '.join(missing)}; is the config complete?")
-    scaling = {k: float(params[k]) for k in keys}
+    scaling = {k: _real(params[k], k, where, positive=True) for k in keys}
     return theta, scaling
 
 
@@ -109,13 +182,16 @@ def from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
                         f"supported: {', '.join(ARCHITECTURES)}")
     # The multimodal Llama 4 config nests the text model's settings under text_config.
     text = (cfg.get("text_config") or cfg) if arch == "Llama4ForConditionalGeneration" else cfg
+    if not isinstance(text, dict):
+        raise _bad(where, "text_config", "an object of model settings", text)
+    check_fields(text, where)
     get = lambda k: _require(text, k, where)  # noqa: E731
     n_layers, n_heads, dim = get("num_hidden_layers"), get("num_attention_heads"), get("hidden_size")
     n_kv = text.get("num_key_value_heads") or n_heads
     act = text.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise UserError(f"{where}: hidden_act '{act}' is not supported; these families use silu")
-    theta, scaling = _rope(text, 500000.0 if arch.startswith("Llama4") else 10000.0)
+    theta, scaling = _rope(text, 500000.0 if arch.startswith("Llama4") else 10000.0, where)
     base = dict(arch=arch, vocab_size=get("vocab_size"), dim=dim, n_layers=n_layers, n_heads=n_heads,
                 n_kv_heads=n_kv, head_dim=text.get("head_dim") or dim // n_heads,
                 ffn_dim=get("intermediate_size"), norm_eps=float(get("rms_norm_eps")),
