@@ -84,7 +84,6 @@ class Transport:
         self.timeout, self.max_bytes = timeout, max_bytes
         self._lock = threading.Lock()
         self._pool: dict[tuple[threading.Thread, tuple], http.client.HTTPConnection] = {}
-        self.connections_opened = 0
 
     def exchange(self, method: str, url: str, body: bytes | None = None,
                  headers: dict | None = None) -> Reply:
@@ -139,7 +138,7 @@ class Transport:
             if conn is None:
                 scheme, host, port = origin
                 kind = _DeadlineHTTPS if scheme == "https" else _DeadlineHTTP
-                conn = self._pool[(me, origin)] = kind(host, port, owner=self)
+                conn = self._pool[(me, origin)] = kind(host, port)
         if conn.sock is not None and _closed_by_peer(conn.sock):
             conn.close()                         # a keep-alive connection the server dropped
         return conn
@@ -204,16 +203,10 @@ class _DeadlineConnection:
 
     deadline = 0.0
 
-    def __init__(self, host: str, port: int, *, owner: Transport):
-        super().__init__(host, port)
-        self._owner = owner
-
     def connect(self):
         self.timeout = _left(self.deadline)      # bounds the TCP (and TLS) handshake
         super().connect()
         self.sock = _DeadlineSocket(self.sock, self)
-        with self._owner._lock:
-            self._owner.connections_opened += 1
 
 
 class _DeadlineHTTP(_DeadlineConnection, http.client.HTTPConnection):
