@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from ctxprobe.runner.bench import H100_SXM_BF16_TFLOPS, bench_prefill  # noqa: E402
-from ctxprobe.runner.planner import ModelShape, default_budgets, parse_tokens, plan_run  # noqa: E402
+from ctxprobe.runner.planner import ModelShape, default_budgets, plan_run  # noqa: E402
 from ctxprobe.runner.presets import build_preset  # noqa: E402
+from ctxprobe.units import parse_tokens  # noqa: E402
 
 
 def check_paths(device: str, offload_dir: str | None):

@@ -6,8 +6,9 @@ import torch
 
 from ctxprobe.errors import UserError
 from ctxprobe.runner import prefill
-from ctxprobe.runner.planner import ModelShape, fmt_bytes, parse_bytes, parse_tokens, plan_run
+from ctxprobe.runner.planner import ModelShape, plan_run
 from ctxprobe.runner.presets import build_preset, preset_config
+from ctxprobe.units import fmt_bytes
 
 SCOUT_4L = ModelShape.from_config(preset_config("scout-4l"), 2)
 SCOUT_48L = ModelShape.from_config(preset_config("scout-48l"), 2)
@@ -22,17 +23,6 @@ def test_scout_shape_matches_published_figures():
     active = sum(lay.active_params for lay in SCOUT_48L.layers)
     assert 15e9 < active + 2 * 202048 * 5120 < 18e9
     assert 200e9 < SCOUT_48L.weight_bytes < 225e9
-
-
-def test_parse_sizes():
-    assert parse_bytes("80GiB") == parse_bytes("80G") == 80 << 30
-    assert parse_bytes("80GB") == 80 * 10**9
-    assert parse_bytes("512MiB") == 512 << 20 and parse_bytes(1234) == 1234
-    assert parse_tokens("128k") == 131072 and parse_tokens("1M") == 1 << 20 and parse_tokens(77) == 77
-    with pytest.raises(UserError, match="--host-memory"):
-        parse_bytes("lots", "--host-memory")
-    with pytest.raises(UserError):
-        parse_tokens("many")
 
 
 def test_one_h100_holds_scout_4l_at_10m_with_host_hidden_states():

@@ -169,7 +169,8 @@ def test_a_ranks_plan_counts_the_share_the_sharded_runner_holds_on_the_device():
     output (with the ring's fp32 accumulators) on the device through each layer, and the ring
     holds a peer's K/V share while it receives the next. Scout at 10M tokens on 8 ranks: a lone
     prefill of the share's 1.25M tokens fits 78 GiB, but the rank's pass needs ~85 GiB more."""
-    from ctxprobe.runner.planner import GiB, ModelShape, plan_run
+    from ctxprobe.runner.planner import ModelShape, plan_run
+    from ctxprobe.units import GiB
     from ctxprobe.runner.presets import preset_config
 
     shape = ModelShape.from_config(preset_config("scout-48l"), 2)

@@ -44,7 +44,8 @@ def _plans(shape, lengths, preset, weights, **budgets):
     planner would read weights from disk it plans them in host memory instead (and says what is short).
     One model serves every length, in the most streamed tier any plan needs (it takes the least
     memory), so every length is planned, described and run with that tier."""
-    from ctxprobe.runner.planner import parse_tokens, plan_run
+    from ctxprobe.runner.planner import plan_run
+    from ctxprobe.units import parse_tokens
 
     plans = []
     for text in lengths.split(","):
@@ -90,7 +91,8 @@ def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload
     from ctxprobe.errors import UserError
     from ctxprobe.models.loader import _dtype
     from ctxprobe.runner.bench import bench_prefill
-    from ctxprobe.runner.planner import ModelShape, default_budgets, parse_tokens
+    from ctxprobe.runner.planner import ModelShape, default_budgets
+    from ctxprobe.units import parse_tokens
 
     if stream_weights and weights not in (None, "host"):
         raise UserError(f"--stream-weights means --weights host; drop one of it and --weights {weights}")

@@ -15,6 +15,7 @@ import torch
 from ctxprobe.models.blocks import Experts, FusedExperts
 from ctxprobe.models.keymap import KEYMAPS
 from ctxprobe.models.loader import _dtype, build_empty, plan_copies, read_config, read_headers
+from ctxprobe.units import fmt_bytes, human_count
 
 
 def _numel(module: torch.nn.Module) -> int:
@@ -91,21 +92,6 @@ def describe_config(cfg, length: int | None = None, dtype=None) -> dict:
     return facts
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
-
-
-def human_count(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
-
-
 def format_facts(f: dict) -> str:
     lines = [
         f"{f['path']}: {f['arch']} ({f['dtype']}, {f['shards']} shard(s))",
@@ -114,11 +100,11 @@ def format_facts(f: dict) -> str:
         f"  parameters: {human_count(f['params_total'])} total, {human_count(f['params_active'])} active per token",
         "  layers by kind:",
         *[f"    {n:3d}  {kind}" for kind, n in f["layer_kinds"].items()],
-        f"  KV per token: {human_bytes(f['kv_bytes_per_token_global'])} on global layers, "
-        f"{human_bytes(f['kv_bytes_per_token_local'])} on local layers "
-        f"({human_bytes(f['kv_bytes_per_token_layer'])} per layer)",
+        f"  KV per token: {fmt_bytes(f['kv_bytes_per_token_global'])} on global layers, "
+        f"{fmt_bytes(f['kv_bytes_per_token_local'])} on local layers "
+        f"({fmt_bytes(f['kv_bytes_per_token_layer'])} per layer)",
     ]
     if "memory" in f:
         lines.append(f"  memory for {f['length']:,} tokens:")
-        lines += [f"    {human_bytes(v):>10}  {tier}" for tier, v in f["memory"].items()]
+        lines += [f"    {fmt_bytes(v):>10}  {tier}" for tier, v in f["memory"].items()]
     return "\n".join(lines)

@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ctxprobe.hardware import H100_SXM_BF16_TFLOPS
-from ctxprobe.runner.planner import ModelShape, Plan, fmt_bytes
+from ctxprobe.runner.planner import ModelShape, Plan
 from ctxprobe.runner.prefill import Settings, model_device, model_dtype, prefill
+from ctxprobe.units import fmt_bytes
 
 
 @dataclass

@@ -19,54 +19,16 @@ On CPU the "device" is host memory, so everything shares the host budget and wei
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 
 from ctxprobe.errors import UserError
 from ctxprobe.runner.prefill import Settings
+from ctxprobe.units import fmt_bytes, parse_bytes, parse_tokens
 
-GiB = 1 << 30
 CHUNKS = [1 << p for p in range(16, 7, -1)]    # 65536 .. 256 tokens per prefill step
 MIN_DEVICE_KV_CHUNK = 8192                     # below this, streaming KV beats starving the matmuls
-
-
-# ---- parsing user input -----------------------------------------------------------------------
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_bytes(text, what: str = "--gpu-memory") -> int:
-    """'80GiB', '80G' (binary), '80GB' (decimal), '512MiB', '1.5T' or a plain number of bytes."""
-    if isinstance(text, (int, float)):
-        return int(text)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)(b?)\s*", str(text).lower())
-    if not m:
-        raise UserError(f"{what}: cannot read {text!r} as a size; write e.g. 80GiB, 512MiB or 1.5T")
-    num, unit, binary, b = m.groups()
-    scale = _UNITS[unit] if (binary or not b or not unit) else 1000 ** "kmgt".index(unit) * 1000
-    return int(float(num) * scale)
-
-
-def parse_tokens(text, what: str = "--length") -> int:
-    """'128k' (131072), '1M' (1048576), '4096' -> tokens (k = 1024, M = 1048576, as ctxprobe.grid)."""
-    if isinstance(text, int):
-        if text < 1:
-            raise UserError(f"{what}: a prompt needs at least one token, got {text}")
-        return text
-    from ctxprobe.grid import parse_size
-
-    try:
-        return parse_size(str(text))
-    except ValueError as e:
-        raise UserError(f"{what}: {e}") from None
-
-
-def fmt_bytes(n: float) -> str:
-    for unit, size in (("TiB", 1 << 40), ("GiB", GiB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 # ---- the model's shape ------------------------------------------------------------------------
