@@ -112,7 +112,7 @@ def test_a_failed_prefill_leaves_no_offload_files(tmp_path):
 def test_pinned_hidden_states_are_registered_at_their_exact_size(monkeypatch):
     """Under CUDA the host hidden-state buffer is page-locked with cudaHostRegister at exactly T x D
     elements (the caching host allocator behind pin_memory=True rounds up to a power of two)."""
-    from ctxprobe.runner import hidden
+    from ctxprobe.runner import pinned
 
     calls = []
 
@@ -122,5 +122,5 @@ def test_pinned_hidden_states_are_registered_at_their_exact_size(monkeypatch):
             return 0
 
     monkeypatch.setattr(torch.cuda, "cudart", lambda: FakeCudart())
-    buf, registered = hidden._page_locked(10, 6, torch.bfloat16)
+    buf, registered = pinned.page_locked((10, 6), torch.bfloat16)
     assert registered and buf.shape == (10, 6) and calls == [(buf.data_ptr(), 10 * 6 * 2)]

@@ -17,12 +17,7 @@ import tempfile
 import numpy as np
 import torch
 
-from ctxprobe.runner.pinned import page_locked
-
-
-def _page_locked(n_tokens: int, dim: int, dtype) -> tuple[torch.Tensor, bool]:
-    """-> ([T, D] host tensor page-locked at its exact size, registered with CUDA by us?)."""
-    return page_locked((n_tokens, dim), dtype)
+from ctxprobe.runner.pinned import page_locked, unregister
 
 
 class HiddenBuffer:
@@ -35,7 +30,7 @@ class HiddenBuffer:
         self.bytes_moved = 0   # host <-> device traffic
         self._registered = False   # buf_TD page-locked by cudaHostRegister (unregistered in close)
         if tier == "host" and self.cuda:
-            self.buf_TD, self._registered = _page_locked(n_tokens, dim, dtype)
+            self.buf_TD, self._registered = page_locked((n_tokens, dim), dtype)
         elif tier == "host":
             self.buf_TD = torch.empty(n_tokens, dim, dtype=dtype)
         else:
@@ -108,8 +103,7 @@ class HiddenBuffer:
         self._pending = None
         if self._registered:
             self._registered = False
-            torch.cuda.synchronize(self.device)    # no copy may still touch the pages
-            torch.cuda.cudart().cudaHostUnregister(self.buf_TD.data_ptr())
+            unregister(self.buf_TD, self.device)
         if self.tier == "disk" and hasattr(self, "_mm"):
             del self.buf_TD, self._mm   # the last reference to the map frees the file's bytes
 

@@ -422,26 +422,20 @@ def plan_for_checkpoint(path, length, *, dtype=None, device=None, gpu_memory=Non
                         sharded: bool = False) -> Plan:
     """The plan for a checkpoint directory (config.json only; no weights are read).
     device: None = cuda when a GPU budget is given or a GPU is present, else cpu."""
+    import torch
+
     from ctxprobe.models.loader import _dtype, read_config
 
     cfg = read_config(path)
     if device is None:
-        import torch
-
         device = "cuda" if gpu_memory is not None or torch.cuda.is_available() else "cpu"
     dt = _dtype(dtype or cfg.dtype)
     shape = ModelShape.from_config(cfg, dt.itemsize)
-    if device.startswith("cuda") and gpu_memory is None and not _cuda_present():
+    if device.startswith("cuda") and gpu_memory is None and not torch.cuda.is_available():
         raise UserError("planning for a GPU on a machine without one: pass --gpu-memory (e.g. 80GiB)")
     return plan_run(shape, length, device=device, gpu_memory=gpu_memory, host_memory=host_memory,
                     offload_dir=offload_dir, keep_kv=keep_kv, extra_tokens=extra_tokens, weights=weights,
                     sharded=sharded)
-
-
-def _cuda_present() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def auto_settings(model, length: int, *, keep_kv: bool = False, extra_tokens: int = 0) -> Settings:
