@@ -73,6 +73,44 @@ def block_is_visible(q0: int, q1: int, k0: int, k1: int, rules: Rules) -> bool:
     return True
 
 
+def block_visible(q_range: tuple[int, int], k_range: tuple[int, int], causal: bool, chunk_size: int | None,
+                  window: int | None) -> bool:
+    """Does any query in [qs, qe) see any key in [ks, ke) (same mask as attention.reference.visible).
+
+    Exact under every rule combination (block_is_visible above may say True for nothing); the
+    ring and the sharded runner use it to skip (query piece, key piece) pairs."""
+    (qs, qe), (ks, ke) = q_range, k_range
+    if qe <= qs or ke <= ks:
+        return False
+    if chunk_size is None:
+        return _some_distance_visible(qs, qe, ks, ke, causal, window)
+    c = chunk_size
+    lo, hi = max(qs // c, ks // c), min((qe - 1) // c, (ke - 1) // c)
+    # Chunks strictly inside [lo, hi] are whole for both ranges (distance 0 occurs there), so
+    # the first two and the last common chunk decide.
+    for j in sorted({lo, lo + 1, hi}):
+        if lo <= j <= hi and _some_distance_visible(max(qs, j * c), min(qe, (j + 1) * c),
+                                                   max(ks, j * c), min(ke, (j + 1) * c), causal, window):
+            return True
+    return False
+
+
+def _some_distance_visible(qs: int, qe: int, ks: int, ke: int, causal: bool, window: int | None) -> bool:
+    # q - k takes every integer in [qs - (ke-1), (qe-1) - ks]; visible distances are
+    # [0 if causal else -inf, window-1 if window else +inf].
+    lowest, highest = qs - (ke - 1), (qe - 1) - ks
+    if causal and highest < 0:
+        return False
+    return window is None or lowest <= window - 1
+
+
+def visible_pairs(q_ranges: list[tuple[int, int]], k_ranges: list[tuple[int, int]], causal: bool,
+                  chunk_size: int | None, window: int | None) -> list[tuple[int, int]]:
+    """(query piece index, key piece index) for every pair with at least one visible entry."""
+    return [(i, j) for i, qr in enumerate(q_ranges) for j, kr in enumerate(k_ranges)
+            if block_visible(qr, kr, causal, chunk_size, window)]
+
+
 def query_blocks(q0: int, q1: int, rules: Rules, block_q: int) -> list[tuple[int, int]]:
     """Split [q0, q1) into blocks of at most block_q queries, cut at chunk boundaries so that
     inside one block the chunk rule is all-or-nothing per key."""

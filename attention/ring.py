@@ -21,46 +21,13 @@ import functools
 import torch
 import torch.distributed as dist
 
+from attention.blockwise import attend
+from attention.masks import visible_pairs
 from attention.merge import merge
-from attention.shard import LAYOUTS, shard_ranges
+from attention.ring_tiers import check_store, own_share_step
+from attention.shard import LAYOUTS, Range, piece_offsets, shard_ranges
 
-Range = tuple[int, int]
 _NCCL_READY: set = set()  # process groups that have run a collective
-
-
-def block_visible(q_range: Range, k_range: Range, causal: bool, chunk_size: int | None,
-                  window: int | None) -> bool:
-    """Does any query in [qs, qe) see any key in [ks, ke) (same mask as attention.reference.visible)."""
-    (qs, qe), (ks, ke) = q_range, k_range
-    if qe <= qs or ke <= ks:
-        return False
-    if chunk_size is None:
-        return _some_distance_visible(qs, qe, ks, ke, causal, window)
-    c = chunk_size
-    lo, hi = max(qs // c, ks // c), min((qe - 1) // c, (ke - 1) // c)
-    # Chunks strictly inside [lo, hi] are whole for both ranges (distance 0 occurs there), so
-    # the first two and the last common chunk decide.
-    for j in sorted({lo, lo + 1, hi}):
-        if lo <= j <= hi and _some_distance_visible(max(qs, j * c), min(qe, (j + 1) * c),
-                                                   max(ks, j * c), min(ke, (j + 1) * c), causal, window):
-            return True
-    return False
-
-
-def _some_distance_visible(qs: int, qe: int, ks: int, ke: int, causal: bool, window: int | None) -> bool:
-    # q - k takes every integer in [qs - (ke-1), (qe-1) - ks]; visible distances are
-    # [0 if causal else -inf, window-1 if window else +inf].
-    lowest, highest = qs - (ke - 1), (qe - 1) - ks
-    if causal and highest < 0:
-        return False
-    return window is None or lowest <= window - 1
-
-
-def visible_pairs(q_ranges: list[Range], k_ranges: list[Range], causal: bool, chunk_size: int | None,
-                  window: int | None) -> list[tuple[int, int]]:
-    """(query piece index, key piece index) for every pair with at least one visible entry."""
-    return [(i, j) for i, qr in enumerate(q_ranges) for j, kr in enumerate(k_ranges)
-            if block_visible(qr, kr, causal, chunk_size, window)]
 
 
 def last_needed_step(ranges_of: list[list[Range]], origin: int, causal: bool, chunk_size: int | None,
@@ -158,8 +125,6 @@ def ring_attend(q, k=None, v=None, *, scale=None, causal=True, chunk_size=None, 
         raise ValueError("pass this rank's keys and values either as k and v tensors or as kv=KVStore, "
                          "not both and not neither")
     if kv is not None:
-        from attention.ring_tiers import check_store
-
         check_store(q, kv)
         return _ring(q, None, kv, (1, kv.n_kv_heads, kv.head_dim), causal=causal, chunk_size=chunk_size,
                      window=window, layout=layout, group=group, seq_len=seq_len, align=align,
@@ -178,8 +143,6 @@ def ring_attend(q, k=None, v=None, *, scale=None, causal=True, chunk_size=None, 
 def _ring(q, kv, store, kv_dims, *, scale, causal, chunk_size, window, layout, group, seq_len, align, backend):
     """The ring loop. kv: this rank's (k, v) tensors, or None with `store` holding them;
     kv_dims (B, Hkv, D) size the buffers received."""
-    from attention import attend  # the public entry: whatever backend the package selects
-
     if window is not None and window < 1:
         raise ValueError(f"window must be >= 1 (or None), got {window}")
     if chunk_size is not None and chunk_size < 1:
@@ -196,13 +159,11 @@ def _ring(q, kv, store, kv_dims, *, scale, causal, chunk_size, window, layout, g
                          f"with attention.shard(x, rank, world_size, layout={layout!r}, align={align})")
     mask = dict(causal=causal, chunk_size=chunk_size, window=window)
 
-    q_offsets = _offsets(mine)
+    q_offsets = piece_offsets(mine)
     acc: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(mine)
     first_step = 0
     like = q if kv is None else kv[0]
     if store is not None:
-        from attention.ring_tiers import own_share_step
-
         kv = own_share_step(q, store, comm, ranges_of, last_step, acc, scale=scale, mask=mask, backend=backend)
         first_step = 1
     for step in range(first_step, W):
@@ -216,7 +177,7 @@ def _ring(q, kv, store, kv_dims, *, scale, causal, chunk_size, window, layout, g
             recv_shapes = [(B, Hkv, n, D)] * 2
         incoming = comm.send_recv(send, recv_shapes, like)
         if step <= last_step[origin]:
-            k_ranges, k_offsets = ranges_of[origin], _offsets(ranges_of[origin])
+            k_ranges, k_offsets = ranges_of[origin], piece_offsets(ranges_of[origin])
             for i, j in visible_pairs(mine, k_ranges, **mask):
                 (qs, qe), (ks, ke) = mine[i], k_ranges[j]
                 out, lse = attend(q.narrow(2, q_offsets[i], qe - qs), kv[0].narrow(2, k_offsets[j], ke - ks),
@@ -227,14 +188,6 @@ def _ring(q, kv, store, kv_dims, *, scale, causal, chunk_size, window, layout, g
         comm.wait()
         kv = tuple(incoming) if incoming else kv
     return _assemble(acc, mine, q)
-
-
-def _offsets(ranges: list[Range]) -> list[int]:
-    offsets, at = [], 0
-    for s, e in ranges:
-        offsets.append(at)
-        at += e - s
-    return offsets
 
 
 def _assemble(acc, ranges: list[Range], q: torch.Tensor):

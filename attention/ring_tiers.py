@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import torch
 
+from attention.blockwise import attend
 from attention.kv_store import KVStore
+from attention.masks import block_visible
 from attention.merge import merge
-from attention.ring import Range, _offsets, block_visible
+from attention.shard import Range, piece_offsets
 from attention.stream import BlockStream
 
 
@@ -48,7 +50,7 @@ def local_pieces(ranges: list[Range], start: int, n: int) -> list[tuple[int, int
     """Split shard-local positions [start, start + n) at piece boundaries:
     (local offset, absolute start, length) of each part."""
     parts = []
-    for (s, e), offset in zip(ranges, _offsets(ranges)):
+    for (s, e), offset in zip(ranges, piece_offsets(ranges)):
         lo, hi = max(start, offset), min(start + n, offset + e - s)
         if lo < hi:
             parts.append((lo, s + lo - offset, hi - lo))
@@ -60,11 +62,9 @@ def own_share_step(q, store: KVStore, comm, ranges_of: list[list[Range]], last_s
     """Step 0 of the ring from a store: merges this rank's queries against its own share into
     `acc` (one (out, lse) or None per query piece) and returns the previous rank's share as
     device tensors (k, v [1, Hkv, n, D], q's dtype) when this rank needs it at step 1, else None."""
-    from attention import attend
-
     W, rank = comm.world_size, comm.rank
     mine, prev = ranges_of[rank], (rank - 1) % W
-    q_offsets = _offsets(mine)
+    q_offsets = piece_offsets(mine)
     bs, Hkv, D = store.block_size, store.n_kv_heads, store.head_dim
 
     def pairs(start: int, n: int):

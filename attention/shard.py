@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 LAYOUTS = ("zigzag", "contiguous")
+Range = tuple[int, int]   # absolute positions [start, end)
 
 
 def _check(layout: str, rank: int, world_size: int) -> None:
@@ -62,6 +63,15 @@ def shard_ranges(seq_len: int, rank: int, world_size: int, layout: str = "zigzag
         else:
             ranges.append((start, end))
     return ranges
+
+
+def piece_offsets(ranges: list[Range]) -> list[int]:
+    """Where each piece of a shard starts inside the shard (its pieces concatenated in order)."""
+    offsets, at = [], 0
+    for s, e in ranges:
+        offsets.append(at)
+        at += e - s
+    return offsets
 
 
 def shard_len(seq_len: int, rank: int, world_size: int, layout: str = "zigzag", align: int = 1) -> int:

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from attention import attend, shard, shard_positions, shard_ranges, unshard
+from attention.masks import block_visible
 from attention.reference import visible
-from attention.ring import block_visible, last_needed_step, ring_attend
+from attention.ring import last_needed_step, ring_attend
 from attention.shard import chunk_bounds, shard_len
 from processes import finish_rank, spawned_once
 

@@ -32,8 +32,8 @@ import torch.distributed as dist
 
 import attention
 from attention import gather, shard_positions, shard_ranges
-from attention.masks import Rules, visible_key_range
-from attention.ring import block_visible, ring_attend
+from attention.masks import Rules, block_visible, visible_key_range
+from attention.ring import ring_attend
 from attention.ring_tiers import local_pieces
 from ctxprobe.errors import UserError
 from ctxprobe.runner.distributed import World
