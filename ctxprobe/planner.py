@@ -83,11 +83,14 @@ def group_by_context(probes: list) -> list[list]:
 
 
 def build_probes(cells: list[Cell], *, seed: int, tokenizer, haystack=None,
-                 family_params: dict | None = None) -> Iterator[tuple[Cell, object]]:
-    """(cell, probe) for each cell, built with the backend's tokenizer so lengths are exact."""
+                 family_params: dict | None = None, verify: str | None = None
+                 ) -> Iterator[tuple[Cell, object]]:
+    """(cell, probe) for each cell, built with the backend's tokenizer so lengths are exact;
+    verify: the exactness check (probes/exactness.py; None: its default)."""
     from probes import make_probe
 
     params = family_params or {}
     for c in cells:
         yield c, make_probe(c.family, c.length, c.depth, seed=seed, sample=c.sample,
-                            tokenizer=tokenizer, haystack=haystack, **params.get(c.family, {}))
+                            tokenizer=tokenizer, haystack=haystack, verify=verify,
+                            **params.get(c.family, {}))

@@ -4,9 +4,10 @@ Token counts come from prefix sums over the haystack's pre-tokenized units, so n
 re-tokenizes the haystack. Units start with a space, which makes tokenization stable at unit
 boundaries; the remainder under one unit is a *tail*: a token prefix of the next unit whose
 text re-tokenizes to itself. Each candidate is checked at every junction between parts (the
-two units that meet there, re-tokenized together), then, up to FULL_VERIFY_MAX tokens, the
-whole rendered prompt is re-tokenized once; on a mismatch the next tail candidate is tried
-(another unit's prefix, or up to 3 full units given back to the tail).
+two units that meet there, re-tokenized together), then by the check `verify` names
+(probes/exactness.py: every pair of adjacent pieces plus sampled windows by default, the whole
+prompt with "full"); on a mismatch the next tail candidate is tried (another unit's prefix, or
+up to 3 full units given back to the tail).
 
 Layout of the ids [L]:
   prefix | units[0:b1] | needle 1 | units[b1:b2] | needle 2 | ... | units[..k] | tail | suffix
@@ -20,9 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from probes import prose
+from probes import exactness, prose
 
-FULL_VERIFY_MAX = 1 << 20  # above this, check every junction instead of the whole prompt
 _TAIL_CANDIDATES = 8
 
 
@@ -54,7 +54,7 @@ class Assembly:
     needle_depths: list[float]                # achieved, percent of haystack tokens before it
     context_end: int                          # ids[:context_end] = prefix + haystack
     haystack_tokens: int
-    verified: str = "none"                    # "full" | "junctions"
+    verified: str = "none"                    # the check passed: exactness.MODES
     _text: str | None = field(default=None, repr=False)
 
     @property
@@ -73,9 +73,11 @@ def minimum_length(prefix_ids, suffix_ids, needle_ids) -> int:
 
 
 def assemble(tok, length: int, haystack, seed: int, sample: int, prefix: str, suffix: str,
-             needles: list[tuple[str, float]], *, verify: bool | None = None,
+             needles: list[tuple[str, float]], *, verify: str | bool | None = None,
              min_haystack: int = 0) -> Assembly:
-    """Build exactly `length` tokens. needles: (text, depth fraction in [0, 1]) each."""
+    """Build exactly `length` tokens. needles: (text, depth fraction in [0, 1]) each.
+    verify: a check of probes/exactness.py (None: its default; True: full; False: junctions)."""
+    mode = exactness.resolve_mode(verify)
     prefix_ids = _as_ids(tok.encode(prefix))
     suffix_ids, *needle_ids = [_as_ids(x) for x in tok.encode_units([suffix] + [t for t, _ in needles])]
     need = minimum_length(prefix_ids, suffix_ids, needle_ids)
@@ -92,7 +94,6 @@ def assemble(tok, length: int, haystack, seed: int, sample: int, prefix: str, su
     np.cumsum(pool.lengths_of(order), out=cum[1:])
     k_max = int(np.searchsorted(cum, budget, side="right")) - 1   # full units that fit
     hay_ids = pool.gather(order[:k_max])
-    full = verify if verify is not None else length <= FULL_VERIFY_MAX
 
     tried, problem = 0, "no tail fits"
     for k, tail_text, tail_ids in _tail_candidates(tok, pool, order, k_max, cum, budget):
@@ -105,15 +106,10 @@ def assemble(tok, length: int, haystack, seed: int, sample: int, prefix: str, su
                   for b, (_, f) in zip(bounds, needles)]
         asm = Assembly(ids, segments, pool, spans, depths,
                        len(prefix_ids) + budget + sum(len(n) for n in needle_ids), budget)
-        # Junctions first (cheap); the whole prompt once, only for a candidate that passes them.
-        problem = _verify_junctions(tok, asm)
-        asm.verified = "junctions"
-        if problem is None and full:
-            tried += 1
-            problem = _verify_full(tok, asm)
-            asm.verified = "full"
+        problem = exactness.check(tok, asm, mode)
         if problem is None:
             return asm
+        tried += asm.verified != "junctions"   # a deeper check failed: other tails rarely help
         if tried >= 3:
             break
     raise ValueError(
@@ -194,31 +190,3 @@ def _layout(prefix, prefix_ids, suffix, suffix_ids, needles, needle_ids, bounds,
         segments.append(Segment(tail_ids, tail_text, kind="tail"))
     segments.append(Segment(suffix_ids, suffix, kind="suffix"))
     return segments, spans
-
-
-def _first_mismatch(a: np.ndarray, b: np.ndarray) -> int:
-    n = min(len(a), len(b))
-    diff = np.nonzero(a[:n] != b[:n])[0]
-    return int(diff[0]) if len(diff) else n
-
-
-def _verify_full(tok, asm: Assembly) -> str | None:
-    """None if the whole prompt re-tokenizes to asm.ids, else where it differs."""
-    got = tok.encode_array(asm.text)
-    if len(got) == len(asm.ids) and np.array_equal(got, asm.ids):
-        return None
-    return f"{len(got)} tokens instead of {len(asm.ids)}, first difference at token " \
-           f"{_first_mismatch(got, asm.ids)}"
-
-
-def _verify_junctions(tok, asm: Assembly) -> str | None:
-    """Check each boundary between segments by re-tokenizing the two units that meet there."""
-    segs, pool = asm.segments, asm.pool
-    for left, right in zip(segs, segs[1:]):
-        lt, rt = left.last_text(pool), right.first_text(pool)
-        lids = tok.encode(lt) if left.kind == "prefix" else tok.encode_units([lt])[0]
-        rids = tok.encode_units([rt])[0]
-        both = tok.encode(lt + rt) if left.kind == "prefix" else tok.encode_units([lt + rt])[0]
-        if both != lids + rids:
-            return f"a {left.kind}/{right.kind} junction merges tokens"
-    return None

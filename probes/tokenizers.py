@@ -107,6 +107,11 @@ class HFTokenizer:
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
+    def vocabulary_texts(self) -> list[str]:
+        """The text of every token alone, decoded in one batch (probes/exactness.py reads it)."""
+        ids = sorted(self._tok.get_vocab(with_added_tokens=True).values())
+        return self._tok.decode_batch([[i] for i in ids], skip_special_tokens=False)
+
     def encode_units(self, texts: list[str]) -> list[list[int]]:
         a = self._anchor_ids
         try:

@@ -8,7 +8,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from probes import FAMILIES, load_tokenizer, make_probe
-from probes import assemble as assemble_mod
 from probes.prose import sentences
 
 
@@ -81,12 +80,12 @@ def test_file_haystack_bpe(bpe, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["niah", "kv", "vartrack", "cwe"])
-def test_junction_check_agrees_with_full_check(bpe, family, monkeypatch):
+def test_junction_check_agrees_with_full_check(bpe, family):
     full = make_probe(family, 6000, 40, tokenizer=bpe, verify=True)
-    monkeypatch.setattr(assemble_mod, "FULL_VERIFY_MAX", 1000)
-    fast = make_probe(family, 6000, 40, tokenizer=bpe)
-    assert fast.verified == "junctions" and full.verified == "full"
-    assert fast.token_ids == full.token_ids and fast.hash == full.hash
+    for mode in ("junctions", "pairs", "sampled"):     # probes/exactness.py's cheaper checks
+        fast = make_probe(family, 6000, 40, tokenizer=bpe, verify=mode)
+        assert fast.verified == mode and full.verified == "full"
+        assert fast.token_ids == full.token_ids and fast.hash == full.hash
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -95,7 +95,7 @@ def test_keys_unique_above_the_old_pool_size_bytes():
     length = 2_500_000 + 17
     p = make_probe("kv", length, 63, seed=1)
     pairs = check_kv(p, BYTES, length)
-    assert len(pairs) > 1.8 * kv_mod.BLOCK and p.verified == "junctions"
+    assert len(pairs) > 1.8 * kv_mod.BLOCK and p.verified == "sampled"
 
 
 @pytest.mark.parametrize("block", [64, 100])

@@ -21,6 +21,15 @@ def memory_options(command):
     return command
 
 
+VERIFY_MODES = ("sampled", "pairs", "full", "junctions")   # probes/exactness.py's MODES
+
+verify_option = click.option(
+    "--verify", type=click.Choice(VERIFY_MODES), default="sampled", show_default=True,
+    help="How each prompt is proven to re-tokenize to its ids: sampled (every pair of adjacent "
+         "pieces, then a few windows in context), pairs, full (the whole prompt re-tokenized: "
+         "the audit), junctions (fastest; not a proof). See docs/probes.md.")
+
+
 MAX_SECONDS = 86400.0   # a day: longer is a typo, and socket timeouts overflow near 1e10 s
 
 

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from ctxprobe.commands.options import verify_option
 from ctxprobe.errors import UserError
 from ctxprobe.grid import parse_depths, parse_lengths, parse_size
 
@@ -38,6 +39,7 @@ def probe_options(f):
                      help="'noise', a .txt file or a directory of .txt files (default: procedural prose)."),
         click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
                      help="A family parameter (see `ctxprobe probes list`); repeatable."),
+        verify_option,
     ]):
         f = option(f)
     return f
@@ -96,7 +98,7 @@ def _elide(prompt: str, keep: list[tuple[int, int]], marks: list[tuple[int, int]
 @click.option("--window", type=click.IntRange(min=0), default=200, show_default=True,
               help="Characters shown around each needle and at the ends of the haystack.")
 @probe_options
-def show(family, length, depth, sample, window, seed, tokenizer_path, haystack, params):
+def show(family, length, depth, sample, window, seed, tokenizer_path, haystack, params, verify):
     """Show one probe: the prompt with its middle elided and needles marked, the answers and
     the token counts.
 
@@ -105,7 +107,7 @@ def show(family, length, depth, sample, window, seed, tokenizer_path, haystack, 
     api = _probes_api()
     p = api.make_probe(family, parse_size(length), depth, seed=seed, sample=sample,
                        tokenizer=api.load_tokenizer(tokenizer_path), haystack=haystack,
-                       **_parse_params(params))
+                       verify=verify, **_parse_params(params))
     text, ctx_start = p.prompt, len(p.instruction)
     ctx_end = ctx_start + len(p.context)
     keep = [(0, ctx_start + window), (ctx_end - window, len(text))]
@@ -132,7 +134,7 @@ def show(family, length, depth, sample, window, seed, tokenizer_path, haystack, 
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), required=True,
               help="JSONL file ('-' for stdout).")
 @probe_options
-def export(family, lengths, depths, samples, output, seed, tokenizer_path, haystack, params):
+def export(family, lengths, depths, samples, output, seed, tokenizer_path, haystack, params, verify):
     """Export probes as JSONL, one object per (length, depth, sample): family, length,
     prompt_tokens, depth, actual_depth, sample, seed, prompt, answers, hash and more.
     FAMILY may be a comma-separated list. The file is written whole or not at all.
@@ -157,7 +159,8 @@ def export(family, lengths, depths, samples, output, seed, tokenizer_path, hayst
                 for depth in depth_list:
                     for sample in range(samples):
                         p = api.make_probe(name, length, depth, seed=seed, sample=sample,
-                                           tokenizer=tok, haystack=haystack, **extra)
+                                           tokenizer=tok, haystack=haystack, verify=verify,
+                                           **extra)
                         out.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
                         n += 1
     click.echo(f"wrote {n} probes ({len(families)} families x {len(length_list)} lengths x "

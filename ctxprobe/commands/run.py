@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from ctxprobe.commands.options import SECONDS, memory_options
+from ctxprobe.commands.options import SECONDS, memory_options, verify_option
 from ctxprobe.errors import UserError
 from ctxprobe.store import CELL_KEYS, DEFAULT_PATH
 
@@ -71,12 +71,13 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--device", default=None, help="Native: torch device [default: cuda if available].")
 @click.option("--dtype", default=None, help="Native: weight dtype [default: the checkpoint's].")
 @memory_options
+@verify_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, name, max_new_tokens,
                 concurrency, haystack, served_model, api, api_key_env, tokenizer, timeout,
                 max_response_bytes, retries, shard, chat_template, device, dtype, gpu_memory,
-                host_memory, offload_dir, quiet):
+                host_memory, offload_dir, quiet, verify):
     """Run probes against a model and store one row per cell; rerunning resumes.
 
     Native runs plan their memory for the longest cell not yet stored before loading any weight
@@ -108,7 +109,8 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
                             max_new_tokens, haystack, shard, chat_template, device, dtype, memory, quiet)
     spec = SweepSpec(families=[f.strip() for f in probes.split(",") if f.strip()],
                      lengths=parse_lengths(lengths), depths=parse_depths(depths),
-                     samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard))
+                     samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard),
+                     verify=verify)
     check_families(spec.families)
     check_spec(model_spec, api_key_env=api_key_env)  # a secret in a flag: refused before any store
     with Store(db) as store:  # refuse a bad --db before loading a model or calling a server
@@ -193,7 +195,8 @@ def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed,
             nonlocal store, backend, spec, todo
             spec = SweepSpec(families=[f.strip() for f in probes.split(",") if f.strip()],
                              lengths=parse_lengths(lengths), depths=parse_depths(depths),
-                             samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard))
+                             samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard),
+                             verify=ctx.params.get("verify"))
             check_families(spec.families)
             if model_spec.startswith("openai:"):
                 raise UserError("torchrun shards the native runner's prefill; an openai: server needs "

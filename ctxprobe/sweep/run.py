@@ -15,10 +15,10 @@ from ctxprobe import __version__
 from ctxprobe.backends.base import CellResult
 from ctxprobe.errors import UserError
 from ctxprobe.grid import check_grid, check_seed
-from ctxprobe.planner import (Cell, build_probes, group_by_context, pending, plan_cells, shard,
-                              work_order)
+from ctxprobe.planner import Cell, pending, plan_cells, shard
 from ctxprobe.scoring import lenient_score, strict_score
 from ctxprobe.store import Run, Store
+from ctxprobe.sweep.building import built_ahead, probe_groups
 
 
 @dataclass
@@ -31,6 +31,7 @@ class SweepSpec:
     haystack: str | None = None
     family_params: dict = field(default_factory=dict)  # {family: {param: value}}
     shard: tuple[int, int] = (0, 1)                    # (index, count)
+    verify: str | None = None   # how probes prove exactness (probes/exactness.py); not identity
 
     def __post_init__(self):
         # Refused here, before a store or a backend is opened: a grid too large to plan, and a
@@ -195,24 +196,23 @@ def run_sweep(store: Store | None, run: Run | None, backend, spec: SweepSpec, *,
     # Under torchrun one pass at a time: a failed pass must leave no other pass of this rank
     # waiting in a collective, or the rank could not exit.
     most_in_flight = 2 * backend.concurrency if world is None else 1
+    groups = probe_groups(todo, spec, backend.tokenizer)
+    if world is None:  # the next probes are built while requests are in flight
+        groups = built_ahead(groups, ahead=most_in_flight)
     try:
-        for batch in work_order(todo):
-            built = list(build_probes(batch, seed=spec.seed, tokenizer=backend.tokenizer,
-                                      haystack=spec.haystack, family_params=spec.family_params))
-            cell_of = {id(p): c for c, p in built}
-            for group in group_by_context([p for _, p in built]):
-                # Keep the pool fed but bounded: finished cells are stored before more are sent.
-                while len(in_flight) >= most_in_flight:
-                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        finish(f, in_flight.pop(f))
-                items = [(cell_of[id(p)], p) for p in group]
-                in_flight[pool.submit(backend.run_group, group)] = items
+        for items in groups:
+            # Keep the pool fed but bounded: finished cells are stored before more are sent.
+            while len(in_flight) >= most_in_flight:
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for f in done:
+                    finish(f, in_flight.pop(f))
+            in_flight[pool.submit(backend.run_group, [p for _, p in items])] = items
         while in_flight:
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for f in done:
                 finish(f, in_flight.pop(f))
     finally:
+        groups.close()   # stops the builder thread
         pool.shutdown(wait=not in_flight, cancel_futures=True)
         bar.close()
     stats.seconds = time.perf_counter() - start
