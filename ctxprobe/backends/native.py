@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ctxprobe.backends.base import CellResult
 from ctxprobe.backends.memory import MemoryBudgets, RunPlanner, local_ranks
+from ctxprobe.backends.threads import ThreadPlan
 from ctxprobe.errors import UserError
 from ctxprobe.models.chat import render_chat
 
@@ -96,7 +97,8 @@ class NativeBackend:
     concurrency = 1  # one model, one pass at a time
 
     def __init__(self, path: str, *, chat_template: bool = True, max_new_tokens: int = 32,
-                 device: str | None = None, dtype: str | None = None, memory: MemoryBudgets | None = None):
+                 device: str | None = None, dtype: str | None = None, memory: MemoryBudgets | None = None,
+                 threads: int | None = None):
         """memory=None loads the weights now and plans each pass from the free memory then (as
         `prefill` does alone); with budgets, nothing of the weights is read until `prepare` (or the
         first pass) has planned where they go."""
@@ -108,6 +110,7 @@ class NativeBackend:
         root = Path(path)
         config = read_config(root)
         self.device = pick_device(device)
+        self.threads = ThreadPlan(threads, self.concurrency)  # torch's CPU threads, set per pass
         self.dtype = _dtype(dtype or config.dtype)
         self.model = None
         self.planner = None
@@ -234,6 +237,7 @@ class NativeBackend:
     # -- answering -----------------------------------------------------------------------
 
     def run_group(self, probes: list) -> list[CellResult]:
+        self.threads.apply()
         start = time.perf_counter()
         forced = [p for p in probes if getattr(p, "answer_text", None)]
         results = {id(p): r for p, r in zip(forced, self._teacher_force(forced))} if forced else {}

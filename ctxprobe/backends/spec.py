@@ -30,9 +30,12 @@ def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
                  api_key_env: str | None = None, tokenizer: str | None = None,
                  timeout: float = 120.0, retries: int = 5, retry_base: float = 0.5,
                  max_response_bytes: int = 1 << 20, chat_template: bool = True,
-                 device: str | None = None, dtype: str | None = None, memory=None):
+                 device: str | None = None, dtype: str | None = None, memory=None,
+                 threads: int | None = None):
     """memory: a ctxprobe.backends.memory.MemoryBudgets for the native runner (None: no plan before
-    loading; each pass plans from the free memory). A server manages its own memory."""
+    loading; each pass plans from the free memory). A server manages its own memory.
+    threads: the native runner's torch threads (None: picked before each pass from the free cores,
+    ctxprobe/backends/threads.py)."""
     if spec.startswith("openai:"):
         if memory is not None and memory.given():
             raise UserError("--gpu-memory, --host-memory and --offload-dir plan the native runner's "
@@ -51,7 +54,7 @@ def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
         from ctxprobe.backends.native import NativeBackend
 
         return NativeBackend(str(path), chat_template=chat_template, max_new_tokens=max_new_tokens,
-                             device=device, dtype=dtype, memory=memory)
+                             device=device, dtype=dtype, memory=memory, threads=threads)
     if path.is_dir():
         raise UserError(f"model directory {spec} has no config.json; pass an HF-format checkpoint "
                         "directory or openai:BASE_URL")

@@ -29,6 +29,11 @@ verify_option = click.option(
          "pieces, then a few windows in context), pairs, full (the whole prompt re-tokenized: "
          "the audit), junctions (fastest; not a proof). See docs/probes.md.")
 
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="Native: torch's CPU threads per pass [default: the cores of this process's affinity "
+         "mask that other processes leave free, decided again every few seconds].")
+
 
 MAX_SECONDS = 86400.0   # a day: longer is a typo, and socket timeouts overflow near 1e10 s
 

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from ctxprobe.commands.options import SECONDS, memory_options, verify_option
+from ctxprobe.commands.options import SECONDS, memory_options, threads_option, verify_option
 from ctxprobe.errors import UserError
 from ctxprobe.store import CELL_KEYS, DEFAULT_PATH
 
@@ -72,12 +72,13 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--dtype", default=None, help="Native: weight dtype [default: the checkpoint's].")
 @memory_options
 @verify_option
+@threads_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, name, max_new_tokens,
                 concurrency, haystack, served_model, api, api_key_env, tokenizer, timeout,
                 max_response_bytes, retries, shard, chat_template, device, dtype, gpu_memory,
-                host_memory, offload_dir, quiet, verify):
+                host_memory, offload_dir, quiet, verify, threads):
     """Run probes against a model and store one row per cell; rerunning resumes.
 
     Native runs plan their memory for the longest cell not yet stored before loading any weight
@@ -118,7 +119,7 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
                                served_model=served_model, api=api, api_key_env=api_key_env,
                                tokenizer=tokenizer, timeout=timeout, retries=retries,
                                max_response_bytes=max_response_bytes,
-                               chat_template=chat_template, device=device, dtype=dtype,
+                               chat_template=chat_template, device=device, dtype=dtype, threads=threads,
                                memory=memory)
         try:  # native: plan the longest pending cell and load the weights; one that cannot fit stops here
             _prepare(backend, spec, _pending(store, backend, spec, model_spec, name))
@@ -205,7 +206,7 @@ def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed,
                 store = stack.enter_context(Store(db))
             backend = open_backend(model_spec, max_new_tokens=max_new_tokens, chat_template=chat_template,
                                    device=distributed.rank_device(world, device), dtype=dtype,
-                                   memory=memory)
+                                   memory=memory, threads=ctx.params.get("threads"))
             stack.callback(backend.close)
             if world.is_main:
                 todo = _pending(store, backend, spec, model_spec, name)
