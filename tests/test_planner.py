@@ -1,14 +1,17 @@
 """The memory planner: tiers and chunk size from budgets, refusal of impossible budgets with what is
-short and by how much, and plans that drive the runner to the same logits."""
+short and by how much, and plans that drive the runner to the same logits. An offload dir the
+disk tier cannot write to is refused when planning; under torchrun a rank plans for the largest
+share it holds (shards aligned to Llama 4's attention chunk are uneven) and what it keeps on the device."""
 
 import pytest
 import torch
 
 from ctxprobe.errors import UserError
 from ctxprobe.runner import prefill
-from ctxprobe.runner.planner import ModelShape, plan_run
+from ctxprobe.runner.planner import ModelShape, plan_for_checkpoint, plan_run
 from ctxprobe.runner.presets import build_preset, preset_config
-from ctxprobe.units import fmt_bytes
+from ctxprobe.units import GiB, fmt_bytes
+from tiny_llama import write_checkpoint
 
 SCOUT_4L = ModelShape.from_config(preset_config("scout-4l"), 2)
 SCOUT_48L = ModelShape.from_config(preset_config("scout-48l"), 2)
@@ -104,3 +107,89 @@ def test_auto_settings_counts_torchs_cached_gpu_memory_as_usable(monkeypatch):
         shape, length, **{**kw, "device": "cpu", "gpu_memory": None}))
     planner.auto_settings(build_preset("tiny"), 100)
     assert seen["device"] == "cuda:0" and seen["gpu_memory"] == 40 << 30
+
+
+# ---- the disk tier's offload directory is checked when planning
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory):
+    """A tiny checkpoint with a tokenizer and chat template, written by transformers."""
+    pytest.importorskip("transformers")
+    return str(write_checkpoint(tmp_path_factory.mktemp("tiny-llama")))
+
+
+def _short_host_plan(checkpoint, offload_dir, length=4096):
+    """A plan on CPU whose host budget is one byte short of keeping everything in memory."""
+    full = plan_for_checkpoint(checkpoint, length, device="cpu")
+    return plan_for_checkpoint(checkpoint, length, device="cpu", host_memory=full.host_bytes - 1,
+                               offload_dir=offload_dir)
+
+
+def test_an_offload_dir_that_cannot_be_written_is_refused_when_planning(tokenized, tmp_path, monkeypatch):
+    assert _short_host_plan(tokenized, str(tmp_path / "ok")).disk_bytes > 0     # the case needs disk
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    with pytest.raises(UserError, match="--offload-dir .*a-file/sub: cannot write there.*writable directory"):
+        _short_host_plan(tokenized, str(a_file / "sub"))
+
+    import ctxprobe.runner.planner as planner
+
+    def read_only(*a, **k):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(planner.tempfile, "TemporaryFile", read_only)
+    with pytest.raises(UserError, match="cannot write there \\(Read-only file system\\)"):
+        _short_host_plan(tokenized, str(tmp_path / "ro"))
+
+
+# ---- under torchrun: a rank plans for the largest share it holds, as the sharded runner keeps it
+def test_ranks_plan_for_the_largest_share_they_hold(tmp_path):
+    """Llama 4's local layers align shards to their attention chunk: at these lengths some rank
+    holds far more than length / ranks tokens (and their K/V), and must be planned for that."""
+    from attention.shard import shard_len
+    from ctxprobe.backends.memory import MemoryBudgets, RunPlanner
+
+    pytest.importorskip("transformers")
+    from ctxprobe.models.tiny import save_tiny
+
+    path, _ = save_tiny(tmp_path / "llama4", "llama4")     # attention chunk of 64 tokens
+    for ranks, length in ((8, 1093), (3, 500), (2, 70)):
+        planner = RunPlanner(str(path), device="cpu", dtype=torch.float32, budgets=MemoryBudgets(), ranks=ranks)
+        align = 64 if length >= 2 * ranks * 64 else 1
+        largest = max(shard_len(length, r, ranks, align=align) for r in range(ranks))
+        assert planner.plan_sweep(length).length == largest
+        assert planner.plan(length).length == largest
+    assert largest == -(-70 // 2)   # unaligned (too short for whole chunks): an even split
+
+
+def test_a_ranks_plan_counts_the_share_the_sharded_runner_holds_on_the_device():
+    """sharded.py keeps a rank's whole share of hidden states (in and out), queries and attention
+    output (with the ring's fp32 accumulators) on the device through each layer, and the ring
+    holds a peer's K/V share while it receives the next. Scout at 10M tokens on 8 ranks: a lone
+    prefill of the share's 1.25M tokens fits 78 GiB, but the rank's pass needs ~85 GiB more."""
+    shape = ModelShape.from_config(preset_config("scout-48l"), 2)
+    budgets = dict(device="cuda", gpu_memory="78GiB", host_memory="1500GiB")
+    share = (10 << 20) // 8
+    assert plan_run(shape, share, **budgets).gpu_bytes < 78 * GiB
+    with pytest.raises(UserError, match="^GPU memory"):
+        plan_run(shape, share, sharded=True, **budgets)
+    T, D, Hq, Dh = 128 << 10, shape.dim, shape.n_heads, shape.head_dim
+    x_in_out, q_and_out, ring_acc = 2 * T * D * 2, 2 * T * Hq * Dh * 2, T * Hq * (Dh + 1) * 4
+    peer_kv = 2 * T * shape.kv_bytes_per_token     # the share held and the one arriving
+    plan = plan_run(shape, T, sharded=True, **budgets)
+    assert plan.shard_bytes == x_in_out + q_and_out + ring_acc + peer_kv
+    streamed_layers = 2 * max(lay.weight_bytes for lay in shape.layers)     # weights in the host tier
+    assert plan.weights == "host" and plan.gpu_bytes >= plan.shard_bytes + streamed_layers
+    assert plan.hidden_tier == "device" and "rank's share on the device" in plan.describe()
+
+
+def test_run_planner_plans_sharded_only_under_torchrun(tmp_path):
+    from ctxprobe.backends.memory import MemoryBudgets, RunPlanner
+
+    pytest.importorskip("transformers")
+    from ctxprobe.models.tiny import save_tiny
+
+    path, _ = save_tiny(tmp_path / "llama", "llama")
+    alone = RunPlanner(str(path), device="cpu", dtype=torch.float32, budgets=MemoryBudgets()).plan_sweep(500)
+    ranked = RunPlanner(str(path), device="cpu", dtype=torch.float32, budgets=MemoryBudgets(), ranks=2)
+    assert alone.shard_bytes == 0 and alone.hidden_tier == "host"
+    assert ranked.plan_sweep(500).shard_bytes > 0 and ranked.plan(300).hidden_tier == "device"

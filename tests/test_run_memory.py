@@ -205,3 +205,17 @@ def test_a_device_this_machine_lacks_is_one_line(checkpoint, runner, tmp_path, d
     assert result.exit_code == 2
     [line] = result.output.strip().splitlines()
     assert line.startswith("error: --device") and message in line
+
+
+def test_run_with_an_unwritable_offload_dir_is_one_line_and_stores_nothing(checkpoint, runner, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    db = tmp_path / "r.db"
+    budget = str(plan_for_checkpoint(checkpoint, 4096, device="cpu").host_bytes - 1)  # the cell is longer
+    result = runner.invoke(main, ["run", "--model", checkpoint, "--probe", "niah", "--lengths", "4k",
+                                  "--depths", "0", "--device", "cpu", "--quiet", "--db", str(db),
+                                  "--host-memory", budget, "--offload-dir", str(a_file / "sub")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --offload-dir"), result.output
+    assert not db.exists() or runner.invoke(main, ["runs", "--db", str(db)]).output.startswith("no runs")

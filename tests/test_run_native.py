@@ -142,3 +142,14 @@ def test_a_rerun_in_another_dtype_is_a_new_run_not_a_resume(checkpoint, runner, 
         runs = store.runs()
     assert [r.backend["dtype"] for r in runs] == ["float32", "bfloat16"]
     assert runs[0].name != runs[1].name
+
+
+@pytest.mark.parametrize("device", ["mps", "meta"])
+def test_a_device_ctxprobe_cannot_run_on_is_one_line(checkpoint, runner, tmp_path, device):
+    db = tmp_path / "r.db"
+    result = runner.invoke(main, ["run", "--model", str(checkpoint), "--probe", "niah", "--lengths", "256",
+                                  "--depths", "0", "--quiet", "--db", str(db), "--device", device])
+    assert result.exit_code == 2, result.output
+    assert not db.exists() or runner.invoke(main, ["runs", "--db", str(db)]).output.startswith("no runs")
+    assert result.output.strip().splitlines() == [
+        f"error: --device {device}: the runner supports cuda and cpu; use --device cuda, cuda:N or cpu"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ctxprobe.cli import main
-from ctxprobe.runner.planner import ModelShape
+from ctxprobe.runner.planner import ModelShape, plan_for_checkpoint
 from ctxprobe.runner.presets import preset_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,3 +88,39 @@ def test_bench_script_runs_on_cpu(capsys, monkeypatch):
     rows = [json.loads(line[5:]) for line in out.splitlines() if line.startswith("JSON ")]
     assert {r["length"] for r in rows} >= {128, 256}
     assert any(r["kv_tier_global"] == "host" for r in rows)
+
+
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory):
+    """A tiny checkpoint with a tokenizer and chat template, written by transformers."""
+    pytest.importorskip("transformers")
+    from tiny_llama import write_checkpoint
+
+    return str(write_checkpoint(tmp_path_factory.mktemp("tiny-llama")))
+
+
+def test_bench_plans_every_length_with_the_weight_tier_it_loads(runner, tmp_path):
+    """One model serves every --length: a length whose own plan keeps the weights resident runs
+    (and is described, and sized) with the tier the longest length needed."""
+    pytest.importorskip("transformers")
+    from ctxprobe.models.tiny import save_tiny
+
+    path, _ = save_tiny(tmp_path / "llama4", "llama4")
+    budget = None
+    for b in range(plan_for_checkpoint(path, 4096, device="cpu").host_bytes, 0, -8192):
+        if plan_for_checkpoint(path, 4096, device="cpu", host_memory=b).weights == "disk":
+            budget = b
+            break
+    assert plan_for_checkpoint(path, 256, device="cpu", host_memory=budget).weights == "resident"
+    result = runner.invoke(main, ["bench", str(path), "--length", "256,4k", "--device", "cpu",
+                                  "--host-memory", str(budget)])
+    assert result.exit_code == 0, result.output
+    tiers = [line for line in result.output.splitlines() if line.strip().startswith("weights:")]
+    assert len(tiers) == 2 and all("disk tier" in line for line in tiers), tiers
+
+
+@pytest.mark.parametrize("chunk", ["0", "lots"])
+def test_a_bad_chunk_names_the_flag(runner, tokenized, chunk):
+    result = runner.invoke(main, ["bench", tokenized, "--length", "256", "--device", "cpu", "--chunk", chunk])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith(f"error: --chunk: bad length '{chunk}'"), result.output

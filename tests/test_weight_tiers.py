@@ -1,9 +1,12 @@
 """Weight tiers: blocks resident, in exact-size host arenas, or read from the checkpoint's files one
 layer ahead (disk). The disk tier is the same math as resident (float32, <= 1e-6) through .logits(),
 the streamed prefill, score and generate; blocks hold no storage between layers; the planner picks
-host then disk as host memory shrinks and counts the host tier at its exact bytes."""
+host then disk as host memory shrinks and counts the host tier at its exact bytes. A shard replaced
+or truncated since loading is refused, naming the file, never read as other weights."""
 
 import json
+import os
+import shutil
 
 import pytest
 import torch
@@ -259,3 +262,49 @@ def test_bench_and_inspect_with_disk_weights(runner, checkpoints):
     res = runner.invoke(main, ["inspect", path, "--length", "200", "--host-memory", str(tight)])
     assert res.exit_code == 0, res.output
     assert "weights:" in res.output and "disk tier" in res.output
+
+
+# ---- a checkpoint changed on disk after loading: refused, naming the file, never read as other weights
+PROMPT = list(range(1, 30))
+
+
+@pytest.fixture(scope="module")
+def two_llamas(tmp_path_factory):
+    """Two checkpoints of one layout (seeds 0 and 1), in several shards."""
+    root = tmp_path_factory.mktemp("llama")
+    first, _ = save_tiny(root / "a", "llama", seed=0, max_shard_size="40KB")
+    second, _ = save_tiny(root / "b", "llama", seed=1, max_shard_size="40KB")
+    return str(first), str(second)
+
+
+def _copy(src, tmp_path):
+    dst = tmp_path / "ckpt"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_disk_weights_refuse_a_shard_replaced_since_loading(two_llamas, tmp_path):
+    first, second = two_llamas
+    path = _copy(first, tmp_path)
+    model = load_model(path, device="cpu", dtype="float32", weights="disk")
+    want = load_model(first, device="cpu", dtype="float32").logits(PROMPT)
+    name = os.path.basename(model.blocks.weight_source.reads[0][0].file)   # holds a block's weights
+    staged = tmp_path / "staged"
+    shutil.copy(os.path.join(second, name), staged)
+    os.replace(staged, path / name)          # another model's shard, same layout, same size
+    with pytest.raises(UserError, match=f"{name}.*changed since the model was loaded"):
+        model.logits(PROMPT)
+    # a model loaded now reads the new bytes; the old one is never silently the new one
+    again = load_model(path, device="cpu", dtype="float32", weights="disk")
+    assert not torch.allclose(again.logits(PROMPT), want)
+
+
+def test_disk_weights_refuse_a_shard_truncated_since_loading(two_llamas, tmp_path):
+    path = _copy(two_llamas[0], tmp_path)
+    model = load_model(path, device="cpu", dtype="float32", weights="disk")
+    first = model.logits(PROMPT)             # files open, one pass done
+    name = os.path.basename(model.blocks.weight_source.reads[-1][-1].file)
+    os.truncate(path / name, os.path.getsize(path / name) // 2)
+    with pytest.raises(UserError, match=f"{name}.*changed since the model was loaded"):
+        model.logits(PROMPT)
+    assert first.isfinite().all()
