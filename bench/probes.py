@@ -1,13 +1,19 @@
-"""Time and peak memory to build one `niah` probe at 128K, 1M and 10M tokens.
+"""Time and peak memory to build one probe (`niah` unless --family) at 128K, 1M and 10M tokens,
+by exactness check.
 
-Modes: `ids` (token ids; junctions re-tokenized), `text` (ids, then the prompt string),
-`text+check` (ids, prompt, and the whole prompt re-tokenized once). `cold` includes generating
-and tokenizing the haystack's sentences (first use of a seed and tokenizer in a process);
-`warm` is a second build with another depth, sentences already tokenized. Peak memory is
-tracemalloc's peak over the warm build (Python and numpy allocations).
+Checks (`verify`, probes/exactness.py): `sampled` (the default: every adjacent pair of pieces,
+remembered per pool, then windows in context), `junctions` (the joins between parts only),
+`full` (the whole prompt re-tokenized once). Every build also renders the prompt string.
+`cold` includes generating and tokenizing the haystack's sentences (first use of a seed and
+tokenizer in a process); `warm` is a second build with another depth, sentences already
+tokenized; `sample 1` is the next sample of the same seed (a new order of the same sentences,
+so new pairs to check). Peak memory is tracemalloc's peak over a warm build (Python and numpy
+allocations).
 
     python bench/probes.py                       # bytes + a tiny BPE trained on the spot
-    python bench/probes.py --tokenizer tokenizer.json --lengths 128k,1M
+    python bench/probes.py --tokenizer /tmp/bpe32k --lengths 128k,1M --haystack noise
+    python bench/probes.py --family mrcr --param needles=4     # any family, with its parameters
+(python bench/bpe32k.py /tmp/bpe32k trains the 32K BPE.)
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from probes import load_tokenizer, make_probe  # noqa: E402
 from probes.prose import sentences  # noqa: E402
 
 SIZES = {"128k": 128 * 1024, "1M": 1 << 20, "10M": 10 << 20}
-CASES = [("128k", "ids"), ("1M", "ids"), ("10M", "ids"), ("1M", "text"), ("1M", "text+check")]
+CASES = [("128k", "sampled"), ("1M", "sampled"), ("10M", "sampled"), ("1M", "junctions"), ("1M", "full")]
 
 
 def train_tiny_bpe(directory: Path) -> Path:
@@ -49,47 +55,58 @@ def train_tiny_bpe(directory: Path) -> Path:
     return path
 
 
-def build(tok, length, mode, depth, seed):
-    p = make_probe("niah", length, depth, seed=seed, tokenizer=tok,
-                   verify=True if mode == "text+check" else False)
-    if mode != "ids":
-        assert len(p.prompt) > 0
-    assert len(p.token_array) == length
+FAMILY, PARAMS = "niah", {}
+
+
+def build(tok, length, mode, depth, seed, haystack, sample=0):
+    p = make_probe(FAMILY, length, depth, seed=seed, sample=sample, tokenizer=tok, haystack=haystack,
+                   verify=mode, **PARAMS)
+    assert len(p.prompt) > 0 and len(p.token_array) == length and p.verified in (mode, "full")
     return p
 
 
-def measure(tok, length, mode, seed):
-    t0 = time.perf_counter()
-    build(tok, length, mode, 50, seed)               # cold for this seed's sentences
-    cold = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    build(tok, length, mode, 30, seed)
-    warm = time.perf_counter() - t0
+def measure(tok, length, mode, seed, haystack):
+    def timed(depth, sample=0):
+        t0 = time.perf_counter()
+        build(tok, length, mode, depth, seed, haystack, sample)
+        return time.perf_counter() - t0
+
+    cold = timed(50)                                 # cold for this seed's sentences
+    warm = timed(30)
     tracemalloc.start()
-    build(tok, length, mode, 70, seed)
+    build(tok, length, mode, 70, seed, haystack)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    return cold, warm, peak / 2**20
+    return cold, warm, timed(30, sample=1), peak / 2**20
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokenizer", help="a tokenizer.json to use instead of the tiny trained BPE")
     ap.add_argument("--lengths", default="128k,1M,10M", help="subset of 128k,1M,10M")
+    ap.add_argument("--family", default="niah", help="the probe family to build")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="a family parameter, as in `ctxprobe probes show --param`")
+    ap.add_argument("--haystack", default=None, help="'noise' (RULER's) [default: procedural prose]")
     args = ap.parse_args()
+    global FAMILY, PARAMS
+    FAMILY, PARAMS = args.family, dict(p.split("=", 1) for p in args.param)
+    print(f"family {FAMILY} {PARAMS or ''}".rstrip())
     wanted = set(args.lengths.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         bpe = args.tokenizer or train_tiny_bpe(Path(tmp))
         toks = [("byte", load_tokenizer(None)), (f"bpe ({Path(bpe).name})", load_tokenizer(bpe))]
-        print(f"{'tokenizer':<22} {'length':>10} {'mode':<11} {'cold s':>8} {'warm s':>8} {'peak MiB':>9}")
+        print(f"load average {os.getloadavg()[0]:.2f}; haystack {args.haystack or 'procedural'}")
+        print(f"{'tokenizer':<22} {'length':>10} {'check':<10} {'cold s':>8} {'warm s':>8} "
+              f"{'sample 1 s':>10} {'peak MiB':>9}")
         for seed, (name, tok) in enumerate(toks):
             for case, (size, mode) in enumerate(CASES):
                 if size not in wanted:
                     continue
                 # A fresh seed per case, so `cold` really includes tokenizing the sentences.
-                cold, warm, peak = measure(tok, SIZES[size], mode, seed * 100 + case)
-                print(f"{name:<22} {SIZES[size]:>10,} {mode:<11} {cold:>8.3f} {warm:>8.3f} {peak:>9.1f}",
-                      flush=True)
+                cold, warm, nxt, peak = measure(tok, SIZES[size], mode, seed * 100 + case, args.haystack)
+                print(f"{name:<22} {SIZES[size]:>10,} {mode:<10} {cold:>8.3f} {warm:>8.3f} {nxt:>10.3f} "
+                      f"{peak:>9.1f}", flush=True)
 
 
 if __name__ == "__main__":

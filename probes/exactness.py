@@ -161,7 +161,7 @@ def unit_pairs(tok, asm) -> str | None:
     in runs of neighbouring units (one batch; `tokenizers` spreads it over its threads)."""
     pool = asm.pool
     hay = [s for s in asm.segments if s.order is not None and len(s.order) > 1]
-    if not hay:
+    if not hay or isinstance(tok, ByteTokenizer):   # UTF-8 of a + b is UTF-8 of a, then of b
         return None
     memo = _memos.setdefault(pool, _PairMemo())
     keys = [_pair_keys(s.order) for s in hay]
