@@ -182,7 +182,7 @@ def mrcr(ctx, depth, needles=2, near_misses=0, placement="spread"):
     hay = Haystack("mrcr", pool_for(texts, tok), "shuffle")
     ask = chat.ask(QUESTION.format(prefix=prefix, nth=ordinal(nth), format=fmt, topic=topic))
     needle_texts = [chat.exchange(q, a) for q, a in pairs]
-    free = ctx.length - len(tok.encode(chat.head)) - sum(len(x) for x in tok.encode_units(needle_texts))
+    free = ctx.length - len(tok.encode(chat.prefix)) - sum(len(x) for x in tok.encode_units(needle_texts))
     suffix = _fit(hay, Filler(tok, chat, ask, ctx.seed, ctx.sample), ctx.seed, ctx.sample, free)
     gold = prefix + replies[nth - 1]
 
@@ -195,7 +195,7 @@ def mrcr(ctx, depth, needles=2, near_misses=0, placement="spread"):
         return out
 
     return Parts(
-        instruction=chat.head, question=suffix, answer_prefix="",
+        instruction=chat.prefix, question=suffix, answer_prefix="",
         needles=list(zip(needle_texts, fracs)), answers=[gold],
         answer_text=chat.content_prefix + gold, haystack=hay,
         roles=["needle"] * needles + [r for _, _, r in misses], asked=nth - 1,
@@ -221,7 +221,7 @@ def _near_misses(rng, fmt, topic, depth, n, placement):
 def _messages(asm, hay, tok, chat, pool_pairs, needle_pairs, suffix, seed, sample) -> list[dict] | None:
     """Exchanges in the order the assembly placed them: the stream's whole exchanges with the
     needles at the unit boundaries their token spans show, then the filler and the question."""
-    head = len(tok.encode(chat.head))
+    head = len(tok.encode(chat.prefix))
     spans = asm.needle_spans
     needle_tokens = sum(e - s for s, e in spans)
     hay_tokens = asm.context_end - head - needle_tokens
@@ -253,7 +253,7 @@ def _messages(asm, hay, tok, chat, pool_pairs, needle_pairs, suffix, seed, sampl
 
 def _split_suffix(suffix: str, chat: ChatFormat) -> tuple[tuple[str, str], str]:
     """The filler (request, reply) and the question, read back from the suffix text."""
-    cp = chat.content_prefix
-    body = suffix[len(cp + FILLER_REQUEST + chat.to_assistant + cp):]
+    cp, lead = chat.content_prefix, chat.lead
+    body = suffix[len(lead + cp + FILLER_REQUEST + chat.to_assistant + cp):]
     filler_reply, _, rest = body.partition(chat.to_user)
     return (FILLER_REQUEST, filler_reply), rest[len(cp):len(rest) - len(chat.tail)]

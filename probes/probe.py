@@ -167,8 +167,9 @@ def make_probe(family: str, length: int, depth: float, *, seed: int = 0, sample:
     (the default: every pair of adjacent pieces, then a few windows in context), "pairs",
     "full" (the whole prompt re-tokenized once) or "junctions"; True means full, False junctions.
     chat: for conversation families (mrcr), the probes.chat.ChatFormat the conversation is
-    rendered in and counted by (a checkpoint's chat template); None: a plain transcript.
-    Other families ignore it.
+    rendered in and counted by (a checkpoint's chat template); None: the tokenizer's
+    `chat_format` if it has one (a native backend sets it), else a plain transcript. Other
+    families ignore it.
     """
     fam = get_family(family)
     params = fam.identity(fam.check_params(family_params))
@@ -177,6 +178,7 @@ def make_probe(family: str, length: int, depth: float, *, seed: int = 0, sample:
     if isinstance(depth, bool) or not isinstance(depth, numbers.Real) or not 0 <= depth <= 100:
         raise ValueError(f"depth must be a percentage from 0 to 100; got {depth!r}")
     tok = as_probe_tokenizer(tokenizer)
+    chat = chat if chat is not None else getattr(tok, "chat_format", None)
     rng = random.Random(derive_seed("needles", family, json.dumps(params, sort_keys=True),
                                     seed, sample))
     ctx = BuildContext(rng, tok, seed, sample, length, None if haystack is None else str(haystack), chat)

@@ -194,3 +194,27 @@ def effective_lengths(cells, *, threshold: float = 0.85, relative: bool = False,
     cells = usable(cells)
     return {f: effective_length(values_by_length(cells, f), threshold=threshold,
                                 relative=relative, n_boot=n_boot) for f in families(cells)}
+
+
+# Hard families (probes whose question shares no words with the needle, multi-round
+# coreference) score lower even at short lengths, so an absolute cutoff says little about where
+# *their* context stops working. NoLiMa's rule reads them relative to the model's own score at
+# the shortest lengths: the longest length that keeps `threshold` of it.
+RELATIVE_RULE = "relative: score >= {:.0%} of its own mean score at the {} shortest lengths (NoLiMa's rule)"
+ABSOLUTE_RULE = "absolute: score >= {:.0%}"
+
+
+def reads_relative(family: str) -> bool:
+    """Whether `family` gets the relative reading beside the absolute one (its probes.FAMILIES
+    entry says so: every family whose literal path is closed, and their literal controls)."""
+    from probes import FAMILIES
+
+    fam = FAMILIES.get(family)
+    return bool(fam is not None and fam.relative)
+
+
+def both_readings(lengths, means, *, threshold: float = 0.85,
+                  short: int = SHORT_LENGTHS) -> tuple[ThresholdLength, ThresholdLength]:
+    """(absolute, relative) threshold readings of one family's mean score per length."""
+    return (threshold_length(lengths, means, threshold=threshold, short=short),
+            threshold_length(lengths, means, threshold=threshold, relative=True, short=short))

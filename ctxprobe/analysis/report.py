@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 
 from ctxprobe.analysis import figures
-from ctxprobe.analysis.effective_length import describe_with_ci, effective_lengths
+from ctxprobe.analysis.effective_length import (both_readings, describe_with_ci, effective_lengths,
+                                                reads_relative)
 from ctxprobe.analysis.summary import errored, families, usable
 from plots import html
 from plots.style import length_label
@@ -25,8 +26,28 @@ def effective_rows(effs: dict, cells) -> list[list[str]]:
         rows.append([family, len(scored), f"{100 * sum(scored) / len(scored):.1f}%",
                      f"{100 * rule.cutoff:.0f}%" + (" (relative)" if rule.relative else ""),
                      length_label(rule.length) if rule.length else f"none (<{length_label(eff.tested[0])})",
-                     describe_with_ci(eff, eff.l50, eff.l50_ci), describe_with_ci(eff, eff.l85, eff.l85_ci)])
+                     describe_with_ci(eff, eff.l50, eff.l50_ci), describe_with_ci(eff, eff.l85, eff.l85_ci),
+                     relative_reading(family, cells, rule.cutoff if not rule.relative else None)])
     return rows
+
+
+def relative_reading(family: str, cells, threshold: float | None) -> str:
+    """NoLiMa's rule for a family whose literal path is closed: '4K (85% of 62% = 53%)'; '-'
+    for the others (and when the table itself is already relative)."""
+    if threshold is None or not reads_relative(family):
+        return "-"
+    from ctxprobe.analysis.effective_length import short_score
+    from ctxprobe.analysis.summary import values_by_length
+
+    by_length = values_by_length(usable(cells), family)
+    lengths = sorted(by_length)
+    means = [by_length[n].mean() for n in lengths]
+    _, rule = both_readings(lengths, means, threshold=threshold)
+    base = short_score(means)
+    if base <= 0:
+        return "none (0 at the shortest lengths)"
+    found = length_label(rule.length) if rule.length else f"none (<{length_label(lengths[0])})"
+    return f"{found} ({threshold:.0%} of {base:.0%} = {rule.cutoff:.0%})"
 
 
 def metadata_rows(run, cells) -> list[list]:
@@ -99,9 +120,14 @@ def build_report(run, cells, *, relative: bool = False, threshold: float = 0.85)
     body += [html.heading("Effective context length"),
              html.paragraph("Threshold rule: the largest length up to which every tested length "
                             "scores at least the cutoff. Fit: a logistic curve of score against "
-                            f"log-length; L50 and L{percent} with 95% bootstrap intervals."),
+                            f"log-length; L50 and L{percent} with 95% bootstrap intervals. Relative "
+                            "(NoLiMa's rule), for families that literal matching cannot pass and "
+                            "their literal controls: the same threshold rule with the cutoff set "
+                            f"to {percent}% of the family's own mean score at the shortest tested "
+                            "lengths; the other columns are absolute unless the cutoff says relative."),
              html.table(["family", "cells", "mean score", "cutoff", "threshold rule", "L50 (fit)",
-                         f"L{percent} (fit)"], effective_rows(effs, scored))]
+                         f"L{percent} (fit)", "relative threshold rule (NoLiMa)"],
+                        effective_rows(effs, scored))]
     if len(effs) > 1:
         links = [html.join(html.link(f, f"family-{f}"), " ") for f in families(scored)]
         body += [html.heading("All families"), html.paragraph("Families: ", *links),

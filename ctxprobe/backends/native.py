@@ -132,6 +132,11 @@ class NativeBackend:
             self._head, self._tail = rendered.split(_SENTINEL)
         self.model_fingerprint = checkpoint_fingerprint(path)
         template_hash = hashlib.sha256((self.chat_template or "").encode()).hexdigest()[:16]
+        # Conversation probes (mrcr) are built in the template and counted whole; the format
+        # travels with the tokenizer, as a chat template does with an HF tokenizer.
+        self.chat_format = self._chat_format(template_hash) if self.use_template else None
+        self.tokenizer.chat_format = self.chat_format
+        self._conversations_checked: set[str] = set()
         self.settings = {"kind": "native", "path": self.path, "chat_template": self.use_template,
                          "template_sha256": template_hash if self.use_template else None,
                          "max_new_tokens": max_new_tokens, "device": self.device,
@@ -226,8 +231,39 @@ class NativeBackend:
 
     # -- rendering -----------------------------------------------------------------------
 
+    def _chat_format(self, template_hash: str):
+        """The template as a probes ChatFormat, or None when it renders turns unalike (then
+        conversation probes are refused with the reason)."""
+        from probes.chat import ChatFormat
+
+        def render(messages):
+            return render_chat(self.chat_template, messages, special_tokens=self.special_tokens, where=self.path)
+        try:
+            return ChatFormat.from_renderer(render, f"template:{template_hash}")
+        except (ValueError, UserError):
+            return None
+
+    def _conversation(self, probe) -> tuple[list[int], list[int]]:
+        """A conversation probe was built in this model's format: its ids are the prompt. With a
+        template, its messages are rendered by the template once and must give the same text."""
+        want = "transcript" if not self.use_template else getattr(self.chat_format, "name", None)
+        if probe.chat != want:
+            raise UserError(f"{probe.family} probe rendered as {probe.chat}, but {self.path} reads "
+                            f"{want or 'a chat template that renders turns differently by position'}; "
+                            "run it with --no-chat-template")
+        if self.use_template and probe.hash not in self._conversations_checked:
+            text = render_chat(self.chat_template, probe.messages, special_tokens=self.special_tokens,
+                               where=self.path)
+            if text != probe.prompt:
+                raise UserError(f"{probe.family} probe: the chat template renders its messages "
+                                "differently from the probe's text; run it with --no-chat-template")
+            self._conversations_checked.add(probe.hash)
+        return list(probe.context_ids), list(probe.question_ids)
+
     def render(self, probe) -> tuple[list[int], list[int]]:
         """-> (context ids, question ids) of the prompt the model reads."""
+        if getattr(probe, "messages", None) is not None:
+            return self._conversation(probe)
         if not self.use_template:
             return list(probe.context_ids), list(probe.question_ids)
         context = self.tokenizer.encode(self._head) + list(probe.context_ids)
@@ -256,7 +292,7 @@ class NativeBackend:
         """-> (context ids, question ids, gold answer ids as they follow the prompt)."""
         context, question = self.render(probe)
         prompt_text = probe.prompt
-        if self.use_template:
+        if self.use_template and getattr(probe, "messages", None) is None:
             prompt_text = (self._head + probe.instruction + probe.context + probe.question + self._tail
                            + probe.answer_prefix)
         return context, question, answer_ids_after(self.tokenizer, prompt_text, context + question,

@@ -55,19 +55,26 @@ def probes():
 
 @probes.command("list")
 def list_families():
-    """List the probe families with a one-line description and their parameters.
+    """List the probe families: the path to the answer each leaves open (literal: the question
+    repeats the needle's words; latent: no word in common; coreference: identical requests told
+    apart by their order), a one-line description and their parameters.
 
     Example: ctxprobe probes list
     """
     api = _probes_api()
     width = max(map(len, api.FAMILIES))
+    paths = max(len(f.path) for f in api.FAMILIES.values()) + 2
     for name, fam in api.FAMILIES.items():
         params = " ".join(f"{k}={v}" for k, v in fam.params.items())
-        click.echo(f"{name:<{width}}  {fam.description}" + (f"  [{params}]" if params else ""))
+        click.echo(f"{name:<{width}}  {'(' + fam.path + ')':<{paths}}  {fam.description}"
+                   + (f"  [{params}]" if params else ""))
 
 
-def _elide(prompt: str, keep: list[tuple[int, int]], marks: list[tuple[int, int]]) -> str:
-    """Show only the `keep` character windows of prompt, with needles in `marks` marked."""
+def _elide(prompt: str, keep: list[tuple[int, int]], marks: list[tuple[int, int]],
+           roles: list[str] | None = None) -> str:
+    """Show only the `keep` character windows of prompt, with needles in `marks` marked: the
+    asked needle as >>>...<<<, a distractor as >>>...<<<(distractor: kind)."""
+    label = dict(zip(marks, roles or ["needle"] * len(marks)))
     windows = []
     for a, b in sorted((max(0, a), min(len(prompt), b)) for a, b in keep):
         if windows and a <= windows[-1][1]:
@@ -78,10 +85,15 @@ def _elide(prompt: str, keep: list[tuple[int, int]], marks: list[tuple[int, int]
     for a, b in windows:
         if a > at:
             out.append(click.style(f" [... {a - at:,} characters ...] ", fg="cyan"))
-        piece, cuts = prompt[a:b], sorted((s - a, e - a) for s, e in marks if a <= s and e <= b)
+        piece = prompt[a:b]
+        cuts = sorted((s - a, e - a, label[s, e]) for s, e in marks if a <= s and e <= b)
         last = 0
-        for s, e in cuts:
-            out.append(piece[last:s] + click.style(">>>" + piece[s:e] + " <<<", fg="green", bold=True))
+        for s, e, role in cuts:
+            if role == "needle":
+                out.append(piece[last:s] + click.style(">>>" + piece[s:e] + " <<<", fg="green", bold=True))
+            else:
+                out.append(piece[last:s] + click.style(f">>>{piece[s:e]} <<<(distractor: {role})",
+                                                       fg="yellow", bold=True))
             last = e
         out.append(piece[last:])
         at = b
@@ -99,8 +111,8 @@ def _elide(prompt: str, keep: list[tuple[int, int]], marks: list[tuple[int, int]
               help="Characters shown around each needle and at the ends of the haystack.")
 @probe_options
 def show(family, length, depth, sample, window, seed, tokenizer_path, haystack, params, verify):
-    """Show one probe: the prompt with its middle elided and needles marked, the answers and
-    the token counts.
+    """Show one probe: the prompt with its middle elided, the asked needle and the distractors
+    marked, the association behind a nolima question, the answers and the token counts.
 
     Example: ctxprobe probes show multikey --length 8k --depth 25 --param value_kind=uuid
     """
@@ -112,16 +124,40 @@ def show(family, length, depth, sample, window, seed, tokenizer_path, haystack, 
     ctx_end = ctx_start + len(p.context)
     keep = [(0, ctx_start + window), (ctx_end - window, len(text))]
     keep += [(s - window, e + window) for s, e in p.needle_char_spans]
-    click.echo(_elide(text, keep, p.needle_char_spans))
+    click.echo(_elide(text, keep, p.needle_char_spans, p.needle_roles))
     click.echo("-" * 72)
     click.echo(f"family {p.family}  params {json.dumps(p.params)}  seed {p.seed}  sample {p.sample}")
     click.echo(f"tokens {len(p.token_array):,} (requested {p.length:,}; context {p.context_end:,}, "
                f"question {len(p.token_array) - p.context_end:,})  tokenizer {p.tokenizer_name}  "
                f"haystack {p.haystack}  checked {p.verified}")
     depth_note = "n/a (no needles)" if p.actual_depth is None else f"{p.actual_depth}"
-    click.echo(f"depth {p.depth} -> actual {depth_note}  needles at tokens "
-               f"{', '.join(f'[{s}, {e})' for s, e in p.needle_spans) or '-'}")
+    asked = [f"[{s}, {e})" for (s, e), r in zip(p.needle_spans, p.needle_roles) if r == "needle"]
+    click.echo(f"depth {p.depth} -> actual {depth_note}  needles at tokens {', '.join(asked) or '-'}")
+    misses = [f"{r} [{s}, {e}) at {d}%" for (s, e), r, d in zip(p.needle_spans, p.needle_roles,
+                                                                 p.needle_depths) if r != "needle"]
+    if misses:
+        click.echo(f"distractors ({len(misses)}): {'; '.join(misses)}")
+    for line in _meta_lines(p):
+        click.echo(line)
     click.echo(f"answers {json.dumps(p.answers)}  answer text {p.answer_text!r}  hash {p.hash}")
+
+
+def _meta_lines(p) -> list[str]:
+    """What a family's probe records about itself: nolima's association and the overlap
+    between its question and needle, mrcr's conversation."""
+    meta, lines = p.meta, []
+    if "association" in meta:
+        a, shared = meta["association"], meta["overlap"]
+        lines.append(f"association ({a['category']}, {a['hops']} hop{'s' if a['hops'] > 1 else ''}): "
+                     + " -> ".join(a["chain"]) + f"; the question names {meta['question_names']!r}")
+        lines.append(f"content words shared by question and needle: {shared['count']}"
+                     + (f" ({', '.join(shared['stems'])})" if shared["stems"] else " (none: no literal path)"))
+        lines.append(f"kept out of the haystack: {', '.join(meta['kept_out_of_haystack'])}")
+    if p.messages is not None:
+        lines.append(f"conversation: {len(p.messages)} messages in the {p.chat} format; asked: reply "
+                     f"{meta['asked_instance']} of {meta['instances']} to {meta['request']!r}, "
+                     f"prefixed with {meta['prefix']!r}; graded by MRCR's sequence-matcher ratio")
+    return lines
 
 
 @probes.command()

@@ -130,6 +130,9 @@ def score_cell(cell: Cell, probe, result: CellResult, seed: int) -> dict:
         row["strict"] = strict_score(result.response, row["answers"], probe.answer_prefix)
         row["lenient"] = lenient_score(result.response, row["answers"])
         row["score"] = float(result.exact) if result.exact is not None else row["strict"]
+        graded = probe.grade(result.response) if hasattr(probe, "grade") else None
+        if graded is not None:  # a family with its own grader (mrcr: MRCR's sequence-matcher ratio)
+            row["score"] = graded
     return row
 
 

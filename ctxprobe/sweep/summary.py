@@ -1,5 +1,7 @@
 """The end-of-run summary: a depth x length table of mean scores per family, and the
-effective context length (the largest length whose mean score stays >= 85%)."""
+effective context length (the largest length whose mean score stays >= 85%). Families whose
+literal path is closed (nolima, mrcr and their literal controls) also get the length relative
+to the model's own score at the shortest lengths (NoLiMa's rule), each line saying which it is."""
 
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ def format_length(n: int) -> str:
     return str(n)
 
 
-def effective_length(cells: list[dict], threshold: float = THRESHOLD) -> int | None:
-    """Largest tested length L such that the mean score at every length <= L is >= threshold;
-    None when even the shortest length falls below it. Errored cells are left out."""
+def effective_length(cells: list[dict], threshold: float = THRESHOLD, *,
+                     relative: bool = False) -> int | None:
+    """Largest tested length L such that the mean score at every length <= L is >= threshold
+    (relative=True: threshold x the mean score at the shortest lengths); None when even the
+    shortest length falls below it. Errored cells are left out."""
     from ctxprobe.analysis.effective_length import threshold_length
     from ctxprobe.analysis.summary import values_by_length
 
@@ -25,7 +29,25 @@ def effective_length(cells: list[dict], threshold: float = THRESHOLD) -> int | N
     if not by_length:  # every cell errored: no reading
         return None
     lengths = sorted(by_length)
-    return threshold_length(lengths, [by_length[n].mean() for n in lengths], threshold=threshold).length
+    return threshold_length(lengths, [by_length[n].mean() for n in lengths], threshold=threshold,
+                            relative=relative).length
+
+
+def _reading(eff: int | None, shortest: str) -> str:
+    return f"below the shortest length tested ({shortest})" if eff is None else format_length(eff)
+
+
+def _relative_line(family: str, cells: list[dict], threshold: float, shortest: str) -> str:
+    from ctxprobe.analysis.effective_length import RELATIVE_RULE, SHORT_LENGTHS, short_score
+    from ctxprobe.analysis.summary import values_by_length
+
+    by_length = values_by_length(cells)
+    base = short_score([by_length[n].mean() for n in sorted(by_length)])
+    rule = RELATIVE_RULE.format(threshold, SHORT_LENGTHS)
+    if base <= 0:
+        return f"{family}: effective length ({rule}): no reading: it scores 0 at the shortest lengths"
+    return (f"{family}: effective length ({rule}; own score {base:.0%}, cutoff {threshold * base:.0%}): "
+            f"{_reading(effective_length(cells, threshold, relative=True), shortest)}")
 
 
 def score_table(cells: list[dict]) -> str:
@@ -51,19 +73,23 @@ def score_table(cells: list[dict]) -> str:
 
 def summarize(cells: list[dict], threshold: float = THRESHOLD) -> str:
     """Per family: the table and its effective length; then the errored-cell count."""
+    from ctxprobe.analysis.effective_length import ABSOLUTE_RULE, reads_relative
+
     lines = []
     for family in sorted({c["family"] for c in cells}):
         mine = [c for c in cells if c["family"] == family]
         eff = effective_length(mine, threshold)
         shortest = format_length(min(c["length"] for c in mine))
-        if not any(c.get("score") is not None and not c.get("error") for c in mine):
-            reading = "no reading: no cell was scored (every cell errored)"
-        elif eff is None:
-            reading = f"below the shortest length tested ({shortest})"
+        scored = any(c.get("score") is not None and not c.get("error") for c in mine)
+        reading = _reading(eff, shortest) if scored else "no reading: no cell was scored (every cell errored)"
+        lines += [f"{family}: score (%) by depth and length", score_table(mine)]
+        if reads_relative(family):   # both readings, each named
+            lines.append(f"{family}: effective length ({ABSOLUTE_RULE.format(threshold)}): {reading}")
+            if scored:
+                lines.append(_relative_line(family, mine, threshold, shortest))
         else:
-            reading = format_length(eff)
-        lines += [f"{family}: score (%) by depth and length", score_table(mine),
-                  f"{family}: effective length (score >= {threshold:.0%}): {reading}", ""]
+            lines.append(f"{family}: effective length (score >= {threshold:.0%}): {reading}")
+        lines.append("")
     errors = sum(1 for c in cells if c.get("error"))
     if errors:
         lines.append(f"{errors} cell(s) errored; rerun the same command to retry them")
