@@ -33,7 +33,7 @@ MODES = ("full", "pairs", "sampled", "junctions")
 DEFAULT_MODE = "sampled"
 FULL_VERIFY_MAX = 1 << 20      # unreadable vocabularies: whole-prompt check up to here
 RUN_UNITS = 256                # haystack units per re-tokenized run (a batch item)
-WINDOW_TOKENS = 1024           # tokens per sampled window
+WINDOW_TOKENS = 512            # tokens per sampled window
 _MERGE_GAP = 4                 # unknown pairs this close share one run
 _REACHES_ACROSS = re.compile(r"(?s).\s\S")   # a space after the first character, then text
 
