@@ -14,7 +14,7 @@ import torch
 
 from ctxprobe.models.blocks import Experts, FusedExperts
 from ctxprobe.models.keymap import KEYMAPS
-from ctxprobe.models.loader import _dtype, build_empty, plan_copies, read_config, read_headers
+from ctxprobe.models.loader import build_empty, parse_dtype, plan_copies, read_config, read_headers
 from ctxprobe.units import fmt_bytes, human_count
 
 
@@ -55,7 +55,7 @@ def describe(path: str | Path, length: int | None = None, dtype=None) -> dict:
 def describe_config(cfg, length: int | None = None, dtype=None) -> dict:
     """The facts that follow from the config alone (counted on a meta-device model)."""
     model = build_empty(cfg)
-    dt = _dtype(dtype or cfg.dtype)
+    dt = parse_dtype(dtype or cfg.dtype)
     elem = torch.empty(0, dtype=dt).element_size()
 
     total = _numel(model) - (cfg.vocab_size * cfg.dim if cfg.tie_embeddings else 0)

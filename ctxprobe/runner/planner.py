@@ -424,12 +424,12 @@ def plan_for_checkpoint(path, length, *, dtype=None, device=None, gpu_memory=Non
     device: None = cuda when a GPU budget is given or a GPU is present, else cpu."""
     import torch
 
-    from ctxprobe.models.loader import _dtype, read_config
+    from ctxprobe.models.loader import parse_dtype, read_config
 
     cfg = read_config(path)
     if device is None:
         device = "cuda" if gpu_memory is not None or torch.cuda.is_available() else "cpu"
-    dt = _dtype(dtype or cfg.dtype)
+    dt = parse_dtype(dtype or cfg.dtype)
     shape = ModelShape.from_config(cfg, dt.itemsize)
     if device.startswith("cuda") and gpu_memory is None and not torch.cuda.is_available():
         raise UserError("planning for a GPU on a machine without one: pass --gpu-memory (e.g. 80GiB)")

@@ -56,7 +56,7 @@ def build_preset(name: str, *, device="cpu", dtype=None, seed: int = 0, weights_
     has no files, so the "disk" tier is refused. weights_device="cpu" with device "cuda" (the older
     keyword) means "host". Embedding and head always live on `device`.
     """
-    from ctxprobe.models.loader import _dtype, build_empty, weight_tier
+    from ctxprobe.models.loader import build_empty, parse_dtype, weight_tier
     from ctxprobe.runner.weights import HostArenas
 
     if weights == "disk":
@@ -65,7 +65,7 @@ def build_preset(name: str, *, device="cpu", dtype=None, seed: int = 0, weights_
                         "or benchmark a checkpoint directory")
 
     cfg = preset_config(name)
-    dt = _dtype(dtype or cfg.dtype)
+    dt = parse_dtype(dtype or cfg.dtype)
     cfg.dtype = str(dt).removeprefix("torch.")
     model = build_empty(cfg)
     device = torch.device(device)
