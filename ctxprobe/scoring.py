@@ -46,3 +46,10 @@ def lenient_score(response: str, answers: list[str]) -> float:
         raise ValueError("lenient_score needs at least one gold answer")
     text = response.lower()
     return sum(a.strip().lower() in text for a in answers) / len(answers)
+
+
+def first_informative(pieces: list[str]) -> int:
+    """The index of the first gold-answer token that is not whitespace: the first one whose rank
+    says whether the model knows the answer (" 1234567" often starts with a lone space, ranked
+    1 whatever follows). 0 when every piece is whitespace."""
+    return next((i for i, piece in enumerate(pieces) if piece.strip()), 0)

@@ -18,6 +18,16 @@ class CellResult:
     prompt_tokens: int | None = None
     latency: float | None = None     # seconds
     error: str | None = None         # set when the cell failed; the sweep retries it next time
+    # teacher-forced: rank of the first gold token that is not whitespace (first_rank ranks the
+    # first token, which for " 1234" is often the space: rank 1 whether or not the model knows)
+    informative_rank: int | None = None
+    server_prompt_tokens: int | None = None  # the prompt as the server counted it (usage)
+    finish_reason: str | None = None  # the server's: "stop", "length", ...
+    truncated: bool = False           # cut off by the token limit before any answer: not scored
+    reasoning_tokens: int | None = None
+    output_tokens: int | None = None  # generated tokens, reasoning included
+    ttft: float | None = None         # streamed: seconds to the first token
+    decode_rate: float | None = None  # streamed: output tokens per second after the first
 
 
 class Backend(Protocol):

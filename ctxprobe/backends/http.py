@@ -31,8 +31,9 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
-from ctxprobe.backends import transport
+from ctxprobe.backends import sse, transport
 from ctxprobe.backends.base import CellResult
+from ctxprobe.backends.reasoning import answer_of
 from ctxprobe.errors import UserError
 
 _TOKENIZE_WORKERS = 8  # /tokenize requests in flight while pre-tokenizing a haystack
@@ -159,13 +160,21 @@ class JsonClient:
 
     def request(self, path: str, payload: dict | None = None, *, retries: int | None = None) -> dict:
         """The decoded JSON reply of `path` (relative to the base URL, or an absolute URL)."""
+        return self._with_retries(path, lambda url: self._once(url, payload), retries)
+
+    def request_stream(self, path: str, payload: dict, api: str) -> tuple[dict, sse.Timing]:
+        """POST a streamed completion request: (the reply assembled into the non-streamed shape,
+        its timings, measured from the start of the attempt that succeeded)."""
+        return self._with_retries(path, lambda url: self._once(url, payload, stream=api), None)
+
+    def _with_retries(self, path: str, once, retries: int | None):
         url = path if "://" in path else f"{self.base_url}/{path.lstrip('/')}"
         retries = self.policy.retries if retries is None else retries
         for attempt in range(retries + 1):
             if self.stopping.is_set():
                 raise RequestFailed(f"request to {transport.shown(url)} cancelled: the sweep is stopping")
             try:
-                return self._once(url, payload)
+                return once(url)
             except _Retryable as e:
                 if self.stopping.is_set():
                     raise RequestFailed(f"request to {transport.shown(url)} cancelled: the sweep is "
@@ -176,8 +185,10 @@ class JsonClient:
                 self._sleep(self.policy.delay(attempt, e.retry_after))
         raise AssertionError("unreachable")
 
-    def _once(self, url: str, payload: dict | None) -> dict:
-        headers = {"Accept": "application/json"}
+    def _once(self, url: str, payload: dict | None, stream: str | None = None):
+        """One attempt: the decoded JSON reply; with stream (the api: chat or completions), the
+        streamed reply assembled, and its timings."""
+        headers = {"Accept": "text/event-stream" if stream else "application/json"}
         data = None
         if payload is not None:
             data = json.dumps(payload).encode()
@@ -185,8 +196,18 @@ class JsonClient:
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         where = transport.shown(url)
+        started = time.perf_counter()
         try:
-            reply = self.transport.exchange("POST" if payload is not None else "GET", url, data, headers)
+            reply = self.transport.exchange("POST" if payload is not None else "GET", url, data, headers,
+                                            stream=stream is not None)
+            if reply.lines is not None:
+                with contextlib.closing(reply.lines):
+                    if "event-stream" in (reply.headers.get("Content-Type") or ""):
+                        return sse.assemble(reply.lines, stream, started)
+                    body = b"".join(reply.lines)  # a server that ignored "stream": one JSON reply
+                return self._decoded(body, where), sse.unstreamed(started)
+        except sse.StreamError as e:
+            raise RequestFailed(self.redact(f"{e} (from {where})")) from None
         except transport.Redirected as e:
             raise RequestFailed(self.redact(str(e)), e.status, redirect=True) from None
         except transport.TransportError as e:  # timeouts, refused/dropped connections, too large
@@ -200,10 +221,13 @@ class JsonClient:
                 raise _Retryable(message, reply.status,
                                  parse_retry_after(reply.headers.get("Retry-After")))
             raise RequestFailed(message, reply.status)
+        return self._decoded(reply.body, where)
+
+    def _decoded(self, body: bytes, where: str):
         try:
-            return json.loads(reply.body)
+            return json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError):
-            start = self.redact(reply.body.decode(errors="replace"))[:120]
+            start = self.redact(body.decode(errors="replace"))[:120]
             raise RequestFailed(f"malformed JSON from {where}: {start!r}") from None
 
     def close(self) -> None:
@@ -311,6 +335,11 @@ class RemoteTokenizer:
         return text
 
 
+def _count(value) -> int | None:
+    """A token count from a reply's usage: a non-negative int, else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def _token_list(reply, url: str) -> list[int]:
     tokens = reply.get("tokens") if isinstance(reply, dict) else None
     if not isinstance(tokens, list):
@@ -328,7 +357,8 @@ class HttpBackend:
                  api_key_env: str | None = None, tokenizer_path: str | None = None,
                  max_new_tokens: int = 32, concurrency: int = 4, timeout: float = 120.0,
                  retries: int = 5, retry_base: float = 0.5, environ: dict | None = None,
-                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, sleep=None):
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, sleep=None,
+                 stream: bool = False, reasoning_budget: int = 0, list_models: bool = True):
         import os
 
         environ = os.environ if environ is None else environ
@@ -342,6 +372,8 @@ class HttpBackend:
             raise UserError(f"--timeout must be a positive, finite number of seconds, got {timeout}")
         if max_new_tokens < 1:
             raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        if not isinstance(reasoning_budget, int) or reasoning_budget < 0:
+            raise UserError(f"--reasoning-budget must be 0 or more tokens, got {reasoning_budget}")
         check_max_response_bytes(max_response_bytes)
         check_server_url(base_url)
         check_api_key_env(api_key_env, environ)
@@ -363,10 +395,15 @@ class HttpBackend:
                       "characters, too few to redact from recorded text without changing it; a "
                       "response or error that contains it is stored as withheld", file=sys.stderr)
         self.api, self.max_new_tokens, self.concurrency = api, max_new_tokens, concurrency
+        # A thinking model spends tokens before its answer: the request's limit holds both.
+        self.stream, self.reasoning_budget = stream, reasoning_budget
+        self.max_tokens = max_new_tokens + reasoning_budget
         policy = RetryPolicy(retries=retries, base=retry_base)
         self.client = JsonClient(self.base_url, api_key=api_key, timeout=timeout, policy=policy,
                                  sleep=sleep, max_response_bytes=max_response_bytes)
-        self.served_model, model_info = self._pick_model(served_model)
+        # list_models=False (a dry run that names --served-model): no request but /tokenize.
+        self.served_model, model_info = (self._pick_model(served_model) if list_models or not served_model
+                                         else (served_model, {"id": served_model}))
         self.tokenizer, tokenizer_source = self._pick_tokenizer(tokenizer_path)
         self.model_fingerprint = "server-model:" + json.dumps(model_info, sort_keys=True)
         self.settings = {
@@ -377,6 +414,10 @@ class HttpBackend:
         }
         self.identity = {"kind": "http", "served_model": self.served_model, "api": api,
                          "max_new_tokens": max_new_tokens}
+        if reasoning_budget:   # only when given, so runs from before keep their identity
+            self.settings["reasoning_budget"] = self.identity["reasoning_budget"] = reasoning_budget
+        if stream:             # how latency is measured, not what is answered: not identity
+            self.settings["stream"] = True
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -430,41 +471,69 @@ class HttpBackend:
     def ask(self, probe) -> CellResult:
         if self.api == "chat":
             path = "chat/completions"
-            payload = {"model": self.served_model, "temperature": 0.0,
-                       "max_tokens": self.max_new_tokens,
+            payload = {"model": self.served_model, "temperature": 0.0, "max_tokens": self.max_tokens,
                        # A conversation probe (mrcr) goes as its messages; the server renders them.
                        "messages": getattr(probe, "messages", None)
                        or [{"role": "user", "content": probe.prompt}]}
         else:
             path = "completions"
-            payload = {"model": self.served_model, "temperature": 0.0,
-                       "max_tokens": self.max_new_tokens, "prompt": probe.prompt}
+            payload = {"model": self.served_model, "temperature": 0.0, "max_tokens": self.max_tokens,
+                       "prompt": probe.prompt}
+        ours = len(probe.token_ids)
         start = time.perf_counter()
+        timing = None
         try:
-            reply = self.client.request(path, payload)
-            text = self._text_of(reply)
+            if self.stream:
+                payload.update(stream=True, stream_options={"include_usage": True})
+                reply, timing = self.client.request_stream(path, payload, self.api)
+            else:
+                reply = self.client.request(path, payload)
+            text, fields, finish_reason = self._text_of(reply)
         except RequestFailed as e:
-            return CellResult(error=str(e), latency=time.perf_counter() - start,
-                              prompt_tokens=len(probe.token_ids))
+            return CellResult(error=str(e), latency=time.perf_counter() - start, prompt_tokens=ours)
+        latency = timing.total if timing is not None else time.perf_counter() - start
         usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
-        prompt_tokens = usage.get("prompt_tokens")
-        # The raw text: the sweep scores it, then stores redact(text).
-        return CellResult(response=text, latency=time.perf_counter() - start,
-                          prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int)
-                          else len(probe.token_ids))
+        answer = answer_of(text, fields, finish_reason)
+        output = _count(usage.get("completion_tokens"))
+        if output is None and timing is not None:
+            output = timing.output_tokens
+        # The raw answer: the sweep scores it, then stores redact(text).
+        return CellResult(response=answer.text, latency=latency, prompt_tokens=ours,
+                          server_prompt_tokens=_count(usage.get("prompt_tokens")),
+                          finish_reason=answer.finish_reason, truncated=answer.truncated,
+                          reasoning_tokens=self._reasoning_tokens(usage, answer.reasoning),
+                          output_tokens=output,
+                          ttft=timing.ttft if timing is not None else None,
+                          decode_rate=timing.decode_rate if timing is not None else None)
 
-    def _text_of(self, reply) -> str:
+    def _reasoning_tokens(self, usage: dict, reasoning: str) -> int | None:
+        """The server's count (usage.completion_tokens_details.reasoning_tokens), else the
+        reasoning text counted with the run's tokenizer; None for a reply without reasoning."""
+        details = usage.get("completion_tokens_details")
+        reported = _count(details.get("reasoning_tokens")) if isinstance(details, dict) else None
+        if reported is not None:
+            return reported
+        if not reasoning:
+            return None
+        try:
+            return len(self.tokenizer.encode(reasoning))
+        except Exception:  # a tokenizer server that fails now: the count is a detail, the cell stands
+            return None
+
+    def _text_of(self, reply) -> tuple[str, dict, str | None]:
+        """(text, the message or choice it came in, finish_reason) of a reply."""
         try:
             choice = reply["choices"][0]
-            text = choice["message"]["content"] if self.api == "chat" else choice["text"]
+            fields = choice["message"] if self.api == "chat" else choice
+            text = fields["content"] if self.api == "chat" else fields["text"]
         except (KeyError, IndexError, TypeError):
             raise RequestFailed(f"malformed {self.api} reply: no choices[0] text "
                                 f"({self.client.redact(json.dumps(reply))[:120]})") from None
         if text is None:
             text = ""
-        if not isinstance(text, str):
+        if not isinstance(text, str) or not isinstance(fields, dict):
             raise RequestFailed(f"malformed {self.api} reply: text is {type(text).__name__}")
-        return text
+        return text, fields, choice.get("finish_reason") if isinstance(choice, dict) else None
 
     def redact(self, text: str) -> str:
         """What the store may keep of a response (scored before this, never after)."""

@@ -308,8 +308,18 @@ class NativeBackend:
         scores = self._score(context, branches)
         return [CellResult(response=self.tokenizer.decode(s.greedy), exact=bool(s.exact),
                            logprob=float(s.logprob), first_rank=int(s.first_rank),
+                           informative_rank=self._informative_rank(s, a),
                            prompt_tokens=len(context) + len(q))
-                for s, (q, _) in zip(scores, branches)]
+                for s, (q, a) in zip(scores, branches)]
+
+    def _informative_rank(self, score, answer_ids) -> int | None:
+        """The rank of the first gold token that is not whitespace (scoring.first_informative)."""
+        from ctxprobe.scoring import first_informative
+
+        ranks = getattr(score, "gold_ranks", None)
+        if not ranks:
+            return None
+        return int(ranks[first_informative([self.tokenizer.decode([t]) for t in answer_ids])])
 
     def _generate(self, probe) -> CellResult:
         start = time.perf_counter()

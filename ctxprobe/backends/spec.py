@@ -31,11 +31,13 @@ def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
                  timeout: float = 120.0, retries: int = 5, retry_base: float = 0.5,
                  max_response_bytes: int = 1 << 20, chat_template: bool = True,
                  device: str | None = None, dtype: str | None = None, memory=None,
-                 threads: int | None = None):
+                 threads: int | None = None, stream: bool = False, reasoning_budget: int = 0,
+                 list_models: bool = True):
     """memory: a ctxprobe.backends.memory.MemoryBudgets for the native runner (None: no plan before
     loading; each pass plans from the free memory). A server manages its own memory.
     threads: the native runner's torch threads (None: picked before each pass from the free cores,
-    ctxprobe/backends/threads.py)."""
+    ctxprobe/backends/threads.py).
+    stream, reasoning_budget, list_models: openai: only; see HttpBackend."""
     if spec.startswith("openai:"):
         if memory is not None and memory.given():
             raise UserError("--gpu-memory, --host-memory and --offload-dir plan the native runner's "
@@ -46,7 +48,8 @@ def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
                            api_key_env=api_key_env, tokenizer_path=tokenizer,
                            max_new_tokens=max_new_tokens, concurrency=concurrency,
                            timeout=timeout, retries=retries, retry_base=retry_base,
-                           max_response_bytes=max_response_bytes)
+                           max_response_bytes=max_response_bytes, stream=stream,
+                           reasoning_budget=reasoning_budget, list_models=list_models)
     path = Path(spec)
     if spec == "builtin" and not path.exists():
         path = Path(__file__).resolve().parents[1] / "builtin" / "model"

@@ -12,6 +12,8 @@
 - One persistent connection per thread and origin (keep-alive). An idle connection that the
   server closed is readable (EOF): it is noticed before reuse and replaced, so a request is
   never sent twice on our initiative.
+- `stream=True` hands a 2xx body over line by line as it arrives (server-sent events): the same
+  deadline bounds the whole stream and the same cap counts every byte of it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import select
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 MAX_REDIRECTS = 3
@@ -63,6 +66,7 @@ class Reply:
     headers: http.client.HTTPMessage
     body: bytes
     url: str     # where it came from, after same-origin redirects
+    lines: Iterator[bytes] | None = None   # stream=True and 2xx: the body, line by line (body empty)
 
 
 def origin_of(url: str) -> tuple[str, str, int]:
@@ -86,11 +90,14 @@ class Transport:
         self._pool: dict[tuple[threading.Thread, tuple], http.client.HTTPConnection] = {}
 
     def exchange(self, method: str, url: str, body: bytes | None = None,
-                 headers: dict | None = None) -> Reply:
+                 headers: dict | None = None, *, stream: bool = False) -> Reply:
+        """One request and its reply. With stream=True a 2xx reply's body is not read here: its
+        `lines` yield it as it arrives (read them to the end, or close() them to drop the
+        connection); any other reply is read whole as usual."""
         deadline = time.monotonic() + self.timeout
         first = url
         for _ in range(MAX_REDIRECTS + 1):
-            reply = self._one(method, url, body, headers or {}, deadline)
+            reply = self._one(method, url, body, headers or {}, deadline, stream)
             if reply.status not in REDIRECTS:
                 return reply
             target = urllib.parse.urljoin(url, reply.headers.get("Location", ""))
@@ -106,7 +113,8 @@ class Transport:
             url = target
         raise Redirected(f"more than {MAX_REDIRECTS} redirects from {shown(first)}", reply.status)
 
-    def _one(self, method: str, url: str, body, headers: dict, deadline: float) -> Reply:
+    def _one(self, method: str, url: str, body, headers: dict, deadline: float,
+             stream: bool = False) -> Reply:
         parts = urllib.parse.urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn = self._connection(origin_of(url))
@@ -115,6 +123,8 @@ class Transport:
             conn.request(method, target, body=body, headers=headers)
             resp = conn.getresponse()
             ok = 200 <= resp.status < 300
+            if ok and stream:
+                return Reply(resp.status, resp.headers, b"", url, self._lines(conn, resp, url))
             data, whole = _read_at_most(resp, self.max_bytes if ok else ERROR_BODY_BYTES)
         except TimeoutError:
             conn.close()
@@ -128,6 +138,32 @@ class Transport:
                 raise TooLarge(f"the reply from {shown(url)} is larger than {self.max_bytes} bytes "
                                "(--max-response-bytes); not read further")
         return Reply(resp.status, resp.headers, data, url)
+
+    def _lines(self, conn, resp: http.client.HTTPResponse, url: str) -> Iterator[bytes]:
+        """The body line by line under the request's deadline (every read is armed with what is
+        left of it) and the byte cap (counted over the whole stream). Leaving early closes the
+        connection: the rest of the body would still be on the wire."""
+        size, finished = 0, False
+        try:
+            while True:
+                line = resp.readline(self.max_bytes + 1 - size)
+                if not line:
+                    if resp.length:   # the header promised more than the connection carried
+                        raise http.client.IncompleteRead(b"", resp.length)
+                    finished = True
+                    return
+                size += len(line)
+                if size > self.max_bytes:
+                    raise TooLarge(f"the streamed reply from {shown(url)} is larger than "
+                                   f"{self.max_bytes} bytes (--max-response-bytes); not read further")
+                yield line
+        except TimeoutError:
+            raise TimedOut(f"timed out after {self.timeout:g} s") from None
+        except (OSError, http.client.HTTPException) as e:
+            raise Dropped(_reason(e)) from None
+        finally:
+            if not finished:
+                conn.close()
 
     def _connection(self, origin: tuple) -> http.client.HTTPConnection:
         me = threading.current_thread()

@@ -73,12 +73,24 @@ def _command_line(ctx: click.Context) -> str:
 @memory_options
 @verify_option
 @threads_option
+@click.option("--stream", is_flag=True,
+              help="openai: stream each answer (server-sent events) and store its time to first "
+                   "token, output tokens and decode rate beside the total time.")
+@click.option("--reasoning-budget", default=0, show_default=True, type=click.IntRange(min=0),
+              help="openai: tokens a thinking model may spend on reasoning before its answer, added "
+                   "to --max-new-tokens in each request (see docs/serving.md for sizes).")
+@click.option("--dry-run", is_flag=True,
+              help="Count the cells, prompt and output tokens (and the cost, with --price-in/--price-out) "
+                   "without sending any request but tokenizer calls; stores nothing.")
+@click.option("--price-in", default=None, type=float, help="--dry-run: price per million prompt tokens.")
+@click.option("--price-out", default=None, type=float, help="--dry-run: price per million output tokens.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, name, max_new_tokens,
                 concurrency, haystack, served_model, api, api_key_env, tokenizer, timeout,
                 max_response_bytes, retries, shard, chat_template, device, dtype, gpu_memory,
-                host_memory, offload_dir, quiet, verify, threads):
+                host_memory, offload_dir, quiet, verify, threads, stream=False, reasoning_budget=0,
+                dry_run=False, price_in=None, price_out=None):
     """Run probes against a model and store one row per cell; rerunning resumes.
 
     Native runs plan their memory for the longest cell not yet stored before loading any weight
@@ -114,13 +126,22 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
                      verify=verify)
     check_families(spec.families)
     check_spec(model_spec, api_key_env=api_key_env)  # a secret in a flag: refused before any store
+    if dry_run or price_in is not None or price_out is not None:
+        return _dry_run(ctx, spec, model_spec=model_spec, db=db, name=name, memory=memory,
+                        price_in=price_in, price_out=price_out,
+                        open_options=dict(max_new_tokens=max_new_tokens, concurrency=concurrency,
+                                          served_model=served_model, api=api, api_key_env=api_key_env,
+                                          tokenizer=tokenizer, timeout=timeout, retries=retries,
+                                          max_response_bytes=max_response_bytes,
+                                          chat_template=chat_template, device=device, dtype=dtype,
+                                          reasoning_budget=reasoning_budget))
     with Store(db) as store:  # refuse a bad --db before loading a model or calling a server
         backend = open_backend(model_spec, max_new_tokens=max_new_tokens, concurrency=concurrency,
                                served_model=served_model, api=api, api_key_env=api_key_env,
                                tokenizer=tokenizer, timeout=timeout, retries=retries,
                                max_response_bytes=max_response_bytes,
                                chat_template=chat_template, device=device, dtype=dtype, threads=threads,
-                               memory=memory)
+                               memory=memory, stream=stream, reasoning_budget=reasoning_budget)
         try:  # native: plan the longest pending cell and load the weights; one that cannot fit stops here
             _prepare(backend, spec, _pending(store, backend, spec, model_spec, name))
         except BaseException:
@@ -138,6 +159,27 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
     click.echo(f"run {run.name}: {stats.finished} cell(s) done now ({stats.errored} errored), "
                f"{stats.skipped} already stored, in {stats.seconds:.1f} s; db {db}")
     _fail_if_mostly_errored(ctx, stats)
+
+
+def _dry_run(ctx, spec, *, model_spec, db, name, memory, price_in, price_out, open_options) -> None:
+    """--dry-run: count what the sweep would send (ctxprobe/sweep/preflight.py); store nothing."""
+    from ctxprobe.backends import open_backend
+    from ctxprobe.sweep.preflight import check_price, dry_run_todo, preflight
+
+    if not ctx.params.get("dry_run"):
+        raise UserError("--price-in and --price-out price a --dry-run: add --dry-run")
+    check_price(price_in, "--price-in")
+    check_price(price_out, "--price-out")
+    # No weights are read (the budgets defer loading), and a server is asked only to tokenize.
+    backend = open_backend(model_spec, memory=memory, list_models=False, **open_options)
+    try:
+        todo, stored = dry_run_todo(db, backend, spec, model_spec=model_spec, name=name)
+        report = preflight(backend, spec, todo, already_stored=stored, price_in=price_in,
+                           price_out=price_out)
+    finally:
+        backend.close()
+    for line in report.lines():
+        click.echo(line)
 
 
 EXIT_MOSTLY_ERRORED = 3

@@ -10,7 +10,7 @@ Shapes: Q question tokens, A answer tokens, V vocab.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,6 +24,9 @@ class BranchScore:
     logprob: float       # sum of the gold tokens' log-probabilities
     first_rank: int      # rank of the first gold token among the vocabulary, 1 = most likely
     greedy: list[int]    # the argmax token at each answer position
+    # the rank of every gold token at its position (teacher-forced: the gold tokens before it
+    # fed in); gold_ranks[0] == first_rank. The caller picks the informative one.
+    gold_ranks: list[int] = field(default_factory=list)
 
 
 def read_answer(rows_AV: torch.Tensor, answer_ids) -> BranchScore:
@@ -34,11 +37,11 @@ def read_answer(rows_AV: torch.Tensor, answer_ids) -> BranchScore:
     gold = torch.as_tensor(list(answer_ids), dtype=torch.long)
     greedy = rows.argmax(-1)
     logp = torch.log_softmax(rows, dim=-1)
-    first = rows[0]
+    ranks = ((rows > rows[torch.arange(len(gold)), gold][:, None]).sum(-1) + 1).tolist()
     return BranchScore(exact=bool((greedy == gold).all()),
                        logprob=float(logp[torch.arange(len(gold)), gold].sum()),
-                       first_rank=int((first > first[gold[0]]).sum()) + 1,
-                       greedy=greedy.tolist())
+                       first_rank=int(ranks[0]), greedy=greedy.tolist(),
+                       gold_ranks=[int(r) for r in ranks])
 
 
 def _check(context_ids, branches):

@@ -125,8 +125,15 @@ def score_cell(cell: Cell, probe, result: CellResult, seed: int) -> dict:
            "exact": result.exact, "logprob": result.logprob, "first_rank": result.first_rank,
            "response": result.response, "prompt_tokens": result.prompt_tokens,
            "latency": result.latency, "error": result.error,
-           "strict": None, "lenient": None, "score": None}
-    if result.error is None:
+           "strict": None, "lenient": None, "score": None,
+           "informative_rank": result.informative_rank,
+           "server_prompt_tokens": result.server_prompt_tokens,
+           "finish_reason": result.finish_reason, "truncated": result.truncated,
+           "reasoning_tokens": result.reasoning_tokens, "output_tokens": result.output_tokens,
+           "ttft": result.ttft, "decode_rate": result.decode_rate}
+    # A reply cut off by the token limit before any answer is not a wrong answer: it is stored
+    # as truncated and left unscored (every figure leaves it out and counts it).
+    if result.error is None and not result.truncated:
         row["strict"] = strict_score(result.response, row["answers"], probe.answer_prefix)
         row["lenient"] = lenient_score(result.response, row["answers"])
         row["score"] = float(result.exact) if result.exact is not None else row["strict"]
