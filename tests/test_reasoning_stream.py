@@ -8,7 +8,7 @@ import pytest
 
 from ctxprobe.backends.http import HttpBackend
 from ctxprobe.backends.reasoning import answer_of, split_reasoning
-from tests.serving_server import Reply, ServingServer
+from serving_server import Reply, ServingServer
 
 
 class _Probe:

@@ -155,7 +155,12 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
             _stop_now(store, run, backend)
         finally:
             backend.close()
-        click.echo(summarize(store.cells(run.id)))
+        cells = store.cells(run.id)
+        click.echo(summarize(cells))
+        from ctxprobe.analysis.prompt_tokens import warnings as prompt_token_warnings
+
+        for line in prompt_token_warnings(cells):   # a server that cut or re-tokenized prompts
+            click.echo(line, err=True)
     click.echo(f"run {run.name}: {stats.finished} cell(s) done now ({stats.errored} errored), "
                f"{stats.skipped} already stored, in {stats.seconds:.1f} s; db {db}")
     _fail_if_mostly_errored(ctx, stats)

@@ -93,4 +93,8 @@ def summarize(cells: list[dict], threshold: float = THRESHOLD) -> str:
     errors = sum(1 for c in cells if c.get("error"))
     if errors:
         lines.append(f"{errors} cell(s) errored; rerun the same command to retry them")
+    truncated = sum(1 for c in cells if c.get("truncated") and not c.get("error"))
+    if truncated:
+        lines.append(f"{truncated} cell(s) truncated: the token limit came before any answer, so they "
+                     "are not scored; raise --reasoning-budget (or --max-new-tokens) in a new run")
     return "\n".join(lines).rstrip()
