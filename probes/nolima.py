@@ -7,8 +7,8 @@ code checks that the question and the needle share no content word (lower-cased,
 words removed) and keeps every sentence that holds the answer's name or a word of the
 association chain out of the haystack. The overlap is stored with the probe (`meta`).
 
-nolima-literal asks the same needle (same character, entity, haystack) with the entity named:
-the literal control, run on the same grid.
+nolima-literal (or nolima with literal=1) asks the same needle (same character, entity,
+haystack) with the entity named: the literal control, run on the same grid as nolima.
 
 Knobs: hops (1: entity -> target; 2: entity -> city -> country), order (direct: the character
 first; inverted: the entity first; any), names (a pool of the data file, or "Ada,Bo,Cy,Di"),
@@ -31,8 +31,9 @@ INSTRUCTION = ("Read the following text carefully. A question about one of its c
 ANSWER_PREFIX = "\nAnswer:"
 
 
-def nolima(ctx, depth, hops=1, order="any", names="mixed", near_misses=0, placement="spread"):
-    return build(ctx, depth, hops, order, names, near_misses, placement, literal=False)
+def nolima(ctx, depth, hops=1, order="any", names="mixed", near_misses=0, placement="spread",
+           literal=False):
+    return build(ctx, depth, hops, order, names, near_misses, placement, literal=literal)
 
 
 def nolima_literal(ctx, depth, hops=1, order="any", names="mixed", near_misses=0, placement="spread"):

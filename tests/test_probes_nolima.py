@@ -126,6 +126,8 @@ def test_literal_control_asks_the_same_needle_with_the_entity_named():
         shared = lexical.overlap(needle_text(literal), asked_sentence(literal))
         assert shared and literal.meta["overlap"] == {"count": len(shared), "stems": shared}
         assert latent.hash != literal.hash
+        by_param = make_probe("nolima", 1500, 30, seed=3, sample=sample, literal="1")
+        assert by_param.question == literal.question and by_param.prompt == literal.prompt
 
 
 def test_knobs_and_determinism():
