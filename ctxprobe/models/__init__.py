@@ -12,7 +12,7 @@ from ctxprobe.models.config import ARCHITECTURES, ModelConfig
 from ctxprobe.models.model import Model
 
 
-def load_model(path, device=None, dtype=None, weights: str = "resident", weights_device=None) -> Model:
+def load_model(path, device=None, dtype=None, weights: str = "resident") -> Model:
     """Load an HF checkpoint dir (config.json, *.safetensors, optional tokenizer.json and chat template).
 
     device: None picks CUDA when available, else CPU. dtype: None keeps the checkpoint's dtype.
@@ -22,15 +22,15 @@ def load_model(path, device=None, dtype=None, weights: str = "resident", weights
                     ahead of the compute (on a CPU device this is "resident")
         "disk"      read from the checkpoint's safetensors files one layer ahead of the compute;
                     the blocks hold no memory between layers (CPU or CUDA)
-    The embedding, final norm and head are always on `device`. weights_device="cpu" (the older
-    keyword) with a CUDA device means weights="host". model.weight_tier says which tier was used.
+    The embedding, final norm and head are always on `device`. model.weight_tier says which tier
+    was used.
     """
     from ctxprobe.models.chat import read_template
     from ctxprobe.models.loader import load_weights, read_config
 
     root = Path(path)
     cfg = read_config(root)
-    model = load_weights(root, cfg, device=device, dtype=dtype, weights_device=weights_device, weights=weights)
+    model = load_weights(root, cfg, device=device, dtype=dtype, weights=weights)
     model.path = str(root)
     model.chat_template, model.special_tokens = read_template(root)
     if (root / "tokenizer.json").exists():

@@ -51,7 +51,7 @@ class Model(nn.Module):
 
         x = self.embed(token_ids)
         pos = torch.arange(x.shape[0], device=self.device)
-        # Block weights kept in host memory (weights_device="cpu" under CUDA) come in one layer at a time.
+        # Block weights in the host or disk tier come in one layer at a time.
         weights = LayerWeights(self.blocks, self.device)
         try:
             for layer, block in enumerate(self.blocks):
