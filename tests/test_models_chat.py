@@ -7,7 +7,8 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ctxprobe.errors import UserError
-from ctxprobe.models.chat import read_template, render_chat
+from ctxprobe.models.chat import render_chat
+from ctxprobe.models.loader import read_template
 
 pytest.importorskip("transformers")
 

@@ -93,7 +93,8 @@ def checkpoint(tmp_path_factory):
 
 def test_native_run_renders_mrcr_with_the_chat_template(checkpoint, runner, tmp_path):
     from ctxprobe.backends.native import NativeBackend
-    from ctxprobe.models.chat import read_template, render_chat
+    from ctxprobe.models.chat import render_chat
+    from ctxprobe.models.loader import read_template
 
     db = tmp_path / "n.db"
     args = ["run", "--model", str(checkpoint), "--probe", "nolima,nolima-literal,mrcr",

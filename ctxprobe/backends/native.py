@@ -102,8 +102,7 @@ class NativeBackend:
         """memory=None loads the weights now and plans each pass from the free memory then (as
         `prefill` does alone); with budgets, nothing of the weights is read until `prepare` (or the
         first pass) has planned where they go."""
-        from ctxprobe.models.chat import read_template
-        from ctxprobe.models.loader import _dtype, read_config
+        from ctxprobe.models.loader import _dtype, read_config, read_template
         from ctxprobe.runner import distributed
 
         self.path = str(path)

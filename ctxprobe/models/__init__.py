@@ -25,8 +25,7 @@ def load_model(path, device=None, dtype=None, weights: str = "resident") -> Mode
     The embedding, final norm and head are always on `device`. model.weight_tier says which tier
     was used.
     """
-    from ctxprobe.models.chat import read_template
-    from ctxprobe.models.loader import load_weights, read_config
+    from ctxprobe.models.loader import load_weights, read_config, read_template
 
     root = Path(path)
     cfg = read_config(root)

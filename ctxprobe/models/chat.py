@@ -1,4 +1,4 @@
-"""Render a checkpoint's own chat template (jinja2 source from tokenizer_config.json).
+"""Render a checkpoint's own chat template (jinja2 source; loader.read_template reads it).
 
 The environment mirrors what HF templates expect: `raise_exception`, `strftime_now`, the
 `tojson` filter, `bos_token`/`eos_token`, loop controls, and trimmed blocks.
@@ -8,30 +8,8 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from pathlib import Path
 
 from ctxprobe.errors import UserError
-from ctxprobe.models.loader import read_json_object
-
-
-def read_template(root: Path) -> tuple[str | None, dict]:
-    """-> (template source or None, {bos_token, eos_token, ...} strings) from a checkpoint dir."""
-    cfg_file = root / "tokenizer_config.json"
-    cfg = read_json_object(cfg_file) if cfg_file.exists() else {}
-    template = cfg.get("chat_template")
-    if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
-        named = {t.get("name"): t.get("template") for t in template}
-        template = named.get("default") or next(iter(named.values()), None)
-    jinja_file = root / "chat_template.jinja"
-    if template is None and jinja_file.exists():
-        template = jinja_file.read_text()
-    tokens = {}
-    for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
-        tok = cfg.get(name)
-        tok = tok.get("content") if isinstance(tok, dict) else tok
-        if isinstance(tok, str):
-            tokens[name] = tok
-    return template, tokens
 
 
 def _raise(message):

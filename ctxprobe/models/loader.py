@@ -286,6 +286,26 @@ def _checkpoint_dir(path: str | Path) -> Path:
     return p
 
 
+def read_template(root: Path) -> tuple[str | None, dict]:
+    """-> (template source or None, {bos_token, eos_token, ...} strings) from a checkpoint dir."""
+    cfg_file = root / "tokenizer_config.json"
+    cfg = read_json_object(cfg_file) if cfg_file.exists() else {}
+    template = cfg.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+        named = {t.get("name"): t.get("template") for t in template}
+        template = named.get("default") or next(iter(named.values()), None)
+    jinja_file = root / "chat_template.jinja"
+    if template is None and jinja_file.exists():
+        template = jinja_file.read_text()
+    tokens = {}
+    for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        tok = cfg.get(name)
+        tok = tok.get("content") if isinstance(tok, dict) else tok
+        if isinstance(tok, str):
+            tokens[name] = tok
+    return template, tokens
+
+
 def read_json_object(file: Path) -> dict:
     """A checkpoint's JSON file (config, generation or tokenizer config), which must be an object."""
     try:
