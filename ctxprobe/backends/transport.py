@@ -14,16 +14,21 @@
   never sent twice on our initiative.
 - `stream=True` hands a 2xx body over line by line as it arrives (server-sent events): the same
   deadline bounds the whole stream and the same cap counts every byte of it.
+- Proxies come from the environment as urllib reads them (`http_proxy`, `https_proxy`,
+  `no_proxy`): an http URL is sent to the proxy in absolute form; an https one goes through a
+  CONNECT tunnel, so the proxy never sees the request or its Authorization header.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import io
 import select
 import threading
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -118,9 +123,11 @@ class Transport:
         parts = urllib.parse.urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn = self._connection(origin_of(url))
+        if conn.forward_proxy:   # a plain-http proxy takes the request in absolute form
+            target = urllib.parse.urlunsplit((parts.scheme, parts.netloc, target, "", ""))
         conn.deadline = deadline
         try:
-            conn.request(method, target, body=body, headers=headers)
+            conn.request(method, target, body=body, headers={**conn.proxy_headers, **headers})
             resp = conn.getresponse()
             ok = 200 <= resp.status < 300
             if ok and stream:
@@ -172,9 +179,7 @@ class Transport:
                 self._pool.pop(key).close()      # its thread ended: nobody else uses it
             conn = self._pool.get((me, origin))
             if conn is None:
-                scheme, host, port = origin
-                kind = _DeadlineHTTPS if scheme == "https" else _DeadlineHTTP
-                conn = self._pool[(me, origin)] = kind(host, port)
+                conn = self._pool[(me, origin)] = _connect_to(*origin)
         if conn.sock is not None and _closed_by_peer(conn.sock):
             conn.close()                         # a keep-alive connection the server dropped
         return conn
@@ -192,6 +197,32 @@ class Transport:
                 except OSError:
                     pass
             conn.close()
+
+
+def _connect_to(scheme: str, host: str, port: int) -> "_DeadlineConnection":
+    """A connection to the origin, through the environment's proxy for its scheme if one is set
+    and `no_proxy` does not exempt the host."""
+    kind = _DeadlineHTTPS if scheme == "https" else _DeadlineHTTP
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(scheme)
+    if not proxy or urllib.request.proxy_bypass_environment(host, proxies):
+        return kind(host, port)
+    parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise TransportError(f"the {scheme}_proxy variable names {shown(proxy)}: only http:// "
+                             "proxies are supported; unset it or point it at an http proxy")
+    auth = {}
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        secret = urllib.parse.unquote(parts.password or "")
+        auth["Proxy-Authorization"] = "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+    conn = kind(parts.hostname, parts.port or 80)
+    if scheme == "https":
+        conn.set_tunnel(host, port, headers=auth)   # CONNECT: the proxy sees only host:port
+    else:
+        conn.forward_proxy = True
+        conn.proxy_headers = auth
+    return conn
 
 
 def _read_at_most(resp: http.client.HTTPResponse, limit: int) -> tuple[bytes, bool]:
@@ -238,6 +269,8 @@ class _DeadlineConnection:
     """http.client's connection whose socket works to `self.deadline` (time.monotonic())."""
 
     deadline = 0.0
+    forward_proxy = False   # True: requests go to an http proxy in absolute form
+    proxy_headers: dict = {}
 
     def connect(self):
         self.timeout = _left(self.deadline)      # bounds the TCP (and TLS) handshake
