@@ -68,9 +68,19 @@ def no_proxy_env(monkeypatch):
     return monkeypatch
 
 
-def test_http_requests_go_through_the_proxy_in_absolute_form(no_proxy_env):
+@pytest.fixture
+def proxied(no_proxy_env):
+    # Loopback hosts never go through a proxy; the test servers are on loopback, so treat them
+    # as remote for these tests.
+    import ctxprobe.backends.transport as transport
+
+    no_proxy_env.setattr(transport, "_is_loopback", lambda host: False)
+    return no_proxy_env
+
+
+def test_http_requests_go_through_the_proxy_in_absolute_form(proxied):
     with FakeOpenAI() as server, ForwardingProxy() as proxy:
-        no_proxy_env.setenv("http_proxy", proxy.url)
+        proxied.setenv("http_proxy", proxy.url)
         reply = Transport(timeout=30, max_bytes=1 << 20).exchange(
             "GET", f"{server.url}/models", headers={"Authorization": "Bearer k"})
     assert reply.status == 200 and b"fake-model" in reply.body
@@ -78,7 +88,15 @@ def test_http_requests_go_through_the_proxy_in_absolute_form(no_proxy_env):
     assert method == "GET" and target == f"{server.url}/models"
 
 
-def test_proxy_credentials_become_a_header_and_never_a_message(no_proxy_env):
+def test_loopback_servers_are_reached_directly(no_proxy_env):
+    with FakeOpenAI() as server, ForwardingProxy() as proxy:
+        no_proxy_env.setenv("http_proxy", proxy.url)
+        reply = Transport(timeout=30, max_bytes=1 << 20).exchange("GET", f"{server.url}/models")
+    assert reply.status == 200 and proxy.seen == []
+
+
+def test_proxy_credentials_become_a_header_and_never_a_message(proxied):
+    no_proxy_env = proxied
     with FakeOpenAI() as server, ForwardingProxy() as proxy:
         host_port = proxy.url.split("://")[1]
         no_proxy_env.setenv("http_proxy", f"http://ann:s3cr%40t@{host_port}")
@@ -91,10 +109,10 @@ def test_proxy_credentials_become_a_header_and_never_a_message(no_proxy_env):
     assert "s3cret" not in str(refused.value) and "https_proxy" in str(refused.value)
 
 
-def test_no_proxy_exempts_a_host(no_proxy_env):
+def test_no_proxy_exempts_a_host(proxied):
     with FakeOpenAI() as server, ForwardingProxy() as proxy:
-        no_proxy_env.setenv("http_proxy", proxy.url)
-        no_proxy_env.setenv("no_proxy", "127.0.0.1")
+        proxied.setenv("http_proxy", proxy.url)
+        proxied.setenv("no_proxy", "127.0.0.1")
         reply = Transport(timeout=30, max_bytes=1 << 20).exchange("GET", f"{server.url}/models")
     assert reply.status == 200 and proxy.seen == []
 

@@ -199,14 +199,18 @@ class Transport:
             conn.close()
 
 
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def _connect_to(scheme: str, host: str, port: int) -> "_DeadlineConnection":
     """A connection to the origin, through the environment's proxy for its scheme if one is set
     and `no_proxy` does not exempt the host."""
     kind = _DeadlineHTTPS if scheme == "https" else _DeadlineHTTP
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(scheme)
-    if not proxy or urllib.request.proxy_bypass_environment(host, proxies):
-        return kind(host, port)
+    if not proxy or _is_loopback(host) or urllib.request.proxy_bypass_environment(host, proxies):
+        return kind(host, port)   # a server on this machine is never reached through a proxy
     parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
     if parts.scheme != "http" or not parts.hostname:
         raise TransportError(f"the {scheme}_proxy variable names {shown(proxy)}: only http:// "
