@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from ctxprobe.runner.bench import H100_SXM_BF16_TFLOPS, bench_prefill  # noqa: E402
+from ctxprobe.runner.bench import bench_prefill  # noqa: E402
 from ctxprobe.runner.planner import ModelShape, default_budgets, plan_run  # noqa: E402
 from ctxprobe.runner.presets import build_preset  # noqa: E402
 from ctxprobe.units import parse_tokens  # noqa: E402
@@ -69,7 +69,8 @@ def main(argv=None) -> int:
                     help="candidates for the longest run, tried in order while predicted to fit")
     ap.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget for the whole script")
     ap.add_argument("--dtype", default=None)
-    ap.add_argument("--peak-tflops", type=float, default=H100_SXM_BF16_TFLOPS)
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="default: the card's own dense bf16 peak (ctxprobe/hardware.py); no MFU on a CPU")
     ap.add_argument("--offload-dir", default=None)
     ap.add_argument("--host-kv-length", default=None,
                     help="length of the run with the global layer's KV streamed from pinned host memory "

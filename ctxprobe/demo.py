@@ -16,6 +16,7 @@ DEMO_DEPTHS = "0..100:11"
 DEMO_SAMPLES = 2
 DESIGNED_LIMIT = 5853  # tokens: where the first digit's attention weight falls to 1/2 (docs/builtin.md)
 RUN_NAME = "demo-builtin"
+GENERATE_FAILING = 32  # tokens of real greedy output kept for each failing (teacher-forced) cell
 
 
 @dataclass
@@ -29,6 +30,7 @@ class DemoResult:
     report: Path
     seconds: float
     cells_done: int
+    message: str | None = None  # how this invocation added to a stored demo run, if it did
 
 
 def expected_effective_length(lengths: list[int], limit: int = DESIGNED_LIMIT) -> int | None:
@@ -46,7 +48,8 @@ def run_demo(out_dir: str | Path = ".", *, lengths: str = DEMO_LENGTHS, depths: 
     from ctxprobe.errors import UserError
     from ctxprobe.grid import parse_depths, parse_lengths
     from ctxprobe.store import Store
-    from ctxprobe.sweep import SweepSpec, effective_length, open_run, run_sweep, summarize
+    from ctxprobe.sweep import SweepSpec, effective_length, open_run, pending_cells, run_sweep, summarize
+    from ctxprobe.sweep.invocations import Recording
 
     import plots
 
@@ -56,23 +59,28 @@ def run_demo(out_dir: str | Path = ".", *, lengths: str = DEMO_LENGTHS, depths: 
     spec = SweepSpec(families=["niah"], lengths=parse_lengths(lengths), depths=parse_depths(depths),
                      samples=samples, seed=0)
     with Store(db_path) as store:
-        backend = open_backend("builtin")
+        backend = open_backend("builtin", generate_failing=GENERATE_FAILING)
+        command = f"ctxprobe demo --lengths {lengths} --depths {depths} --samples {samples}"
         try:
             try:
                 run = open_run(store, backend, spec, model_spec="builtin", name=RUN_NAME,
-                               command=f"ctxprobe demo --lengths {lengths} --depths {depths} --samples {samples}")
+                               command=command)
             except UserError:  # a demo run of another ctxprobe version; demo has no --name
                 raise UserError(f"{db_path} holds a demo run made by another ctxprobe version or "
                                 "with other settings; pass another --out or delete that file") from None
+            recording = Recording(store, run, command=command, pending=len(pending_cells(store, run, spec)))
             stats = run_sweep(store, run, backend, spec, progress=progress)
+            recording.end(stats)
         finally:
             backend.close()
+        invocations = store.invocations(run.id)
         cells = [c for c in store.cells(run.id)
                  if c["length"] in spec.lengths and c["depth"] in spec.depths and c["sample"] < samples]
     heatmap = plots.save(heatmap_figure(cells, "niah", title="built-in model, niah: greedy-exact by depth and length"),
                          out / "demo-heatmap.png")
     report = out / "demo-report.html"
-    report.write_text(build_report(run, cells), encoding="utf-8")
+    report.write_text(build_report(run, cells, invocations=invocations), encoding="utf-8")
     return DemoResult(run_name=run.name, summary=summarize(cells), effective_length=effective_length(cells),
                       expected_length=expected_effective_length(spec.lengths), db=db_path,
-                      heatmap=heatmap, report=report, seconds=stats.seconds, cells_done=stats.finished)
+                      heatmap=heatmap, report=report, seconds=stats.seconds, cells_done=stats.finished,
+                      message=recording.message)

@@ -98,7 +98,7 @@ def test_a_finished_run_reruns_without_a_plan_or_a_load(checkpoint, finished, sp
     assert result.exit_code == 0, result.output
     assert spies["loads"] == 0 and spies["plans"] == []
     assert "0 cell(s) done now" in result.output and "4 already stored" in result.output
-    assert summary_lines(result.output) == summary_lines(first_output)
+    assert summary_lines(result.stdout) == summary_lines(first_output)
     assert digest(db) == before
 
 
@@ -121,7 +121,7 @@ def test_a_half_finished_run_loads_once_and_plans_for_its_longest_pending_cell(
     for key, cell in cells.items():
         assert cell["error"] is None and cell["exact"] == reference[key]["exact"]
         assert cell["logprob"] == pytest.approx(reference[key]["logprob"], abs=1e-5)
-    assert summary_lines(result.output) == summary_lines(first_output)
+    assert summary_lines(result.stdout) == summary_lines(first_output)
 
 
 def test_a_pending_cell_that_cannot_fit_is_refused_with_the_db_unchanged(

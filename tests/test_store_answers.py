@@ -22,7 +22,7 @@ from ctxprobe.sweep import score_cell
 
 RUN = dict(model_spec="m", model_fingerprint="fp", backend={"kind": "native"},
            tokenizer_fingerprint="tok", version="0.1.0", command="ctxprobe run", settings={"seed": 0})
-OLD_COLUMNS = [k for k in CELL_KEYS if k != "answers"]
+OLD_COLUMNS = [k for k in CELL_KEYS if k not in ("answers", "response_kind", "generation")]  # version 1
 
 
 def cell(sample=0, answers=("1234567",), score=1.0, response=" 1234567", **extra):
@@ -175,7 +175,7 @@ def test_report_shows_gold_beside_the_response_escaped():
                           "<pre>&lt;script&gt;alert(1)&lt;/script&gt; 42</pre>"]
     assert rows[0].index(gold_then_response[0]) < rows[0].index(gold_then_response[1])
     assert "<pre>(not stored)</pre>" in rows[1] and "<pre>(no response stored)</pre>" in rows[1]
-    assert "<th>gold answer(s)</th><th>response</th>" in part
+    assert "<th>gold answer(s)</th><th>generated (greedy)</th><th>teacher-forced guess</th>" in part
 
     from ctxprobe.store import Run
 

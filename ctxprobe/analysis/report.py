@@ -59,7 +59,7 @@ def metadata_rows(run, cells) -> list[list]:
         ["backend", json.dumps(run.backend, sort_keys=True)],
         ["tokenizer fingerprint", run.tokenizer_fingerprint],
         ["settings", json.dumps(run.settings, sort_keys=True)],
-        ["ctxprobe version", run.version], ["command", html.code(run.command)],
+        ["ctxprobe version", run.version], ["command (first invocation)", html.code(run.command)],
         ["cells", f"{len(cells)} stored, {errored(cells)} errored (left out of every figure)"],
         ["lengths", ", ".join(length_label(x) for x in lengths)],
         ["depths", ", ".join(f"{d:g}%" for d in depths)],
@@ -78,11 +78,17 @@ def failing_examples(cells, family: str, limit: int = EXAMPLES_PER_FAMILY) -> ht
     rows = [[length_label(c["length"]), f"{c['depth']:g}%", c["sample"], f"{c['score']:.2f}",
              "-" if c.get("logprob") is None else f"{c['logprob']:.2f}",
              "-" if c.get("first_rank") is None else c["first_rank"],
-             html.pre(gold_text(c.get("answers"))), html.pre(response_text(c.get("response"))),
-             html.code(c.get("probe_hash") or "-")] for c in picked]
-    return html.join(html.paragraph(f"{len(failed)} failing cells; {len(picked)} shown.", cls="muted"),
+             html.pre(gold_text(c.get("answers"))), html.pre(generated_text(c)),
+             html.pre(forced_text(c)), html.code(c.get("probe_hash") or "-")] for c in picked]
+    note = ""
+    if any(c.get("response_kind") == "teacher-forced" for c in picked):
+        note = (" Teacher-forced guess: the model's top token at each position of the gold answer "
+                "with the gold answer fed in; it is not a text the model writes. Generated: the "
+                "model's own greedy output, stored for failing cells (run --generate-failing).")
+    return html.join(html.paragraph(f"{len(failed)} failing cells; {len(picked)} shown.{note}", cls="muted"),
                      html.table(["length", "depth", "sample", "score", "log-prob", "first-token rank",
-                                 "gold answer(s)", "response", "probe hash"], rows))
+                                 "gold answer(s)", "generated (greedy)", "teacher-forced guess",
+                                 "probe hash"], rows))
 
 
 def gold_text(answers) -> str:
@@ -95,7 +101,43 @@ def gold_text(answers) -> str:
 def response_text(response) -> str:
     if response is None:
         return "(no response stored)"
-    return response if response.strip() else "(empty response)"
+    return response if response.strip() else f"(empty response{_blank(response)})"
+
+
+def _blank(text: str) -> str:
+    """What an all-whitespace text holds, e.g. ': 32 spaces'."""
+    if not text:
+        return ""
+    if set(text) == {" "}:
+        return f": {len(text)} space{'s' if len(text) != 1 else ''}"
+    return f": {len(text)} whitespace characters"
+
+
+def generated_text(cell) -> str:
+    """What the model wrote: the response of a generated cell, the stored generation of a
+    teacher-forced one (cells stored without --generate-failing have none)."""
+    if cell.get("response_kind") != "teacher-forced":
+        return response_text(cell.get("response"))
+    if cell.get("generation") is None:
+        return "(not generated; rerun with --generate-failing N)"
+    return response_text(cell["generation"])
+
+
+def forced_text(cell) -> str:
+    """The teacher-forced per-position guess; '-' for a generated cell."""
+    if cell.get("response_kind") != "teacher-forced":
+        return "-"
+    return response_text(cell.get("response"))
+
+
+def invocation_table(invocations) -> html.Html:
+    """Every command that added to the run: a run grown by several grids says so here."""
+    if not invocations:
+        return html.Html("")
+    rows = [[i + 1, inv.started, inv.version, inv.added(), html.code(inv.command)]
+            for i, inv in enumerate(invocations)]
+    return html.join(html.heading(f"Invocations ({len(invocations)})"),
+                     html.table(["#", "started", "ctxprobe", "cells", "command"], rows))
 
 
 def error_examples(cells, limit: int = 10) -> html.Html:
@@ -108,10 +150,12 @@ def error_examples(cells, limit: int = 10) -> html.Html:
                      html.table(["family", "length", "depth", "sample", "error"], rows))
 
 
-def build_report(run, cells, *, relative: bool = False, threshold: float = 0.85) -> str:
-    """The whole report as one HTML string (images inline, no external references)."""
+def build_report(run, cells, *, relative: bool = False, threshold: float = 0.85,
+                 invocations=()) -> str:
+    """The whole report as one HTML string (images inline, no external references).
+    invocations: the run's, from Store.invocations (the commands that added to it)."""
     scored = usable(cells)
-    body = [html.table(["field", "value"], metadata_rows(run, cells))]
+    body = [html.table(["field", "value"], metadata_rows(run, cells)), invocation_table(invocations)]
     if not scored:
         body.append(html.paragraph("This run has no scored cells yet.", cls="bad"))
         return html.page(f"ctxprobe report: {run.name}", *body, error_examples(cells))

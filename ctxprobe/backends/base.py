@@ -12,6 +12,10 @@ class CellResult:
     """A backend's answer to one probe, before scoring against the gold answers."""
 
     response: str = ""
+    # "generated": `response` is what the model wrote; "teacher-forced": it is the argmax at each
+    # gold-answer position with the gold answer fed in (a per-position guess, not a text).
+    response_kind: str = "generated"
+    generation: str | None = None    # teacher-forced and failed: the real greedy output, bounded
     exact: bool | None = None        # teacher-forced: every argmax equals the gold token
     logprob: float | None = None     # teacher-forced: log-probability of the gold answer
     first_rank: int | None = None    # teacher-forced: rank of the gold answer's first token

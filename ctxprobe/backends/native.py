@@ -98,10 +98,18 @@ class NativeBackend:
 
     def __init__(self, path: str, *, chat_template: bool = True, max_new_tokens: int = 32,
                  device: str | None = None, dtype: str | None = None, memory: MemoryBudgets | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None,
+                 generate_failing: int = 0):
         """memory=None loads the weights now and plans each pass from the free memory then (as
         `prefill` does alone); with budgets, nothing of the weights is read until `prepare` (or the
-        first pass) has planned where they go."""
+        first pass) has planned where they go.
+
+        generate_failing: for a teacher-forced cell that fails, also generate up to this many tokens
+        greedily (one more pass) and keep it as the cell's `generation`: the teacher-forced
+        `response` is the argmax at each gold position with the gold answer fed in, which is not what
+        the model writes once its first wrong token is its own. 0: off. Under torchrun every rank
+        reads the same logits, so all agree on which cells failed and generate together. Left out
+        (None) for a pass whose kept KV cannot fit the memory budgets."""
         from ctxprobe.models.loader import _dtype, read_config, read_template
         from ctxprobe.runner import distributed
 
@@ -123,6 +131,7 @@ class NativeBackend:
         self.tokenizer = self.model.tokenizer if self.model is not None else load_tokenizer(str(root))
         self.chat_template, self.special_tokens = read_template(root)
         self.max_new_tokens = max_new_tokens
+        self.generate_failing = generate_failing
         self.use_template = bool(chat_template and self.chat_template)
         self._head = self._tail = ""
         if self.use_template:
@@ -139,7 +148,8 @@ class NativeBackend:
         self.settings = {"kind": "native", "path": self.path, "chat_template": self.use_template,
                          "template_sha256": template_hash if self.use_template else None,
                          "max_new_tokens": max_new_tokens, "device": self.device,
-                         "dtype": str(self.dtype).replace("torch.", "")}
+                         "dtype": str(self.dtype).replace("torch.", ""),
+                         "generate_failing": self.generate_failing}   # provenance, not identity
         world = distributed.active()
         if world is not None:  # provenance only: a sharded run resumes a one-process run
             self.settings["ranks"] = world.size
@@ -276,6 +286,9 @@ class NativeBackend:
         start = time.perf_counter()
         forced = [p for p in probes if getattr(p, "answer_text", None)]
         results = {id(p): r for p, r in zip(forced, self._teacher_force(forced))} if forced else {}
+        for p in forced:
+            if self.generate_failing and not results[id(p)].exact:
+                results[id(p)].generation = self._generation_of_failing(p)
         for p in probes:
             if id(p) not in results:
                 results[id(p)] = self._generate(p)
@@ -305,7 +318,8 @@ class NativeBackend:
             assert ctx == context, "the planner groups only probes with one context"
             branches.append((question, answer))
         scores = self._score(context, branches)
-        return [CellResult(response=self.tokenizer.decode(s.greedy), exact=bool(s.exact),
+        return [CellResult(response=self.tokenizer.decode(s.greedy), response_kind="teacher-forced",
+                           exact=bool(s.exact),
                            logprob=float(s.logprob), first_rank=int(s.first_rank),
                            informative_rank=self._informative_rank(s, a),
                            prompt_tokens=len(context) + len(q))
@@ -324,17 +338,29 @@ class NativeBackend:
         start = time.perf_counter()
         context, question = self.render(probe)
         prompt = context + question
-        settings = self._settings(len(prompt), self.max_new_tokens, keep_kv=self.max_new_tokens > 1)
+        return CellResult(response=self._greedy_text(prompt, self.max_new_tokens), prompt_tokens=len(prompt),
+                          latency=time.perf_counter() - start)
+
+    def _generation_of_failing(self, probe) -> str | None:
+        """What the model writes after the prompt, up to `generate_failing` tokens; None when that
+        pass (it keeps every layer's KV) cannot fit the memory budgets."""
+        context, question = self.render(probe)
+        try:
+            return self._greedy_text(context + question, self.generate_failing)
+        except UserError:
+            return None
+
+    def _greedy_text(self, prompt: list[int], max_new_tokens: int) -> str:
+        settings = self._settings(len(prompt), max_new_tokens, keep_kv=max_new_tokens > 1)
         if hasattr(self.model, "generate"):
-            ids = self.model.generate(prompt, self.max_new_tokens, stop_ids=self._stop_ids, settings=settings)
+            ids = self.model.generate(prompt, max_new_tokens, stop_ids=self._stop_ids, settings=settings)
         else:
             from ctxprobe.runner import generate
 
-            ids = generate(self.model, prompt, self.max_new_tokens, stop_ids=self._stop_ids, settings=settings)
+            ids = generate(self.model, prompt, max_new_tokens, stop_ids=self._stop_ids, settings=settings)
         if self._stop_ids and ids and ids[-1] in self._stop_ids:
             ids = ids[:-1]
-        return CellResult(response=self.tokenizer.decode(ids), prompt_tokens=len(prompt),
-                          latency=time.perf_counter() - start)
+        return self.tokenizer.decode(ids)
 
     def _score(self, context, branches):
         # The runner does not run a branch's last answer token (it predicts nothing scored).

@@ -31,12 +31,14 @@ def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
                  timeout: float = 120.0, retries: int = 5, retry_base: float = 0.5,
                  max_response_bytes: int = 1 << 20, chat_template: bool = True,
                  device: str | None = None, dtype: str | None = None, memory=None,
-                 threads: int | None = None, stream: bool = False, reasoning_budget: int = 0,
+                 threads: int | None = None,
+                 generate_failing: int = 0, stream: bool = False, reasoning_budget: int = 0,
                  list_models: bool = True):
     """memory: a ctxprobe.backends.memory.MemoryBudgets for the native runner (None: no plan before
     loading; each pass plans from the free memory). A server manages its own memory.
     threads: the native runner's torch threads (None: picked before each pass from the free cores,
     ctxprobe/backends/threads.py).
+    generate_failing: native only; see NativeBackend.
     stream, reasoning_budget, list_models: openai: only; see HttpBackend."""
     if spec.startswith("openai:"):
         if memory is not None and memory.given():
@@ -52,12 +54,15 @@ def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
                            reasoning_budget=reasoning_budget, list_models=list_models)
     path = Path(spec)
     if spec == "builtin" and not path.exists():
-        path = Path(__file__).resolve().parents[1] / "builtin" / "model"
+        from ctxprobe.builtin import MODEL_DIR
+
+        path = MODEL_DIR
     if path.is_dir() and (path / "config.json").is_file():
         from ctxprobe.backends.native import NativeBackend
 
         return NativeBackend(str(path), chat_template=chat_template, max_new_tokens=max_new_tokens,
-                             device=device, dtype=dtype, memory=memory, threads=threads)
+                             device=device, dtype=dtype, memory=memory, threads=threads,
+                             generate_failing=generate_failing)
     if path.is_dir():
         raise UserError(f"model directory {spec} has no config.json; pass an HF-format checkpoint "
                         "directory or openai:BASE_URL")

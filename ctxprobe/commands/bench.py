@@ -6,8 +6,7 @@ import json
 
 import click
 
-from ctxprobe.commands.options import memory_options
-from ctxprobe.hardware import H100_SXM_BF16_TFLOPS
+from ctxprobe.commands.options import memory_options, warn_about_budgets
 
 
 def _config(path, preset):
@@ -75,15 +74,18 @@ def _plans(shape, lengths, preset, weights, **budgets):
                    "(the checkpoint's files; not for presets), streamed one layer ahead "
                    "(default: the planner's choice).")
 @click.option("--stream-weights", is_flag=True, help="Same as --weights host.")
-@click.option("--peak-tflops", default=H100_SXM_BF16_TFLOPS, show_default=True,
-              type=click.FloatRange(min=0, min_open=True),
-              help="The card's dense bf16 peak, for model FLOP utilisation.")
+@click.option("--peak-tflops", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="The device's dense bf16 peak in TFLOP/s, for model FLOP utilisation [default: "
+                   "the card's own for H100 (989 SXM, 756 PCIe), H200 and A100; none on a CPU or "
+                   "another card, and then no MFU is printed].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per length instead of text.")
 def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload_dir, chunk, weights,
           stream_weights, peak_tflops, as_json):
     """Prefill random prompts layer by layer and report tokens/s, model FLOP utilisation against
-    --peak-tflops, peak GPU and host memory and host<->GPU traffic. The memory plan is printed
-    first; a run that cannot fit its budgets stops there with what is short.
+    the card's peak (--peak-tflops; none on a CPU unless given), peak GPU and host memory and
+    host<->GPU traffic. The memory plan is printed first; a run that cannot fit its budgets stops
+    there with what is short. --gpu-memory on a machine without a GPU, or --host-memory above
+    this machine's memory, gets a warning on stderr.
 
     Example: ctxprobe bench --preset scout-4l --length 128k,1M --dtype bfloat16
     """
@@ -101,6 +103,7 @@ def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload
         raise UserError(f"--weights disk reads weights from a checkpoint's files; preset {preset!r} has none: "
                         "use --weights host, or give a checkpoint PATH")
     device = pick_device(device)
+    warn_about_budgets(gpu_memory=gpu_memory, host_memory=host_memory, device=device)
     cfg = _config(path, preset)
     shape = ModelShape.from_config(cfg, _dtype(dtype or cfg.dtype).itemsize)
     free_gpu, free_host = default_budgets(device)

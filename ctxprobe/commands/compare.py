@@ -18,6 +18,16 @@ def load_cells(ref: str, db: str) -> tuple[str, list[dict]]:
     if os.path.isfile(ref):
         run, cells = read_baseline(ref)
         return f"{run.get('name', '?')} ({ref})", cells
+    if ref.endswith(".json") or "/" in ref or os.sep in ref:   # meant as a file, unless a run has that name
+        if os.path.isfile(db):
+            with Store(db, readonly=True) as store:
+                run = store.find_run(ref)
+                if run is not None:
+                    return run.name, store.cells(run.id)
+        from ctxprobe.errors import UserError
+
+        raise UserError(f"baseline file {ref} does not exist (and no run in {db} has that name); "
+                        f"check the path, or write it with `ctxprobe baseline RUN -o {ref}`")
     with Store(db, readonly=True) as store:
         run = store.get_run(ref)
         return run.name, store.cells(run.id)

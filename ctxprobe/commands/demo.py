@@ -13,7 +13,8 @@ from ctxprobe.demo import DEMO_DEPTHS, DEMO_LENGTHS, DEMO_SAMPLES
 @click.option("--lengths", default=DEMO_LENGTHS, show_default=True, help="Context lengths in tokens.")
 @click.option("--depths", default=DEMO_DEPTHS, show_default=True, help="Needle depths in %.")
 @click.option("--samples", default=DEMO_SAMPLES, show_default=True, type=int, help="Samples per cell.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True,
+              help="No progress bar, and no line saying that cells are added to an earlier demo run.")
 def demo(out_dir, lengths, depths, samples, quiet):
     """Run ctxprobe end to end on the built-in model (CPU, no download): a niah sweep stored in
     SQLite, a depth x length heatmap, an HTML report, and the effective context length measured
@@ -25,6 +26,8 @@ def demo(out_dir, lengths, depths, samples, quiet):
     from ctxprobe.sweep.summary import format_length
 
     r = run_demo(out_dir, lengths=lengths, depths=depths, samples=samples, progress=not quiet)
+    if r.message and not quiet:
+        click.echo(r.message, err=True)
     click.echo(r.summary)
     click.echo("")
     if r.expected_length is None:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ctxprobe.commands.options import memory_options
+from ctxprobe.commands.options import memory_options, warn_about_budgets
 from ctxprobe.grid import parse_size
 
 
@@ -19,6 +19,8 @@ from ctxprobe.grid import parse_size
 def inspect(path, length, dtype, as_json, gpu_memory, host_memory, offload_dir):
     """Architecture, parameters (total and active), layers by kind, KV bytes per token and,
     with --length, the memory each tier needs. Reads headers only; checks every key and shape.
+    Planning for another machine is allowed: --gpu-memory on a machine without a GPU, or
+    --host-memory above this machine's memory, plans as asked with a warning on stderr.
 
     Example: ctxprobe inspect ./Llama-4-Scout-17B-16E-Instruct --length 1M
     """
@@ -29,6 +31,7 @@ def inspect(path, length, dtype, as_json, gpu_memory, host_memory, offload_dir):
         raise UserError("--gpu-memory, --host-memory and --offload-dir plan for a length: add --length, e.g. --length 1M")
     facts = describe(path, length=parse_size(length) if length else None, dtype=dtype)
     if length:   # the streaming runner's memory plan (ctxprobe/runner/planner.py)
+        warn_about_budgets(gpu_memory=gpu_memory, host_memory=host_memory, device=None)
         from ctxprobe.runner.planner import default_budgets, plan_for_checkpoint
 
         import torch

@@ -21,6 +21,29 @@ def memory_options(command):
     return command
 
 
+def builtin_tokenizer(ctx, param, value):
+    """--tokenizer: 'builtin' names the built-in model's tokenizer, as --model builtin names the
+    model (unless a file or directory of that name is here)."""
+    import os
+
+    if value == "builtin" and not os.path.exists(value):
+        from ctxprobe.builtin import MODEL_DIR
+
+        return str(MODEL_DIR)
+    return value
+
+
+def warn_about_budgets(*, gpu_memory, host_memory, device) -> None:
+    """One 'warning:' line on stderr per budget this machine cannot back (ctxprobe/runner/machine.py):
+    --gpu-memory without a GPU to run on, --host-memory above the machine's memory."""
+    if gpu_memory is None and host_memory is None:
+        return
+    from ctxprobe.runner.machine import budget_warnings
+
+    for line in budget_warnings(gpu_memory=gpu_memory, host_memory=host_memory, device=device):
+        click.echo(f"warning: {line}", err=True)
+
+
 VERIFY_MODES = ("sampled", "pairs", "full", "junctions")   # probes/exactness.py's MODES
 
 verify_option = click.option(

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ctxprobe.commands.options import verify_option
+from ctxprobe.commands.options import builtin_tokenizer, verify_option
 from ctxprobe.errors import UserError
 from ctxprobe.grid import parse_depths, parse_lengths, parse_size
 
@@ -33,8 +33,9 @@ def probe_options(f):
     for option in reversed([
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seed of the haystack and needles."),
-        click.option("--tokenizer", "tokenizer_path", default=None,
-                     help="tokenizer.json or a model directory holding one (default: bytes)."),
+        click.option("--tokenizer", "tokenizer_path", default=None, callback=builtin_tokenizer,
+                     help="tokenizer.json, a model directory holding one, or builtin (the built-in "
+                          "model's) (default: bytes)."),
         click.option("--haystack", default=None,
                      help="'noise', a .txt file or a directory of .txt files (default: procedural prose)."),
         click.option("--param", "params", multiple=True, metavar="NAME=VALUE",

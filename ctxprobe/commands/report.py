@@ -54,7 +54,8 @@ def report(run_refs, db, output, relative, threshold, model_patterns, name_patte
     with Store(db, readonly=True) as store:
         run = store.get_run(run_ref)
         cells = store.cells(run.id)
-    html = build_report(run, cells, relative=relative, threshold=threshold)
+        invocations = store.invocations(run.id)
+    html = build_report(run, cells, relative=relative, threshold=threshold, invocations=invocations)
     with output_file(output) as f:  # whole or not at all: a failure keeps the earlier report
         f.write(html)
     click.echo(f"wrote {output} ({len(cells)} cells of run {run.name})")

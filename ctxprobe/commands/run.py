@@ -10,7 +10,8 @@ import sys
 
 import click
 
-from ctxprobe.commands.options import SECONDS, memory_options, threads_option, verify_option
+from ctxprobe.commands.options import (SECONDS, builtin_tokenizer, memory_options, threads_option,
+                                       verify_option, warn_about_budgets)
 from ctxprobe.errors import UserError
 from ctxprobe.store import CELL_KEYS, DEFAULT_PATH
 
@@ -27,7 +28,11 @@ def _command_line(ctx: click.Context) -> str:
             continue
         flag = max(param.opts, key=len)
         if isinstance(param, click.Option) and param.is_flag:
-            words.append(flag if value else (param.secondary_opts or [flag])[0])
+            if value or param.secondary_opts:   # an unset flag with no --no- form is left out
+                words.append(flag if value else param.secondary_opts[0])
+        elif isinstance(value, (tuple, list)):   # a repeatable option: the flag once per value
+            for item in value:
+                words += [flag, str(item)]
         else:
             words += [flag, str(value)]
     return shlex.join(words)
@@ -35,10 +40,18 @@ def _command_line(ctx: click.Context) -> str:
 
 @click.command("run")
 @click.option("--model", "model_spec", required=True,
-              help="A checkpoint directory, or openai:BASE_URL for an OpenAI-compatible server.")
+              help="A checkpoint directory, builtin (the built-in model: runs anywhere, its context "
+                   "limit known), or openai:BASE_URL for an OpenAI-compatible server.")
 @click.option("--probe", "probes", required=True, help="Probe families, comma-separated.")
-@click.option("--lengths", required=True, help="Context lengths in tokens, e.g. 1k,4k,16k.")
-@click.option("--depths", default="50", show_default=True, help="Needle depths in %, e.g. 0,50,100.")
+@click.option("--lengths", required=True,
+              help="Context lengths in tokens: a list 1k,4k,16k (k = 1024, M = 1048576; exact "
+                   "integers too) or a geometric range 1k..128k:x2.")
+@click.option("--depths", default="50", show_default=True,
+              help="Needle depths in %: a list 0,50,100 or a linear range 0..100:11.")
+@click.option("--param", "params", multiple=True, metavar="FAMILY.NAME=VALUE",
+              help="A probe family's parameter (see `ctxprobe probes list`), e.g. "
+                   "multikey.value_kind=uuid; NAME=VALUE sets it for every --probe family that has "
+                   "it. Repeatable. Part of the run's settings: other values make another run.")
 @click.option("--samples", default=1, show_default=True, type=int, help="Samples per cell.")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of the haystacks and needles.")
@@ -46,6 +59,10 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--name", default=None, help="Run name [default: model and a hash of the settings].")
 @click.option("--max-new-tokens", default=32, show_default=True, type=int,
               help="Most tokens generated per answer.")
+@click.option("--generate-failing", default=32, show_default=True, type=click.IntRange(min=0),
+              help="Native: for a teacher-forced cell that fails, also generate greedily up to this "
+                   "many tokens and store it as the cell's `generation` (what the model really "
+                   "writes; costs one more prefill per failing cell); 0: off.")
 @click.option("--concurrency", default=4, show_default=True, type=int,
               help="HTTP requests in flight at once.")
 @click.option("--haystack", default=None,
@@ -55,9 +72,9 @@ def _command_line(ctx: click.Context) -> str:
               help="openai: which endpoint to call.")
 @click.option("--api-key-env", default=None,
               help="openai: environment variable holding the API key [default: OPENAI_API_KEY if set].")
-@click.option("--tokenizer", default=None,
-              help="openai: tokenizer.json (or its directory) to count lengths when the server "
-                   "has no /tokenize.")
+@click.option("--tokenizer", default=None, callback=builtin_tokenizer,
+              help="openai: tokenizer.json (or its directory, or builtin: the built-in model's) to "
+                   "count lengths when the server has no /tokenize.")
 @click.option("--timeout", default=120.0, show_default=True, type=SECONDS,
               help="openai: seconds a whole request may take (connect, send, wait, read) before "
                    "it is retried.")
@@ -84,13 +101,15 @@ def _command_line(ctx: click.Context) -> str:
                    "without sending any request but tokenizer calls; stores nothing.")
 @click.option("--price-in", default=None, type=float, help="--dry-run: price per million prompt tokens.")
 @click.option("--price-out", default=None, type=float, help="--dry-run: price per million output tokens.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True,
+              help="No progress bar, and no line saying that cells are added to an existing run "
+                   "(warnings and errors still print).")
 @click.pass_context
 def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, name, max_new_tokens,
                 concurrency, haystack, served_model, api, api_key_env, tokenizer, timeout,
                 max_response_bytes, retries, shard, chat_template, device, dtype, gpu_memory,
-                host_memory, offload_dir, quiet, verify, threads, stream=False, reasoning_budget=0,
-                dry_run=False, price_in=None, price_out=None):
+                host_memory, offload_dir, quiet, verify, threads, params, generate_failing,
+                stream=False, reasoning_budget=0, dry_run=False, price_in=None, price_out=None):
     """Run probes against a model and store one row per cell; rerunning resumes.
 
     Native runs plan their memory for the longest cell not yet stored before loading any weight
@@ -113,18 +132,21 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
     from ctxprobe.grid import parse_depths, parse_lengths
     from ctxprobe.planner import parse_shard
     from ctxprobe.store import Store
+    from ctxprobe.commands.params import family_params
     from ctxprobe.sweep import SweepSpec, check_families, open_run, run_sweep, summarize
+    from ctxprobe.sweep.invocations import Recording
 
     memory = MemoryBudgets(gpu_memory, host_memory, offload_dir)
     world = _torchrun_world(device)  # None unless torchrun started several processes
     if world is not None:
         return _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed, db, name,
                             max_new_tokens, haystack, shard, chat_template, device, dtype, memory, quiet)
-    spec = SweepSpec(families=[f.strip() for f in probes.split(",") if f.strip()],
+    families = [f.strip() for f in probes.split(",") if f.strip()]
+    check_families(families)
+    spec = SweepSpec(families=families,
                      lengths=parse_lengths(lengths), depths=parse_depths(depths),
                      samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard),
-                     verify=verify)
-    check_families(spec.families)
+                     verify=verify, family_params=family_params(params, families))
     check_spec(model_spec, api_key_env=api_key_env)  # a secret in a flag: refused before any store
     if dry_run or price_in is not None or price_out is not None:
         return _dry_run(ctx, spec, model_spec=model_spec, db=db, name=name, memory=memory,
@@ -135,23 +157,32 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
                                           max_response_bytes=max_response_bytes,
                                           chat_template=chat_template, device=device, dtype=dtype,
                                           reasoning_budget=reasoning_budget))
+    if not model_spec.startswith("openai:"):   # (a server's budgets are refused by open_backend)
+        warn_about_budgets(gpu_memory=gpu_memory, host_memory=host_memory, device=device or "auto")
     with Store(db) as store:  # refuse a bad --db before loading a model or calling a server
         backend = open_backend(model_spec, max_new_tokens=max_new_tokens, concurrency=concurrency,
                                served_model=served_model, api=api, api_key_env=api_key_env,
                                tokenizer=tokenizer, timeout=timeout, retries=retries,
                                max_response_bytes=max_response_bytes,
                                chat_template=chat_template, device=device, dtype=dtype, threads=threads,
-                               memory=memory, stream=stream, reasoning_budget=reasoning_budget)
+                               memory=memory, generate_failing=generate_failing,
+                               stream=stream, reasoning_budget=reasoning_budget)
         try:  # native: plan the longest pending cell and load the weights; one that cannot fit stops here
-            _prepare(backend, spec, _pending(store, backend, spec, model_spec, name))
+            todo = _pending(store, backend, spec, model_spec, name)
+            _prepare(backend, spec, todo)
         except BaseException:
             backend.close()
             raise
         run = open_run(store, backend, spec, model_spec=model_spec, name=name,
                        command=_command_line(ctx))
+        recording = Recording(store, run, command=_command_line(ctx), pending=len(todo))
+        if recording.message and not quiet:
+            click.echo(recording.message, err=True)   # stdout keeps the results
         try:
             stats = run_sweep(store, run, backend, spec, progress=not quiet)
+            recording.end(stats)
         except KeyboardInterrupt:
+            recording.interrupted()
             _stop_now(store, run, backend)
         finally:
             backend.close()
@@ -235,16 +266,20 @@ def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed,
     from ctxprobe.planner import parse_shard
     from ctxprobe.runner import distributed
     from ctxprobe.store import Store
+    from ctxprobe.commands.params import family_params
     from ctxprobe.sweep import SweepSpec, check_families, open_run, run_sweep, summarize
+    from ctxprobe.sweep.invocations import Recording
 
-    store = run = backend = spec = todo = None
+    store = run = backend = spec = todo = recording = None
     with ExitStack() as stack:
         def open_all():
             nonlocal store, backend, spec, todo
             spec = SweepSpec(families=[f.strip() for f in probes.split(",") if f.strip()],
                              lengths=parse_lengths(lengths), depths=parse_depths(depths),
                              samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard),
-                             verify=ctx.params.get("verify"))
+                             verify=ctx.params.get("verify"),
+                             family_params=family_params(ctx.params.get("params") or (),
+                                                         [f.strip() for f in probes.split(",") if f.strip()]))
             check_families(spec.families)
             if model_spec.startswith("openai:"):
                 raise UserError("torchrun shards the native runner's prefill; an openai: server needs "
@@ -253,13 +288,14 @@ def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed,
                 store = stack.enter_context(Store(db))
             backend = open_backend(model_spec, max_new_tokens=max_new_tokens, chat_template=chat_template,
                                    device=distributed.rank_device(world, device), dtype=dtype,
-                                   memory=memory, threads=ctx.params.get("threads"))
+                                   memory=memory, threads=ctx.params.get("threads"),
+                                   generate_failing=ctx.params.get("generate_failing") or 0)
             stack.callback(backend.close)
             if world.is_main:
                 todo = _pending(store, backend, spec, model_spec, name)
 
         def prepare_all():
-            nonlocal run
+            nonlocal run, recording
             # Every rank plans its share of the longest cell under the smallest free memory of any
             # rank, so all choose the same plan (the ring runs the same tiers and chunks everywhere).
             backend.planner.agree(world)
@@ -267,6 +303,9 @@ def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed,
             if world.is_main:
                 run = open_run(store, backend, spec, model_spec=model_spec, name=name,
                                command=_command_line(ctx))
+                recording = Recording(store, run, command=_command_line(ctx), pending=len(todo))
+                if recording.message and not quiet:
+                    click.echo(recording.message, err=True)   # stdout keeps the results
 
         _on_every_rank(world, open_all)
         todo = world.broadcast(todo)    # rank 0 read the pending cells: every rank loads, or none does
@@ -276,6 +315,7 @@ def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed,
         stats = run_sweep(store, run, backend, spec, progress=not quiet, world=world)
         world.close()
         if world.is_main:
+            recording.end(stats)
             click.echo(summarize(store.cells(run.id)))
             click.echo(f"run {run.name}: {stats.finished} cell(s) done now ({stats.errored} errored), "
                        f"{stats.skipped} already stored, in {stats.seconds:.1f} s on {world.size} ranks; "
@@ -311,17 +351,21 @@ def _stop_now(store, run, backend) -> None:
 @click.command("runs")
 @db_option
 def runs_command(db):
-    """List the runs in a results database.
+    """List the runs in a results database: cells, errors, and the invocations that added to each
+    run (how many, and the last one's start; `ctxprobe report` lists them all).
 
     Example: ctxprobe runs --db ctxprobe.db
     """
     from ctxprobe.store import Store
 
     with Store(db, readonly=True) as store:  # listing works on a read-only file, mid-sweep too
-        rows = [("id", "name", "created", "model", "cells", "errors")]
+        rows = [("id", "name", "created", "model", "cells", "errors", "invocations", "last invocation")]
         for run in store.runs():
             n, errors = store.cell_counts(run.id)
-            rows.append((str(run.id), run.name, run.created, run.model_spec, str(n), str(errors)))
+            invocations = store.invocations(run.id)
+            last = invocations[-1].started if invocations else "-"
+            rows.append((str(run.id), run.name, run.created, run.model_spec, str(n), str(errors),
+                         str(len(invocations)), last))
     if len(rows) == 1:
         click.echo(f"no runs in {db}")
         return
@@ -372,16 +416,29 @@ def export_command(run_ref, db, fmt, output):
 @click.argument("in_dbs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def merge_command(out_db, in_dbs):
     """Merge results databases (e.g. the shards of one sweep) into OUT_DB without duplicates.
+    Every input is opened before OUT_DB is; an OUT_DB this command created is removed again if
+    the merge fails, so a failure leaves no empty database behind.
 
     Example: ctxprobe merge all.db shard0.db shard1.db
     """
+    from contextlib import ExitStack
+    from pathlib import Path
+
     from ctxprobe.store import Store
 
-    with Store(out_db) as out:
-        for path in in_dbs:
-            with Store(path, readonly=True) as source:  # inputs are only read
-                runs, cells = out.merge_from(source)
-            click.echo(f"{path}: {runs} new run(s), {cells} new cell(s)")
+    created = not Path(out_db).exists()
+    try:
+        with ExitStack() as inputs:
+            sources = [inputs.enter_context(Store(path, readonly=True)) for path in in_dbs]  # only read
+            with Store(out_db) as out:
+                for path, source in zip(in_dbs, sources):
+                    runs, cells = out.merge_from(source)
+                    click.echo(f"{path}: {runs} new run(s), {cells} new cell(s)")
+    except BaseException:
+        if created:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(out_db + suffix).unlink(missing_ok=True)
+        raise
 
 
 COMMANDS = [run_command, runs_command, export_command, merge_command]

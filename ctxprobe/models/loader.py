@@ -82,6 +82,10 @@ def load_weights(path: str | Path, cfg: ModelConfig, device=None, dtype=None, we
     model = build_empty(cfg)
     plan = plan_copies(_shapes(index), model, cfg, KEYMAPS[cfg.arch])
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():   # else torch's AssertionError, deep in a copy
+        built = "" if torch.backends.cuda.is_built() else f" (this torch, {torch.__version__}, is built without CUDA)"
+        raise UserError(f"device {str(device)!r}: no CUDA device on this machine{built}; "
+                        "load with device='cpu', or device=None to take CUDA only where there is one")
     tier = weight_tier(weights, weights_device, device)
     dtype = _dtype(dtype or cfg.dtype)
     for module_name, module in model.named_modules():

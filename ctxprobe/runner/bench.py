@@ -1,7 +1,8 @@
 """Measure one streamed prefill: tokens/s, model FLOP utilisation, peak memory, host<->device traffic.
 
 MFU = model FLOPs (2 x active parameters per token + causal attention over the visible pairs,
-ModelShape.flops) / wall time / the card's dense bf16 peak (989 TFLOP/s for an H100 SXM).
+ModelShape.flops) / wall time / the card's dense bf16 peak (989 TFLOP/s for an H100 SXM), known
+for the cards in ctxprobe/hardware.py or given; on a CPU or an unlisted card there is no MFU.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ctxprobe.hardware import H100_SXM_BF16_TFLOPS
+from ctxprobe.hardware import bf16_peak_tflops
 from ctxprobe.runner.planner import ModelShape, Plan
 from ctxprobe.runner.prefill import Settings, model_device, model_dtype, prefill
 from ctxprobe.units import fmt_bytes
@@ -24,7 +25,8 @@ class BenchResult:
     seconds: float
     tokens_per_s: float
     tflops: float                # achieved model TFLOP/s
-    mfu: float                   # tflops / peak
+    mfu: float | None            # tflops / peak; None without a known peak (a CPU, an unlisted card)
+    peak_tflops: float | None    # the peak MFU is against
     peak_gpu_bytes: int | None   # torch's peak allocated on the device (None on CPU)
     peak_host_bytes: int         # the process's peak resident set so far
     bytes_moved: int             # host/disk <-> device traffic: hidden states, KV, weights
@@ -33,8 +35,9 @@ class BenchResult:
 
     def line(self) -> str:
         gpu = "-" if self.peak_gpu_bytes is None else fmt_bytes(self.peak_gpu_bytes)
+        mfu = "MFU     -" if self.mfu is None else f"MFU {100 * self.mfu:5.1f}%"
         return (f"{self.length:>10,} tokens  {self.seconds:8.2f} s  {self.tokens_per_s:12,.0f} tok/s  "
-                f"{self.tflops:9.3f} TFLOP/s  MFU {100 * self.mfu:5.1f}%  peak GPU {gpu}  "
+                f"{self.tflops:9.3f} TFLOP/s  {mfu}  peak GPU {gpu}  "
                 f"peak host {fmt_bytes(self.peak_host_bytes)}  moved {fmt_bytes(self.bytes_moved)}")
 
     def to_json(self) -> dict:
@@ -47,9 +50,11 @@ def _sync(device):
 
 
 def bench_prefill(model, length: int, *, settings: Settings | Plan | None = None,
-                  peak_tflops: float = H100_SXM_BF16_TFLOPS, seed: int = 0, warmup: int = 512) -> BenchResult:
+                  peak_tflops: float | None = None, seed: int = 0, warmup: int = 512) -> BenchResult:
     """Prefill `length` random tokens once (logits of the last position only) and time it, after an
-    untimed `warmup`-token prefill (kernel selection, lazy initialisation)."""
+    untimed `warmup`-token prefill (kernel selection, lazy initialisation). peak_tflops: the
+    device's dense bf16 peak for MFU; None: the card's own from ctxprobe/hardware.py, and no MFU
+    on a CPU or a card not listed there."""
     if isinstance(settings, Plan):
         settings = settings.settings()
     settings = settings or Settings()
@@ -66,8 +71,10 @@ def bench_prefill(model, length: int, *, settings: Settings | Plan | None = None
     _sync(device)
     seconds = time.perf_counter() - t0
     tflops = shape.flops(length) / seconds / 1e12
+    if peak_tflops is None and device.type == "cuda":
+        peak_tflops = bf16_peak_tflops(torch.cuda.get_device_name(device))
     return BenchResult(length=length, seconds=seconds, tokens_per_s=length / seconds, tflops=tflops,
-                       mfu=tflops / peak_tflops,
+                       mfu=None if peak_tflops is None else tflops / peak_tflops, peak_tflops=peak_tflops,
                        peak_gpu_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
                        peak_host_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                        bytes_moved=done.bytes_moved, chunk_tokens=settings.chunk_tokens, device=str(device))

@@ -2,6 +2,6 @@
 opens a file (opening.py) and what it says when SQLite fails (faults.py)."""
 
 from ctxprobe.store.faults import StoreError
-from ctxprobe.store.store import CELL_KEYS, DEFAULT_PATH, Run, Store
+from ctxprobe.store.store import CELL_KEYS, DEFAULT_PATH, Invocation, Run, Store
 
-__all__ = ["CELL_KEYS", "DEFAULT_PATH", "Run", "Store", "StoreError"]
+__all__ = ["CELL_KEYS", "DEFAULT_PATH", "Invocation", "Run", "Store", "StoreError"]

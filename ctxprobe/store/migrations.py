@@ -57,12 +57,41 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE cells ADD COLUMN answers TEXT;  -- JSON list of strings; NULL in rows from before
         """,
     ),
+    (
+        3,
+        "what a cell's response is, and the real generation of failing teacher-forced cells",
+        """
+        ALTER TABLE cells ADD COLUMN response_kind TEXT;  -- 'teacher-forced' | 'generated'; NULL before
+        ALTER TABLE cells ADD COLUMN generation TEXT;     -- failing teacher-forced cells: greedy output
+        """,
+    ),
+    (
+        4,
+        "every invocation that added to a run",
+        """
+        CREATE TABLE invocations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            started TEXT NOT NULL,                 -- ISO 8601, UTC
+            command TEXT NOT NULL,                 -- the command line, as typed
+            version TEXT NOT NULL,                 -- ctxprobe version of this invocation
+            cells_pending INTEGER,                 -- cells it set out to run; NULL: from before 4
+            cells_done INTEGER,                    -- cells it stored (errored ones too)
+            cells_errored INTEGER,
+            ended TEXT                             -- NULL: still running, killed, or from before 4
+        );
+        CREATE INDEX invocations_by_run ON invocations (run_id, id);
+        INSERT INTO invocations (run_id, started, command, version)
+            SELECT id, created, command, version FROM runs;  -- runs from before: their first invocation
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]
 
 # The oldest schema a read-only Store reads without migrating: every migration after it only
-# adds nullable cell columns, which read as NULL. Raise it with any migration that does more.
+# adds nullable cell columns, which read as NULL, or the invocations table, which reads as empty
+# where it is missing (Store.invocations). Raise it with any migration that does more.
 READABLE_FROM = 1
 
 

@@ -26,11 +26,17 @@ from ctxprobe.store.opening import open_readonly, open_writable
 DEFAULT_PATH = "ctxprobe.db"
 
 # The per-cell columns of the read API, in the order exports print them. `answers` (the gold
-# answers, a list of strings) is None in rows stored before schema version 2.
+# answers, a list of strings) is None in rows stored before schema version 2. `response_kind`
+# says what `response` is: "generated" (what the model wrote) or "teacher-forced" (the argmax at
+# each gold-answer position with the gold answer fed in: a per-position guess, not a text the
+# model would write); rows from before version 3 read it from `exact`. `generation`: for a
+# teacher-forced cell that failed, the model's real greedy output (bounded), else None.
 CELL_KEYS = (
     "family", "length", "depth", "sample", "seed", "probe_hash", "score", "strict", "lenient",
-    "exact", "logprob", "first_rank", "answers", "response", "prompt_tokens", "latency", "error",
+    "exact", "logprob", "first_rank", "answers", "response", "response_kind", "generation",
+    "prompt_tokens", "latency", "error",
 )
+RESPONSE_KINDS = ("generated", "teacher-forced")
 CELL_KEY = ("family", "length", "depth", "sample")  # unique within a run
 
 # When a stored cell (`cells`) may be replaced by a new try of it (`excluded`): only while it is
@@ -50,6 +56,30 @@ class Run:
     version: str
     command: str
     settings: dict = field(default_factory=dict)  # what must match for a rerun to resume it
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One command that added to a run (`ctxprobe run`, `demo`, ...). Runs stored before schema
+    version 4 have one, from the run row, with the counts unknown (None)."""
+    id: int
+    run_id: int
+    started: str
+    command: str
+    version: str
+    cells_pending: int | None    # cells it set out to run
+    cells_done: int | None       # cells it stored, errored ones too
+    cells_errored: int | None
+    ended: str | None            # None: still running, killed, or from before version 4
+
+    def added(self) -> str:
+        """What it added, in words, for `runs` and the report."""
+        if self.cells_pending is None:
+            return "not counted (recorded before ctxprobe kept invocations)"
+        if self.ended is None:
+            return f"{self.cells_pending} pending; did not finish (still running, or stopped)"
+        errored = f", {self.cells_errored} errored" if self.cells_errored else ""
+        return f"{self.cells_done} of {self.cells_pending} added{errored}"
 
 
 def _utc_now() -> str:
@@ -135,6 +165,44 @@ class Store:
             )
         return self.get_run(cur.lastrowid)
 
+    # -- invocations ---------------------------------------------------------------------
+
+    def start_invocation(self, run_id: int, *, command: str, version: str, cells_pending: int) -> int:
+        """Record a command that is about to add to a run; returns its id for `end_invocation`."""
+        with self._guard(f"recording an invocation of {self._run_label(run_id)}"), self._transaction():
+            cur = self.conn.execute(
+                "INSERT INTO invocations (run_id, started, command, version, cells_pending) "
+                "VALUES (?,?,?,?,?)", (run_id, _utc_now(), command, version, cells_pending))
+        return cur.lastrowid
+
+    def end_invocation(self, invocation_id: int, *, cells_done: int, cells_errored: int) -> None:
+        with self._guard("recording the end of an invocation"), self._transaction():
+            self.conn.execute("UPDATE invocations SET cells_done = ?, cells_errored = ?, ended = ? "
+                              "WHERE id = ?", (cells_done, cells_errored, _utc_now(), invocation_id))
+
+    def invocations(self, run_id: int) -> list[Invocation]:
+        """The commands that added to a run, oldest first; none in a database from before schema
+        version 4 opened read-only (it has no such table)."""
+        with self._guard(f"reading the invocations of {self._run_label(run_id)}"):
+            if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                     "AND name = 'invocations'").fetchone():
+                return []
+            rows = self.conn.execute("SELECT * FROM invocations WHERE run_id = ? ORDER BY id",
+                                     (run_id,)).fetchall()
+        return [Invocation(**dict(r)) for r in rows]
+
+    def _copy_invocations(self, other: "Store", source_run: int, target_run: int) -> None:
+        """Merging: the source run's invocations that the target lacks (same start and command)."""
+        have = {(i.started, i.command) for i in self.invocations(target_run)}
+        for inv in other.invocations(source_run):
+            if (inv.started, inv.command) in have:
+                continue
+            self.conn.execute(
+                "INSERT INTO invocations (run_id, started, command, version, cells_pending, "
+                "cells_done, cells_errored, ended) VALUES (?,?,?,?,?,?,?,?)",
+                (target_run, inv.started, inv.command, inv.version, inv.cells_pending,
+                 inv.cells_done, inv.cells_errored, inv.ended))
+
     def _run_label(self, run_id: int) -> str:
         name = self._run_names.get(run_id)
         return f"run {name!r}" if name is not None else f"run id {run_id}"
@@ -162,6 +230,8 @@ class Store:
                                  f"{self._run_label(run_id)} has unreadable answers JSON ({e}); "
                                  "the row was damaged or edited: restore the file from a copy") from None
             cell["answers"] = answers
+            if cell["response_kind"] is None:   # rows from before version 3
+                cell["response_kind"] = "generated" if cell["exact"] is None else "teacher-forced"
             out.append(cell)
         return out
 
@@ -181,6 +251,7 @@ class Store:
         values = {k: _storable(cell.get(k)) for k in CELL_KEYS}
         if values["exact"] is not None:
             values["exact"] = int(bool(values["exact"]))
+        assert values["response_kind"] in RESPONSE_KINDS + (None,), values["response_kind"]
         if values["answers"] is not None:
             assert isinstance(values["answers"], (list, tuple)) and all(
                 isinstance(a, str) for a in values["answers"]), values["answers"]
@@ -245,6 +316,7 @@ class Store:
                         + f" WHERE {REPLACEABLE} AND excluded.error IS NULL",
                         (target.id, *tuple(row)),
                     )
+                self._copy_invocations(other, run.id, target.id)
             cells_added += self.cell_counts(target.id)[0] - before
         return runs_added, cells_added
 
