@@ -119,7 +119,7 @@ def generated_text(cell) -> str:
     if cell.get("response_kind") != "teacher-forced":
         return response_text(cell.get("response"))
     if cell.get("generation") is None:
-        return "(not generated; rerun with --generate-failing N)"
+        return "(not generated: stored with --generate-failing 0, by an older ctxprobe, or its pass did not fit the memory budgets)"
     return response_text(cell["generation"])
 
 
