@@ -117,3 +117,13 @@ def test_old_rows_are_labelled_when_read_and_never_rewritten(tmp_path):
         assert [c["response_kind"] for c in store.cells(1)] == ["teacher-forced", "generated"]
         raw = store.conn.execute("SELECT response_kind FROM cells ORDER BY sample").fetchall()
         assert [r[0] for r in raw] == [None, None]    # the stored rows were not rewritten
+
+
+def test_the_demo_report_shows_what_the_model_wrote_at_8k(tmp_path):
+    from ctxprobe.demo import run_demo
+
+    r = run_demo(tmp_path, lengths="8k", depths="50", samples=1, progress=False)
+    failing = r.report.read_text()
+    failing = failing[failing.index("Failing examples"):]
+    generated, forced = re.findall(r"<pre>(.*?)</pre>", failing.split("<tr>")[2], re.S)[1:3]
+    assert generated == "(empty response: 32 spaces)" and forced.strip() == "605133"
