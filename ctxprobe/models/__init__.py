@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctxprobe.models.config import ARCHITECTURES, ModelConfig
+from ctxprobe.models.config import ModelConfig
 from ctxprobe.models.model import Model
+from ctxprobe.models.registry import ARCHITECTURES
 
 
 def load_model(path, device=None, dtype=None, weights: str = "resident") -> Model:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctxprobe.models import rope
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """Normalise the last dim in float32, cast back, then scale (weight None: L2-style, no scale)."""
@@ -199,3 +201,15 @@ class Block(nn.Module):
         T = x_TD.shape[0]
         x_TD = x_TD + self.wo(attn_1HTD[0].transpose(0, 1).reshape(T, -1).to(x_TD.dtype))
         return x_TD + self.ffn(self.ffn_norm(x_TD))
+
+
+class RopeBlock(Block):
+    """A Block whose q and k get half-split RoPE at absolute positions (Llama, Mixtral, Qwen3)."""
+
+    def __init__(self, cfg, layer, ffn):
+        super().__init__(cfg, layer, ffn)
+        self.rope_args = (cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+
+    def position(self, q, k, pos_T):
+        ang = rope.angles(pos_T, rope.inv_freq(*self.rope_args, device=pos_T.device))
+        return rope.rotate_half_split(q, ang), rope.rotate_half_split(k, ang)

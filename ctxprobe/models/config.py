@@ -2,7 +2,8 @@
 
 HF writes the same facts under different names per family and per transformers version
 (`rope_theta` + `rope_scaling` before v5, `rope_parameters` after; Llama 4 multimodal nests the
-text model under `text_config`). `from_hf` reads them all into one shape.
+text model under `text_config`). `from_hf` reads the fields every family shares into one shape
+and asks the family's record (registry.py) for the rest.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from ctxprobe.errors import UserError
-
-ARCHITECTURES = ("LlamaForCausalLM", "Llama4ForCausalLM", "Llama4ForConditionalGeneration",
-                 "MixtralForCausalLM", "Qwen3MoeForCausalLM")
+from ctxprobe.models.registry import ARCHITECTURES, family_of
 
 
 @dataclass
@@ -61,9 +60,7 @@ class ModelConfig:
 
     @property
     def family(self) -> str:
-        return {"LlamaForCausalLM": "llama", "Llama4ForCausalLM": "llama4",
-                "Llama4ForConditionalGeneration": "llama4", "MixtralForCausalLM": "mixtral",
-                "Qwen3MoeForCausalLM": "qwen3_moe"}[self.arch]
+        return family_of(self.arch).name
 
     def layer_mask(self, i: int) -> dict:
         """What attention.attend needs for layer i: causal, chunk_size, window."""
@@ -180,8 +177,9 @@ def from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
     if arch is None:
         raise UserError(f"{where}: architecture {archs or cfg.get('model_type')} is not supported; "
                         f"supported: {', '.join(ARCHITECTURES)}")
-    # The multimodal Llama 4 config nests the text model's settings under text_config.
-    text = (cfg.get("text_config") or cfg) if arch == "Llama4ForConditionalGeneration" else cfg
+    family = family_of(arch)
+    # A multimodal config (Llama 4's) nests the text model's settings under text_config.
+    text = (cfg.get("text_config") or cfg) if arch in family.nested_text else cfg
     if not isinstance(text, dict):
         raise _bad(where, "text_config", "an object of model settings", text)
     check_fields(text, where)
@@ -191,7 +189,7 @@ def from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
     act = text.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise UserError(f"{where}: hidden_act '{act}' is not supported; these families use silu")
-    theta, scaling = _rope(text, 500000.0 if arch.startswith("Llama4") else 10000.0, where)
+    theta, scaling = _rope(text, family.default_rope_theta, where)
     base = dict(arch=arch, vocab_size=get("vocab_size"), dim=dim, n_layers=n_layers, n_heads=n_heads,
                 n_kv_heads=n_kv, head_dim=text.get("head_dim") or dim // n_heads,
                 ffn_dim=get("intermediate_size"), norm_eps=float(get("rms_norm_eps")),
@@ -201,10 +199,7 @@ def from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
                 dtype=str(cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype")
                           or text.get("torch_dtype") or "float32"),
                 bos_token_id=text.get("bos_token_id"), eos_token_ids=_eos(text))
-    family = {"LlamaForCausalLM": _llama, "Llama4ForCausalLM": _llama4,
-              "Llama4ForConditionalGeneration": _llama4, "MixtralForCausalLM": _mixtral,
-              "Qwen3MoeForCausalLM": _qwen3_moe}[arch]
-    return ModelConfig(**{**base, **family(_Required(text, where), n_layers)})
+    return ModelConfig(**{**base, **family.read_config(_Required(text, where), n_layers)})
 
 
 class _Required(dict):
@@ -219,42 +214,3 @@ class _Required(dict):
             _require(self, key, self.where)   # raises, naming the key
         return super().__getitem__(key)
 
-
-def _llama(cfg: dict, n: int) -> dict:
-    return {}
-
-
-def _mixtral(cfg: dict, n: int) -> dict:
-    return dict(n_experts=cfg["num_local_experts"], top_k=cfg["num_experts_per_tok"],
-                moe_ffn_dim=cfg["intermediate_size"], norm_topk_prob=True, moe_layers=[True] * n,
-                sliding_window=cfg.get("sliding_window"))
-
-
-def _qwen3_moe(cfg: dict, n: int) -> dict:
-    step, dense = cfg.get("decoder_sparse_step", 1), set(cfg.get("mlp_only_layers") or [])
-    n_experts = cfg.get("num_experts", cfg.get("num_local_experts")) or 0  # transformers 5 writes the latter
-    moe = [i not in dense and n_experts > 0 and (i + 1) % step == 0 for i in range(n)]
-    # As in transformers, the window (when switched on) applies to every layer; max_window_layers is unused.
-    window = cfg.get("sliding_window") if cfg.get("use_sliding_window") else None
-    return dict(n_experts=n_experts, top_k=cfg["num_experts_per_tok"], moe_ffn_dim=cfg["moe_intermediate_size"],
-                norm_topk_prob=bool(cfg.get("norm_topk_prob", False)), moe_layers=moe, sliding_window=window)
-
-
-def _llama4(cfg: dict, n: int) -> dict:
-    interval = cfg.get("no_rope_layer_interval", 4)
-    # no_rope_layers[i] == 1 means layer i DOES use RoPE (HF's naming); every 4th layer is NoPE.
-    rope = [bool(x) for x in (cfg.get("no_rope_layers") or [(i + 1) % interval != 0 for i in range(n)])][:n]
-    step = cfg.get("interleave_moe_layer_step", 1)
-    moe_ids = cfg.get("moe_layers")
-    moe_ids = set(range(step - 1, n, step) if moe_ids is None else moe_ids)
-    chunk = cfg.get("attention_chunk_size")
-    types = cfg.get("layer_types") or ["chunked_attention" if r and chunk is not None else "full_attention"
-                                       for r in rope]
-    return dict(n_experts=cfg.get("num_local_experts", 0), top_k=cfg.get("num_experts_per_tok", 1),
-                moe_ffn_dim=cfg["intermediate_size"],
-                ffn_dim=cfg.get("intermediate_size_mlp", cfg["intermediate_size"]),
-                moe_layers=[i in moe_ids for i in range(n)], rope_layers=rope, chunk_size=chunk,
-                chunked_layers=[t == "chunked_attention" for t in types[:n]],
-                l2_qk_norm=bool(cfg.get("use_qk_norm", True)),
-                attn_temperature=bool(cfg.get("attn_temperature_tuning", True)),
-                floor_scale=float(cfg.get("floor_scale", 8192)), attn_scale=float(cfg.get("attn_scale", 0.1)))

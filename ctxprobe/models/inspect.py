@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 
 from ctxprobe.models.blocks import Experts, FusedExperts
-from ctxprobe.models.keymap import KEYMAPS
-from ctxprobe.models.loader import build_empty, parse_dtype, plan_copies, read_config, read_headers
+from ctxprobe.models.loader import build_empty, key_map, parse_dtype, plan_copies, read_config, read_headers
 from ctxprobe.units import fmt_bytes, human_count
 
 
@@ -48,7 +47,7 @@ def describe(path: str | Path, length: int | None = None, dtype=None) -> dict:
     """A dict of facts about a checkpoint dir; memory figures in bytes for `length` tokens."""
     cfg = read_config(path)
     headers = read_headers(Path(path))
-    plan_copies(headers, build_empty(cfg), cfg, KEYMAPS[cfg.arch])   # raises on any bad key or shape
+    plan_copies(headers, build_empty(cfg), cfg, key_map(cfg))   # raises on any bad key or shape
     return dict(path=str(path), shards=len(headers), **describe_config(cfg, length=length, dtype=dtype))
 
 

@@ -1,4 +1,5 @@
-"""HF checkpoint key -> our parameter name, per architecture, as data.
+"""HF checkpoint key -> our parameter name, as data: the blocks every family's key map shares,
+and the functions that apply a key map (each family file holds its own KEYS).
 
 `{}` stands for a number (layer, then expert); the numbers fill our name's `{}` in order. A
 target ending in `[{}]` is one expert's slice of a stacked [E, ...] parameter. `None` drops the
@@ -8,7 +9,10 @@ key (buffers older checkpoints saved, the vision tower of a multimodal checkpoin
 
 from __future__ import annotations
 
-_ATTENTION = {
+import re
+from collections.abc import Callable
+
+ATTENTION = {
     "model.layers.{}.input_layernorm.weight": "blocks.{}.attn_norm.weight",
     "model.layers.{}.post_attention_layernorm.weight": "blocks.{}.ffn_norm.weight",
     "model.layers.{}.self_attn.q_proj.weight": "blocks.{}.wq.weight",
@@ -18,61 +22,55 @@ _ATTENTION = {
     "model.layers.{}.self_attn.rotary_emb.inv_freq": None,
 }
 
-_ENDS = {
+ENDS = {
     "model.embed_tokens.weight": "tok_embeddings.weight",
     "model.norm.weight": "norm.weight",
     "lm_head.weight": "output.weight",
 }
 
-LLAMA = {
-    **_ENDS, **_ATTENTION,
-    "model.layers.{}.mlp.gate_proj.weight": "blocks.{}.ffn.w1.weight",
-    "model.layers.{}.mlp.up_proj.weight": "blocks.{}.ffn.w3.weight",
-    "model.layers.{}.mlp.down_proj.weight": "blocks.{}.ffn.w2.weight",
-}
+Rules = list[tuple[re.Pattern, str | None]]
 
-MIXTRAL = {
-    **_ENDS, **_ATTENTION,
-    "model.layers.{}.block_sparse_moe.gate.weight": "blocks.{}.ffn.gate.weight",
-    "model.layers.{}.block_sparse_moe.experts.{}.w1.weight": "blocks.{}.ffn.experts.w1[{}]",
-    "model.layers.{}.block_sparse_moe.experts.{}.w3.weight": "blocks.{}.ffn.experts.w3[{}]",
-    "model.layers.{}.block_sparse_moe.experts.{}.w2.weight": "blocks.{}.ffn.experts.w2[{}]",
-}
 
-QWEN3_MOE = {
-    **LLAMA,
-    "model.layers.{}.self_attn.q_norm.weight": "blocks.{}.q_norm.weight",
-    "model.layers.{}.self_attn.k_norm.weight": "blocks.{}.k_norm.weight",
-    "model.layers.{}.mlp.gate.weight": "blocks.{}.ffn.gate.weight",
-    "model.layers.{}.mlp.experts.{}.gate_proj.weight": "blocks.{}.ffn.experts.w1[{}]",
-    "model.layers.{}.mlp.experts.{}.up_proj.weight": "blocks.{}.ffn.experts.w3[{}]",
-    "model.layers.{}.mlp.experts.{}.down_proj.weight": "blocks.{}.ffn.experts.w2[{}]",
-}
+def compile_keys(keymap: dict) -> Rules:
+    rules = []
+    for hf, ours in keymap.items():
+        pattern = re.escape(hf).replace(r"\{\}", r"(\d+)")
+        pattern = pattern[:-2] + ".*" if hf.endswith("*") else pattern
+        rules.append((re.compile(pattern + "$"), ours))
+    return rules
 
-LLAMA4 = {
-    **_ENDS, **_ATTENTION,
-    "model.layers.{}.feed_forward.gate_proj.weight": "blocks.{}.ffn.w1.weight",
-    "model.layers.{}.feed_forward.up_proj.weight": "blocks.{}.ffn.w3.weight",
-    "model.layers.{}.feed_forward.down_proj.weight": "blocks.{}.ffn.w2.weight",
-    "model.layers.{}.feed_forward.router.weight": "blocks.{}.ffn.router.weight",
-    "model.layers.{}.feed_forward.experts.gate_up_proj": "blocks.{}.ffn.experts.gate_up",
-    "model.layers.{}.feed_forward.experts.down_proj": "blocks.{}.ffn.experts.down",
-    "model.layers.{}.feed_forward.shared_expert.gate_proj.weight": "blocks.{}.ffn.shared.w1.weight",
-    "model.layers.{}.feed_forward.shared_expert.up_proj.weight": "blocks.{}.ffn.shared.w3.weight",
-    "model.layers.{}.feed_forward.shared_expert.down_proj.weight": "blocks.{}.ffn.shared.w2.weight",
-}
 
-# The multimodal checkpoint holds the same text model under `language_model.`.
-LLAMA4_MULTIMODAL = {
-    **{f"language_model.{k}": v for k, v in LLAMA4.items()},
-    "vision_model.*": None,
-    "multi_modal_projector.*": None,
-}
+def map_key(rules: Rules, key: str) -> tuple[str, int | None] | None | bool:
+    """-> (our name, expert index or None); None when the key is dropped; False when unknown."""
+    for pattern, ours in rules:
+        m = pattern.match(key)
+        if m:
+            if ours is None:
+                return None
+            nums = list(m.groups())
+            expert = None
+            if ours.endswith("[{}]"):
+                ours, expert = ours[:-4], int(nums.pop())
+            return ours.format(*nums), expert
+    return False
 
-KEYMAPS = {
-    "LlamaForCausalLM": LLAMA,
-    "MixtralForCausalLM": MIXTRAL,
-    "Qwen3MoeForCausalLM": QWEN3_MOE,
-    "Llama4ForCausalLM": LLAMA4,
-    "Llama4ForConditionalGeneration": LLAMA4_MULTIMODAL,
-}
+
+def stored_key(keymap: dict, name: str, expert: int | None) -> str:
+    """The checkpoint key that should have filled our parameter `name` (expert slice `expert`)."""
+    for hf, ours in keymap.items():
+        if ours is None or ours.endswith("[{}]") != (expert is not None):
+            continue
+        m = re.fullmatch(_our_pattern(ours), name)
+        if m:
+            return hf.format(*m.groups(), *([] if expert is None else [expert]))
+    return name if expert is None else f"{name}[{expert}]"
+
+
+def stacked(keymap: dict) -> Callable[[str], bool]:
+    """-> is_stacked(our parameter name): filled one expert slice at a time by several stored keys."""
+    patterns = [re.compile(_our_pattern(ours)) for ours in keymap.values() if ours and ours.endswith("[{}]")]
+    return lambda name: any(p.fullmatch(name) for p in patterns)
+
+
+def _our_pattern(ours: str) -> str:
+    return re.escape(ours.removesuffix("[{}]")).replace(r"\{\}", r"(\d+)")

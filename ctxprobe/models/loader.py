@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import struct
 from pathlib import Path
 
@@ -22,11 +21,9 @@ from safetensors import safe_open
 from torch import nn
 
 from ctxprobe.errors import UserError
-from ctxprobe.models import llama, llama4, mixtral, qwen3_moe
 from ctxprobe.models.config import ModelConfig, from_hf
-from ctxprobe.models.keymap import KEYMAPS
-
-BUILDERS = {"llama": llama.build, "llama4": llama4.build, "mixtral": mixtral.build, "qwen3_moe": qwen3_moe.build}
+from ctxprobe.models.keymap import compile_keys, map_key, stacked, stored_key
+from ctxprobe.models.registry import family_of
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
@@ -47,7 +44,12 @@ def read_config(path: str | Path) -> ModelConfig:
 def build_empty(cfg: ModelConfig) -> nn.Module:
     """The model with every parameter on the meta device (no memory)."""
     with torch.device("meta"):
-        return BUILDERS[cfg.family](cfg)
+        return family_of(cfg.arch).build(cfg)
+
+
+def key_map(cfg: ModelConfig) -> dict:
+    """HF checkpoint key -> our parameter name for cfg's architecture (see keymap.py)."""
+    return family_of(cfg.arch).architectures[cfg.arch]
 
 
 WEIGHT_TIERS = ("resident", "host", "disk")
@@ -80,7 +82,7 @@ def load_weights(path: str | Path, cfg: ModelConfig, device=None, dtype=None, we
     stamps = {str(f): file_stamp(f.stat()) for f in shard_files(root)}   # before the headers are read
     index = read_index(root)
     model = build_empty(cfg)
-    plan = plan_copies(_shapes(index), model, cfg, KEYMAPS[cfg.arch])
+    plan = plan_copies(_shapes(index), model, cfg, key_map(cfg))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():   # else torch's AssertionError, deep in a copy
         built = "" if torch.backends.cuda.is_built() else f" (this torch, {torch.__version__}, is built without CUDA)"
@@ -197,37 +199,13 @@ def _header_entries(file: Path) -> tuple[int, dict[str, tuple]]:
     return 8 + n, {key: (v["dtype"], tuple(v["shape"]), int(v["data_offsets"][0])) for key, v in header.items()}
 
 
-def _compile(keymap: dict) -> list[tuple[re.Pattern, str | None]]:
-    rules = []
-    for hf, ours in keymap.items():
-        pattern = re.escape(hf).replace(r"\{\}", r"(\d+)")
-        pattern = pattern[:-2] + ".*" if hf.endswith("*") else pattern
-        rules.append((re.compile(pattern + "$"), ours))
-    return rules
-
-
-def map_key(rules, key: str) -> tuple[str, int | None] | None | bool:
-    """-> (our name, expert index or None); None when the key is dropped; False when unknown."""
-    for pattern, ours in rules:
-        m = pattern.match(key)
-        if m:
-            if ours is None:
-                return None
-            nums = list(m.groups())
-            expert = None
-            if ours.endswith("[{}]"):
-                ours, expert = ours[:-4], int(nums.pop())
-            return ours.format(*nums), expert
-    return False
-
-
 def plan_copies(headers: dict, model: nn.Module, cfg: ModelConfig, keymap: dict) -> dict[Path, dict]:
     """{file: {stored key: (our name, expert)}} after checking every key and shape."""
-    rules = _compile(keymap)
+    rules, is_stacked = compile_keys(keymap), stacked(keymap)
     params = {n: p.shape for n, p in model.named_parameters()}
     if cfg.tie_embeddings:
         params.pop("output.weight", None)
-    needed = {(n, e) for n, s in params.items() for e in ([None] if not _stacked(n) else range(s[0]))}
+    needed = {(n, e) for n, s in params.items() for e in ([None] if not is_stacked(n) else range(s[0]))}
     plan, unexpected, misshaped, seen = {}, [], [], set()
     for file, shapes in headers.items():
         plan[file] = {}
@@ -258,23 +236,6 @@ def plan_copies(headers: dict, model: nn.Module, cfg: ModelConfig, keymap: dict)
         raise UserError(f"{root}: checkpoint does not match {cfg.arch} as configured in config.json: "
                         + " | ".join(problems))
     return plan
-
-
-def stored_key(keymap: dict, name: str, expert: int | None) -> str:
-    """The checkpoint key that should have filled our parameter `name` (expert slice `expert`)."""
-    for hf, ours in keymap.items():
-        if ours is None or ours.endswith("[{}]") != (expert is not None):
-            continue
-        pattern = re.escape(ours.removesuffix("[{}]")).replace(r"\{\}", r"(\d+)")
-        m = re.fullmatch(pattern, name)
-        if m:
-            return hf.format(*m.groups(), *([] if expert is None else [expert]))
-    return name if expert is None else f"{name}[{expert}]"
-
-
-def _stacked(name: str) -> bool:
-    """Parameters that several stored keys fill one expert slice at a time."""
-    return name.endswith(("experts.w1", "experts.w2", "experts.w3"))
 
 
 def _checkpoint_dir(path: str | Path) -> Path:
