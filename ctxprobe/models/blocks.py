@@ -46,6 +46,7 @@ class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.w1, self.w3, self.w2 = _linear(dim, hidden), _linear(dim, hidden), _linear(hidden, dim)
+        self.width = hidden        # activation per token (shape.py)
 
     def forward(self, x_TD):
         return self.w2(F.silu(self.w1(x_TD)) * self.w3(x_TD))
@@ -59,6 +60,7 @@ class Experts(nn.Module):
         self.w1 = nn.Parameter(torch.empty(n, hidden, dim), requires_grad=False)
         self.w3 = nn.Parameter(torch.empty(n, hidden, dim), requires_grad=False)
         self.w2 = nn.Parameter(torch.empty(n, dim, hidden), requires_grad=False)
+        self.width = hidden
 
     def expert(self, e: int, x_ND):
         return F.linear(F.silu(F.linear(x_ND, self.w1[e])) * F.linear(x_ND, self.w3[e]), self.w2[e])
@@ -71,6 +73,7 @@ class FusedExperts(nn.Module):
         super().__init__()
         self.gate_up = nn.Parameter(torch.empty(n, dim, 2 * hidden), requires_grad=False)
         self.down = nn.Parameter(torch.empty(n, hidden, dim), requires_grad=False)
+        self.width = 2 * hidden    # gate and up come out of one matmul
 
     def expert(self, e: int, x_ND):
         gate, up = (x_ND @ self.gate_up[e]).chunk(2, dim=-1)

@@ -12,35 +12,22 @@ from pathlib import Path
 
 import torch
 
-from ctxprobe.models.blocks import Experts, FusedExperts
 from ctxprobe.models.loader import build_empty, key_map, parse_dtype, plan_copies, read_config, read_headers
+from ctxprobe.models.shape import ShapeFacts, shape_of
 from ctxprobe.units import fmt_bytes, human_count
 
 
-def _numel(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def layer_kinds(cfg) -> dict[str, int]:
+def layer_kinds(cfg, shape: ShapeFacts) -> dict[str, int]:
     """{"attention: ...": n, "feed-forward: ...": n} counts of layers by kind."""
     kinds: dict[str, int] = {}  # attention kinds first, then feed-forward kinds
-    for i in range(cfg.n_layers):
-        mask = cfg.layer_mask(i)
-        span = (f"local, chunks of {mask['chunk_size']}" if mask["chunk_size"]
-                else f"local, window {mask['window']}" if mask["window"] else "global")
-        attn = f"attention: {span}, {'RoPE' if cfg.rope_layers[i] else 'NoPE'}"
-        ffn = (f"feed-forward: MoE {cfg.top_k} of {cfg.n_experts} experts" if cfg.moe_layers[i]
-               else "feed-forward: dense")
+    for lay in shape.layers:
+        span = (f"local, chunks of {lay.span}" if lay.kind == "chunked"
+                else f"local, window {lay.span}" if lay.kind == "window" else "global")
+        attn = f"attention: {span}, {'RoPE' if lay.rope else 'NoPE'}"
+        ffn = f"feed-forward: MoE {cfg.top_k} of {cfg.n_experts} experts" if lay.moe else "feed-forward: dense"
         for k in (attn, ffn):
             kinds[k] = kinds.get(k, 0) + 1
     return dict(sorted(kinds.items(), key=lambda kv: not kv[0].startswith("attention")))
-
-
-def kv_span(cfg, layer: int, length: int) -> int:
-    """How many tokens of KV layer `layer` must keep to answer a query at position `length`-1."""
-    mask = cfg.layer_mask(layer)
-    bound = mask["chunk_size"] or mask["window"]
-    return min(length, bound) if bound else length
 
 
 def describe(path: str | Path, length: int | None = None, dtype=None) -> dict:
@@ -53,32 +40,25 @@ def describe(path: str | Path, length: int | None = None, dtype=None) -> dict:
 
 def describe_config(cfg, length: int | None = None, dtype=None) -> dict:
     """The facts that follow from the config alone (counted on a meta-device model)."""
-    model = build_empty(cfg)
+    shape = shape_of(cfg)
     dt = parse_dtype(dtype or cfg.dtype)
     elem = torch.empty(0, dtype=dt).element_size()
-
-    total = _numel(model) - (cfg.vocab_size * cfg.dim if cfg.tie_embeddings else 0)
-    idle_experts = 0
-    for block in model.blocks:
-        experts = getattr(block.ffn, "experts", None)
-        if isinstance(experts, (Experts, FusedExperts)):
-            idle_experts += _numel(experts) * (cfg.n_experts - cfg.top_k) // cfg.n_experts
-    kv_layer = 2 * cfg.n_kv_heads * cfg.head_dim * elem          # K + V bytes per token per layer
-    is_global = [cfg.layer_mask(i)["chunk_size"] is None and cfg.layer_mask(i)["window"] is None
-                 for i in range(cfg.n_layers)]
-    layer_bytes = [_numel(b) * elem for b in model.blocks]
+    total = shape.params_total
+    kv_layer = shape.kv_values_per_token * elem                  # K + V bytes per token per layer
+    n_global = sum(lay.kind == "global" for lay in shape.layers)
+    layer_bytes = [lay.params * elem for lay in shape.layers]
     facts = dict(
         arch=cfg.arch, family=cfg.family, dtype=str(dt).removeprefix("torch."),
         layers=cfg.n_layers, dim=cfg.dim, heads=cfg.n_heads, kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
-        vocab=cfg.vocab_size, params_total=total, params_active=total - idle_experts,
-        layer_kinds=layer_kinds(cfg),
+        vocab=cfg.vocab_size, params_total=total, params_active=shape.params_active,
+        layer_kinds=layer_kinds(cfg, shape),
         kv_bytes_per_token_layer=kv_layer,
-        kv_bytes_per_token_global=kv_layer * sum(is_global),
-        kv_bytes_per_token_local=kv_layer * (cfg.n_layers - sum(is_global)),
+        kv_bytes_per_token_global=kv_layer * n_global,
+        kv_bytes_per_token_local=kv_layer * (cfg.n_layers - n_global),
         weight_bytes=total * elem, largest_layer_weight_bytes=max(layer_bytes, default=0),
     )
     if length is not None:
-        kv_layers = [kv_layer * kv_span(cfg, i, length) for i in range(cfg.n_layers)]
+        kv_layers = [kv_layer * lay.kv_tokens(length) for lay in shape.layers]
         hidden = length * cfg.dim * elem
         facts["length"] = length
         facts["memory"] = {
