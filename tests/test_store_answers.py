@@ -22,7 +22,9 @@ from ctxprobe.sweep import score_cell
 
 RUN = dict(model_spec="m", model_fingerprint="fp", backend={"kind": "native"},
            tokenizer_fingerprint="tok", version="0.1.0", command="ctxprobe run", settings={"seed": 0})
-OLD_COLUMNS = [k for k in CELL_KEYS if k not in ("answers", "response_kind", "generation")]  # version 1
+LATER = ("answers", "response_kind", "generation", "informative_rank", "server_prompt_tokens",
+         "finish_reason", "truncated", "reasoning_tokens", "output_tokens", "ttft", "decode_rate")
+OLD_COLUMNS = [k for k in CELL_KEYS if k not in LATER]  # version 1
 
 
 def cell(sample=0, answers=("1234567",), score=1.0, response=" 1234567", **extra):

@@ -77,7 +77,7 @@ def failing_examples(cells, family: str, limit: int = EXAMPLES_PER_FAMILY) -> ht
     picked = failed[:: max(1, len(failed) // limit)][:limit]
     rows = [[length_label(c["length"]), f"{c['depth']:g}%", c["sample"], f"{c['score']:.2f}",
              "-" if c.get("logprob") is None else f"{c['logprob']:.2f}",
-             "-" if c.get("first_rank") is None else c["first_rank"],
+             rank_text(c),
              html.pre(gold_text(c.get("answers"))), html.pre(generated_text(c)),
              html.pre(forced_text(c)), html.code(c.get("probe_hash") or "-")] for c in picked]
     note = ""
@@ -86,9 +86,18 @@ def failing_examples(cells, family: str, limit: int = EXAMPLES_PER_FAMILY) -> ht
                 "with the gold answer fed in; it is not a text the model writes. Generated: the "
                 "model's own greedy output, stored for failing cells (run --generate-failing).")
     return html.join(html.paragraph(f"{len(failed)} failing cells; {len(picked)} shown.{note}", cls="muted"),
-                     html.table(["length", "depth", "sample", "score", "log-prob", "first-token rank",
+                     html.table(["length", "depth", "sample", "score", "log-prob", "rank: first / first non-space token",
                                  "gold answer(s)", "generated (greedy)", "teacher-forced guess",
                                  "probe hash"], rows))
+
+
+def rank_text(cell) -> str:
+    """The gold answer's first token's rank, and the first non-space token's (informative_rank:
+    a leading space ranks 1 whether or not the model knows the answer); '-' when not measured."""
+    first, informative = cell.get("first_rank"), cell.get("informative_rank")
+    if first is None:
+        return "-"
+    return f"{first} / {'-' if informative is None else informative}"
 
 
 def gold_text(answers) -> str:

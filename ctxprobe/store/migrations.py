@@ -85,6 +85,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             SELECT id, created, command, version FROM runs;  -- runs from before: their first invocation
         """,
     ),
+    (
+        5,
+        "serving stacks: the first informative rank, the server's prompt count, how the answer ended, "
+        "reasoning tokens and streamed timings",
+        """
+        ALTER TABLE cells ADD COLUMN informative_rank INTEGER;      -- rank of the first non-space gold token
+        ALTER TABLE cells ADD COLUMN server_prompt_tokens INTEGER;  -- usage.prompt_tokens; NULL: not reported
+        ALTER TABLE cells ADD COLUMN finish_reason TEXT;            -- the server's: stop, length, ...
+        ALTER TABLE cells ADD COLUMN truncated INTEGER;             -- 1: cut off before any answer, unscored
+        ALTER TABLE cells ADD COLUMN reasoning_tokens INTEGER;
+        ALTER TABLE cells ADD COLUMN output_tokens INTEGER;
+        ALTER TABLE cells ADD COLUMN ttft REAL;                     -- streamed: seconds to the first token
+        ALTER TABLE cells ADD COLUMN decode_rate REAL;              -- streamed: tokens/s after the first
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -35,6 +35,12 @@ CELL_KEYS = (
     "family", "length", "depth", "sample", "seed", "probe_hash", "score", "strict", "lenient",
     "exact", "logprob", "first_rank", "answers", "response", "response_kind", "generation",
     "prompt_tokens", "latency", "error",
+    # schema version 5 (issue 16), NULL in rows from before: the rank of the first gold token that
+    # is not whitespace (first_rank ranks the first, often a space); the prompt as the server
+    # counted it; how the answer ended; cut off before any answer (unscored); reasoning and output
+    # tokens; streamed: seconds to the first token and tokens/s after it.
+    "informative_rank", "server_prompt_tokens", "finish_reason", "truncated", "reasoning_tokens",
+    "output_tokens", "ttft", "decode_rate",
 )
 RESPONSE_KINDS = ("generated", "teacher-forced")
 CELL_KEY = ("family", "length", "depth", "sample")  # unique within a run
@@ -223,6 +229,7 @@ class Store:
         for row in rows:
             cell = dict(row)
             cell["exact"] = None if cell["exact"] is None else bool(cell["exact"])
+            cell["truncated"] = None if cell["truncated"] is None else bool(cell["truncated"])
             try:
                 answers = None if cell["answers"] is None else json.loads(cell["answers"])
             except (TypeError, json.JSONDecodeError) as e:
@@ -249,8 +256,9 @@ class Store:
         missing = [k for k in CELL_KEY + ("seed",) if cell.get(k) is None]
         assert not missing, f"cell lacks {missing}"
         values = {k: _storable(cell.get(k)) for k in CELL_KEYS}
-        if values["exact"] is not None:
-            values["exact"] = int(bool(values["exact"]))
+        for flag in ("exact", "truncated"):
+            if values[flag] is not None:
+                values[flag] = int(bool(values[flag]))
         assert values["response_kind"] in RESPONSE_KINDS + (None,), values["response_kind"]
         if values["answers"] is not None:
             assert isinstance(values["answers"], (list, tuple)) and all(
