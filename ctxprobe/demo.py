@@ -45,10 +45,12 @@ def run_demo(out_dir: str | Path = ".", *, lengths: str = DEMO_LENGTHS, depths: 
     from ctxprobe.analysis.figures import heatmap_figure
     from ctxprobe.analysis.report import build_report
     from ctxprobe.backends import open_backend
+    from ctxprobe.backends.memory import MemoryBudgets
     from ctxprobe.errors import UserError
     from ctxprobe.grid import parse_depths, parse_lengths
     from ctxprobe.store import Store
-    from ctxprobe.sweep import SweepSpec, effective_length, open_run, pending_cells, run_sweep, summarize
+    from ctxprobe.sweep import (SweepSpec, effective_length, find_run, open_run, pending_cells,
+                                run_sweep, summarize)
     from ctxprobe.sweep.invocations import Recording
 
     import plots
@@ -59,16 +61,21 @@ def run_demo(out_dir: str | Path = ".", *, lengths: str = DEMO_LENGTHS, depths: 
     spec = SweepSpec(families=["niah"], lengths=parse_lengths(lengths), depths=parse_depths(depths),
                      samples=samples, seed=0)
     with Store(db_path) as store:
-        backend = open_backend("builtin", generate_failing=GENERATE_FAILING)
+        # With budgets (here: what is free) the weights load only for cells still to run, so a
+        # finished demo reruns without loading the model, as `ctxprobe run` does.
+        backend = open_backend("builtin", generate_failing=GENERATE_FAILING, memory=MemoryBudgets())
         command = f"ctxprobe demo --lengths {lengths} --depths {depths} --samples {samples}"
         try:
             try:
-                run = open_run(store, backend, spec, model_spec="builtin", name=RUN_NAME,
-                               command=command)
+                stored = find_run(store, backend, spec, model_spec="builtin", name=RUN_NAME)
             except UserError:  # a demo run of another ctxprobe version; demo has no --name
                 raise UserError(f"{db_path} holds a demo run made by another ctxprobe version or "
                                 "with other settings; pass another --out or delete that file") from None
-            recording = Recording(store, run, command=command, pending=len(pending_cells(store, run, spec)))
+            pending = pending_cells(store, stored, spec)
+            if pending:   # the plan (and where the weights went) is part of the run's provenance
+                backend.prepare(spec, pending)
+            run = open_run(store, backend, spec, model_spec="builtin", name=RUN_NAME, command=command)
+            recording = Recording(store, run, command=command, pending=len(pending))
             stats = run_sweep(store, run, backend, spec, progress=progress)
             recording.end(stats)
         finally:

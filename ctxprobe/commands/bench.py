@@ -89,6 +89,11 @@ def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload
 
     Example: ctxprobe bench --preset scout-4l --length 128k,1M --dtype bfloat16
     """
+    from ctxprobe.commands.early_checks import check_checkpoint_dir, check_token_list
+
+    if path is not None:   # a wrong path or length is said before torch is imported
+        check_checkpoint_dir(path)
+    check_token_list(lengths, "--length")
     from ctxprobe.backends.native import pick_device
     from ctxprobe.errors import UserError
     from ctxprobe.models.loader import _dtype

@@ -24,12 +24,16 @@ def inspect(path, length, dtype, as_json, gpu_memory, host_memory, offload_dir):
 
     Example: ctxprobe inspect ./Llama-4-Scout-17B-16E-Instruct --length 1M
     """
+    from ctxprobe.commands.early_checks import check_checkpoint_dir
     from ctxprobe.errors import UserError
-    from ctxprobe.models.inspect import describe, format_facts
 
     if not length and (gpu_memory or host_memory or offload_dir):
         raise UserError("--gpu-memory, --host-memory and --offload-dir plan for a length: add --length, e.g. --length 1M")
-    facts = describe(path, length=parse_size(length) if length else None, dtype=dtype)
+    check_checkpoint_dir(path)   # a wrong path or length is said before torch is imported
+    tokens = parse_size(length) if length else None
+    from ctxprobe.models.inspect import describe, format_facts
+
+    facts = describe(path, length=tokens, dtype=dtype)
     if length:   # the streaming runner's memory plan (ctxprobe/runner/planner.py)
         warn_about_budgets(gpu_memory=gpu_memory, host_memory=host_memory, device=None)
         from ctxprobe.runner.planner import default_budgets, plan_for_checkpoint
