@@ -39,8 +39,8 @@ def check_paths(device: str, offload_dir: str | None):
 
     try:
         ids = torch.randint(0, 512, (300,), generator=torch.Generator().manual_seed(0)).tolist()
-        for weights_device in (None, "cpu"):
-            m = build_preset("tiny", device=device, dtype="float32", weights_device=weights_device)
+        for weights in ("resident", "host"):
+            m = build_preset("tiny", device=device, dtype="float32", weights=weights)
             want = m.logits(ids).float().cpu()
             with tempfile.TemporaryDirectory(dir=offload_dir) as tmp:
                 for kv, hidden in (("device", "host"), ("host", "host"), ("disk", "disk")):
@@ -48,8 +48,7 @@ def check_paths(device: str, offload_dir: str | None):
                                         offload_dir=tmp)
                     got = prefill(m, ids, settings=settings, all_logits=True).logits
                     err = (got - want).abs().max().item()
-                    where = "host" if weights_device else "device"
-                    print(f"check: KV {kv:6s} hidden {hidden:4s} weights on {where:6s} "
+                    print(f"check: KV {kv:6s} hidden {hidden:4s} weights {m.weight_tier:8s} "
                           f"max |streamed - logits| = {err:.2e} {'ok' if err <= 1e-4 else 'FAILED'}", flush=True)
         branches = [(ids[:3], ids[3:6]), ([], ids[6:8])]
         ok = [(a.greedy, a.first_rank) == (b.greedy, b.first_rank) and abs(a.logprob - b.logprob) < 1e-3

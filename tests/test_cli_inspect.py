@@ -73,3 +73,14 @@ def test_budgets_without_a_length_are_refused(tmp_path):
     model = construct.__file__.replace("construct.py", "model")
     result = CliRunner().invoke(main, ["inspect", model, "--gpu-memory", "80GiB"])
     assert result.exit_code == 2 and "add --length" in result.output
+
+
+@pytest.mark.parametrize("length", ["lots", "0"])
+def test_a_bad_length_is_one_line_naming_the_flag(runner, length):
+    from ctxprobe.builtin import construct
+
+    model = construct.__file__.replace("construct.py", "model")
+    result = runner.invoke(main, ["inspect", model, "--length", length])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [result.output.strip()]
+    assert result.output.startswith(f"error: --length: bad length '{length}'"), result.output

@@ -59,7 +59,7 @@ def test_bench_cli_checkpoint_with_streamed_weights(runner, tmp_path):
     from ctxprobe.models.tiny import save_tiny
 
     path, _ = save_tiny(tmp_path / "llama", "llama")
-    res = runner.invoke(main, ["bench", str(path), "--length", "100", "--device", "cpu", "--stream-weights",
+    res = runner.invoke(main, ["bench", str(path), "--length", "100", "--device", "cpu", "--weights", "host",
                                "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output.splitlines()[-1])["length"] == 100

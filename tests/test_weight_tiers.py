@@ -190,15 +190,14 @@ def test_host_arenas_are_page_locked_at_their_exact_size(checkpoints, monkeypatc
     assert calls == []
 
 
-def test_old_weights_device_keyword_means_host():
+def test_weight_tier_names():
     from ctxprobe.models.loader import weight_tier
 
     cuda, cpu = torch.device("cuda:0"), torch.device("cpu")
-    assert weight_tier(None, "cpu", cuda) == "host" and weight_tier("resident", None, cuda) == "resident"
-    assert weight_tier(None, "cuda", cuda) == "resident" and weight_tier("host", None, cpu) == "resident"
-    assert weight_tier("disk", None, cpu) == "disk"
+    assert weight_tier(None, cuda) == "resident" and weight_tier("host", cuda) == "host"
+    assert weight_tier("host", cpu) == "resident" and weight_tier("disk", cpu) == "disk"
     with pytest.raises(UserError, match="resident, host, disk"):
-        weight_tier("ssd", None, cpu)
+        weight_tier("ssd", cpu)
 
 
 # ---- the planner ------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ class NativeBackend:
         the model writes once its first wrong token is its own. 0: off. Under torchrun every rank
         reads the same logits, so all agree on which cells failed and generate together. Left out
         (None) for a pass whose kept KV cannot fit the memory budgets."""
-        from ctxprobe.models.loader import _dtype, read_config, read_template
+        from ctxprobe.models.loader import parse_dtype, read_config, read_template
         from ctxprobe.runner import distributed
 
         self.path = str(path)
@@ -118,7 +118,7 @@ class NativeBackend:
         config = read_config(root)
         self.device = pick_device(device)
         self.threads = ThreadPlan(threads, self.concurrency)  # torch's CPU threads, set per pass
-        self.dtype = _dtype(dtype or config.dtype)
+        self.dtype = parse_dtype(dtype or config.dtype)
         self.model = None
         self.planner = None
         if memory is None:

@@ -73,14 +73,13 @@ def _plans(shape, lengths, preset, weights, **budgets):
               help="Where block weights live: resident on the device, host (page-locked host memory) or disk "
                    "(the checkpoint's files; not for presets), streamed one layer ahead "
                    "(default: the planner's choice).")
-@click.option("--stream-weights", is_flag=True, help="Same as --weights host.")
 @click.option("--peak-tflops", default=None, type=click.FloatRange(min=0, min_open=True),
               help="The device's dense bf16 peak in TFLOP/s, for model FLOP utilisation [default: "
                    "the card's own for H100 (989 SXM, 756 PCIe), H200 and A100; none on a CPU or "
                    "another card, and then no MFU is printed].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per length instead of text.")
 def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload_dir, chunk, weights,
-          stream_weights, peak_tflops, as_json):
+          peak_tflops, as_json):
     """Prefill random prompts layer by layer and report tokens/s, model FLOP utilisation against
     the card's peak (--peak-tflops; none on a CPU unless given), peak GPU and host memory and
     host<->GPU traffic. The memory plan is printed first; a run that cannot fit its budgets stops
@@ -96,21 +95,18 @@ def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload
     check_token_list(lengths, "--length")
     from ctxprobe.backends.native import pick_device
     from ctxprobe.errors import UserError
-    from ctxprobe.models.loader import _dtype
+    from ctxprobe.models.loader import parse_dtype
     from ctxprobe.runner.bench import bench_prefill
     from ctxprobe.runner.planner import ModelShape, default_budgets
     from ctxprobe.units import parse_tokens
 
-    if stream_weights and weights not in (None, "host"):
-        raise UserError(f"--stream-weights means --weights host; drop one of it and --weights {weights}")
-    weights = "host" if stream_weights else weights
     if preset is not None and weights == "disk":
         raise UserError(f"--weights disk reads weights from a checkpoint's files; preset {preset!r} has none: "
                         "use --weights host, or give a checkpoint PATH")
     device = pick_device(device)
     warn_about_budgets(gpu_memory=gpu_memory, host_memory=host_memory, device=device)
     cfg = _config(path, preset)
-    shape = ModelShape.from_config(cfg, _dtype(dtype or cfg.dtype).itemsize)
+    shape = ModelShape.from_config(cfg, parse_dtype(dtype or cfg.dtype).itemsize)
     free_gpu, free_host = default_budgets(device)
     gpu_memory = gpu_memory or free_gpu
     host_memory = host_memory or free_host

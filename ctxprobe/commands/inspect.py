@@ -7,7 +7,7 @@ import json
 import click
 
 from ctxprobe.commands.options import memory_options, warn_about_budgets
-from ctxprobe.grid import parse_size
+from ctxprobe.units import parse_tokens
 
 
 @click.command("inspect")
@@ -30,11 +30,11 @@ def inspect(path, length, dtype, as_json, gpu_memory, host_memory, offload_dir):
     if not length and (gpu_memory or host_memory or offload_dir):
         raise UserError("--gpu-memory, --host-memory and --offload-dir plan for a length: add --length, e.g. --length 1M")
     check_checkpoint_dir(path)   # a wrong path or length is said before torch is imported
-    tokens = parse_size(length) if length else None
+    tokens = parse_tokens(length, "--length") if length else None
     from ctxprobe.models.inspect import describe, format_facts
 
     facts = describe(path, length=tokens, dtype=dtype)
-    if length:   # the streaming runner's memory plan (ctxprobe/runner/planner.py)
+    if tokens:   # the streaming runner's memory plan (ctxprobe/runner/planner.py)
         warn_about_budgets(gpu_memory=gpu_memory, host_memory=host_memory, device=None)
         from ctxprobe.runner.planner import default_budgets, plan_for_checkpoint
 
@@ -43,7 +43,7 @@ def inspect(path, length, dtype, as_json, gpu_memory, host_memory, offload_dir):
         host_memory = host_memory or default_budgets("cpu")[1]
         if gpu_memory is None and torch.cuda.is_available():   # plan for what is free, as `run` does
             gpu_memory = default_budgets("cuda")[0]
-        facts["plan"] = plan_for_checkpoint(path, parse_size(length), dtype=dtype, gpu_memory=gpu_memory,
+        facts["plan"] = plan_for_checkpoint(path, tokens, dtype=dtype, gpu_memory=gpu_memory,
                                             host_memory=host_memory, offload_dir=offload_dir).describe()
     click.echo(json.dumps(facts, indent=2) if as_json
                else format_facts(facts) + ("\n" + facts["plan"] if "plan" in facts else ""))

@@ -55,12 +55,10 @@ def key_map(cfg: ModelConfig) -> dict:
 WEIGHT_TIERS = ("resident", "host", "disk")
 
 
-def weight_tier(weights: str | None, weights_device, device: torch.device) -> str:
-    """The tier to load into: `weights`, or the old weights_device keyword ("cpu" under CUDA = host).
-    On a CPU device "host" is "resident" (the host is the device)."""
-    if weights is None or weights == "resident":
-        off_device = weights_device is not None and torch.device(weights_device).type == "cpu"
-        weights = "host" if off_device and device.type == "cuda" else "resident"
+def weight_tier(weights: str | None, device: torch.device) -> str:
+    """The tier to load into (None: "resident"). On a CPU device "host" is "resident" (the host is
+    the device)."""
+    weights = weights or "resident"
     if weights not in WEIGHT_TIERS:
         raise UserError(f"weights={weights!r} is not a weight tier; use one of {', '.join(WEIGHT_TIERS)}")
     if weights == "host" and device.type != "cuda":
@@ -68,13 +66,13 @@ def weight_tier(weights: str | None, weights_device, device: torch.device) -> st
     return weights
 
 
-def load_weights(path: str | Path, cfg: ModelConfig, device=None, dtype=None, weights_device=None,
+def load_weights(path: str | Path, cfg: ModelConfig, device=None, dtype=None,
                  weights: str = "resident") -> nn.Module:
     """Check the whole checkpoint, allocate, then copy shard by shard.
 
     weights: "resident" (every parameter on `device`), "host" (blocks in page-locked host arenas,
     streamed to a CUDA device one layer ahead) or "disk" (blocks read from the shards one layer
-    ahead; see ctxprobe/runner/weights.py). weights_device="cpu" with a CUDA device means "host".
+    ahead; see ctxprobe/runner/weights.py).
     """
     from ctxprobe.runner.weights import DiskWeights, HostArenas, StoredTensor, file_stamp
 
@@ -88,8 +86,8 @@ def load_weights(path: str | Path, cfg: ModelConfig, device=None, dtype=None, we
         built = "" if torch.backends.cuda.is_built() else f" (this torch, {torch.__version__}, is built without CUDA)"
         raise UserError(f"device {str(device)!r}: no CUDA device on this machine{built}; "
                         "load with device='cpu', or device=None to take CUDA only where there is one")
-    tier = weight_tier(weights, weights_device, device)
-    dtype = _dtype(dtype or cfg.dtype)
+    tier = weight_tier(weights, device)
+    dtype = parse_dtype(dtype or cfg.dtype)
     for module_name, module in model.named_modules():
         if tier != "resident" and module_name.startswith("blocks."):
             continue
@@ -283,13 +281,8 @@ def read_json_object(file: Path) -> dict:
     return value
 
 
-
 def parse_dtype(d) -> torch.dtype:
     """A torch dtype or its name ('bfloat16', 'bf16', 'torch.float32', ...) -> torch.dtype."""
-    return _dtype(d)
-
-
-def _dtype(d) -> torch.dtype:
     if isinstance(d, torch.dtype):
         return d
     name = str(d).removeprefix("torch.")

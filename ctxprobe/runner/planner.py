@@ -281,7 +281,7 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
 
         from ctxprobe.models.loader import weight_tier
 
-        weights = weight_tier(weights, None, torch.device("cuda" if on_gpu else "cpu"))
+        weights = weight_tier(weights, torch.device("cuda" if on_gpu else "cpu"))
     weights_gpu, weights_host = _weight_bytes(shape, weights, on_gpu)
     resident = weights == "resident"
 

@@ -47,21 +47,19 @@ def preset_config(name: str):
 
 
 @torch.no_grad()
-def build_preset(name: str, *, device="cpu", dtype=None, seed: int = 0, weights_device=None,
-                 weights: str = "resident"):
+def build_preset(name: str, *, device="cpu", dtype=None, seed: int = 0, weights: str = "resident"):
     """A model of preset `name` with N(0, 1/fan_in) weights drawn on `device`.
 
     weights: "resident", or "host" (blocks moved into page-locked host arenas of exact size, one
     per layer, and streamed to a CUDA device one layer ahead; on CPU this is "resident"). A preset
-    has no files, so the "disk" tier is refused. weights_device="cpu" with device "cuda" (the older
-    keyword) means "host". Embedding and head always live on `device`.
+    has no files, so the "disk" tier is refused. Embedding and head always live on `device`.
     """
     from ctxprobe.models.loader import build_empty, parse_dtype, weight_tier
     from ctxprobe.runner.weights import HostArenas
 
     if weights == "disk":
         raise UserError(f"preset {name!r} has no checkpoint files to stream weights from, so the disk weight "
-                        "tier is not available; keep its weights resident or in host memory (--stream-weights), "
+                        "tier is not available; keep its weights resident or in host memory (--weights host), "
                         "or benchmark a checkpoint directory")
 
     cfg = preset_config(name)
@@ -69,7 +67,7 @@ def build_preset(name: str, *, device="cpu", dtype=None, seed: int = 0, weights_
     cfg.dtype = str(dt).removeprefix("torch.")
     model = build_empty(cfg)
     device = torch.device(device)
-    tier = weight_tier(weights, weights_device, device)
+    tier = weight_tier(weights, device)
     g = torch.Generator(device=device).manual_seed(seed)
     arenas = HostArenas([]) if tier == "host" else None
     drawing = None   # the block whose parameters are being drawn (same order as ever: same weights)
