@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -171,10 +172,13 @@ def _meta_lines(p) -> list[str]:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), required=True,
               help="JSONL file ('-' for stdout).")
 @probe_options
-def export(family, lengths, depths, samples, output, seed, tokenizer_path, haystack, params, verify):
+@click.option("--quiet", is_flag=True, help="No progress bar (the closing count still prints).")
+def export(family, lengths, depths, samples, output, seed, tokenizer_path, haystack, params, verify,
+           quiet):
     """Export probes as JSONL, one object per (length, depth, sample): family, length,
     prompt_tokens, depth, actual_depth, sample, seed, prompt, answers, hash and more.
-    FAMILY may be a comma-separated list. The file is written whole or not at all.
+    FAMILY may be a comma-separated list. The file is written whole or not at all. A progress
+    bar over the probes goes to stderr (--quiet: none).
 
     Example: ctxprobe probes export niah --lengths 1k..8k:x2 --depths 0..100:5 --samples 2 -o niah.jsonl
     """
@@ -190,16 +194,24 @@ def export(family, lengths, depths, samples, output, seed, tokenizer_path, hayst
         raise UserError(f"--samples {samples} must be at least 1")
     length_list, depth_list = parse_lengths(lengths), parse_depths(depths)
     tok, n = api.load_tokenizer(tokenizer_path), 0
-    with _jsonl_output(output) as out:
+    from tqdm import tqdm
+
+    total = len(families) * len(length_list) * len(depth_list) * samples
+    # A long export (880 probes took minutes) shows its progress; stderr, so stdout stays JSONL.
+    # The bar starts once the output is open: a bad -o is one line, with no bar before it.
+    with _jsonl_output(output) as out, tqdm(total=total, unit="probe", desc="export", file=sys.stderr,
+                                            disable=quiet, dynamic_ncols=True) as bar:
         for name in families:
             for length in length_list:
                 for depth in depth_list:
                     for sample in range(samples):
+                        bar.set_postfix_str(f"{name} {length:,} tokens", refresh=False)
                         p = api.make_probe(name, length, depth, seed=seed, sample=sample,
                                            tokenizer=tok, haystack=haystack, verify=verify,
                                            **extra)
                         out.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
                         n += 1
+                        bar.update(1)
     click.echo(f"wrote {n} probes ({len(families)} families x {len(length_list)} lengths x "
                f"{len(depth_list)} depths x {samples} samples)", err=True)
 

@@ -25,6 +25,7 @@ import torch
 
 import attention
 from ctxprobe.errors import UserError
+from ctxprobe.pass_progress import layer_done
 from ctxprobe.runner.hidden import HiddenBuffer
 from ctxprobe.runner.kv import LayerKV
 from ctxprobe.runner.weights import LayerWeights
@@ -179,6 +180,7 @@ def prefill(model, ids, *, settings: Settings | None = None, riders=(), keep_kv:
         rider_x = [model.embed(_ids(r, device)) for r in riders]
         for x in rider_x:
             watch.see(0, x)
+        layer_done(0, len(model.blocks), T)    # a long pass shows its layers (ctxprobe/pass_progress.py)
         for layer, block in enumerate(model.blocks):
             weights.enter(layer)     # this layer's weights on the device; the next one's on their way
             kv = new_layer_kv(block, settings, layer, device, dtype)
@@ -199,6 +201,7 @@ def prefill(model, ids, *, settings: Settings | None = None, riders=(), keep_kv:
             else:
                 kv.close()
             kv = None
+            layer_done(layer + 1, len(model.blocks), T)
         hidden.sync()
 
         out = Prefilled(length=T, kv=kept if keep_kv else None)

@@ -36,6 +36,7 @@ from attention.masks import Rules, block_visible, visible_key_range
 from attention.ring import ring_attend
 from attention.ring_tiers import local_pieces
 from ctxprobe.errors import UserError
+from ctxprobe.pass_progress import layer_done
 from ctxprobe.runner.distributed import World
 from ctxprobe.runner.prefill import Prefilled, Settings, model_device, model_dtype
 from ctxprobe.runner.weights import LayerWeights
@@ -301,6 +302,7 @@ def sharded_prefill(model, ids, world: World, *, settings: Settings | None = Non
     rider_x = [model.embed(torch.as_tensor(list(r), dtype=torch.long, device=device)) for r in riders]
     weights, kept, kv = LayerWeights(model.blocks, device), [], None
     try:
+        layer_done(0, len(model.blocks), T)   # rank 0's sweep bar shows the layers of a long pass
         for layer, block in enumerate(model.blocks):
             weights.enter(layer)
             q, kv = _layer_kv(block, layer, x, pos_T, chunk, settings, ranges, dtype)
@@ -318,6 +320,7 @@ def sharded_prefill(model, ids, world: World, *, settings: Settings | None = Non
                 kv.close()
             kv = None
             del q, out
+            layer_done(layer + 1, len(model.blocks), T)
         done = Prefilled(length=T, kv=kept if keep_kv else None)
         if all_logits:
             logits = model.head(x).float() if x.shape[0] else x.new_empty(0, model.config.vocab_size).float()

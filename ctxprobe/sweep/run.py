@@ -174,6 +174,13 @@ def run_sweep(store: Store | None, run: Run | None, backend, spec: SweepSpec, *,
 
     bar = tqdm(total=len(todo), unit="cell", file=sys.stderr, disable=not progress or not todo or not main_rank,
                dynamic_ncols=True, desc=run.name if run is not None else "")
+    from contextlib import ExitStack
+
+    from ctxprobe.pass_progress import BarPostfix, listen
+
+    postfix, listening = BarPostfix(bar), ExitStack()
+    if not bar.disable:   # the native runner's layers inside a long cell, beside the sweep's figures
+        listening.enter_context(listen(postfix))
     start = time.perf_counter()
     redact = getattr(backend, "redact", None)  # the HTTP backend's: what the store may keep
 
@@ -197,8 +204,7 @@ def run_sweep(store: Store | None, run: Run | None, backend, spec: SweepSpec, *,
             stats.errored += row["error"] is not None
             stats.prompt_tokens += row["prompt_tokens"] or 0
         elapsed = time.perf_counter() - start
-        bar.set_postfix_str(f"{stats.prompt_tokens / max(elapsed, 1e-9):,.0f} tok/s, "
-                            f"{stats.errored} errors", refresh=False)
+        postfix.sweep(f"{stats.prompt_tokens / max(elapsed, 1e-9):,.0f} tok/s, {stats.errored} errors")
         bar.update(len(items))
 
     pool = ThreadPoolExecutor(max_workers=max(1, backend.concurrency),
@@ -223,6 +229,7 @@ def run_sweep(store: Store | None, run: Run | None, backend, spec: SweepSpec, *,
             for f in done:
                 finish(f, in_flight.pop(f))
     finally:
+        listening.close()
         groups.close()   # stops the builder thread
         pool.shutdown(wait=not in_flight, cancel_futures=True)
         bar.close()
