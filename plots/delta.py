@@ -1,6 +1,6 @@
 """Regression delta heatmap: B minus A per (family, length), significant cells marked.
 
-Shapes: R = rows (families), L = lengths. Red = B is worse, green = B is better. A cell whose
+Shapes: R = rows (families), L = lengths. Orange = B is worse, blue = B is better. A cell whose
 paired test is significant after correction gets a '*'; a regression (significant and larger
 than the minimum drop) also gets a heavy outline.
 """
@@ -16,8 +16,12 @@ from plots.style import DELTA_CMAP, length_label, new_figure, plain, text_color
 
 
 def delta_heatmap(rows, lengths, delta_RL, significant_RL, regressed_RL=None, n_RL=None, *,
-                  percent=True, title=None, ax=None):
-    """percent=True: deltas of scores in [0, 1] shown as percentage points; else raw (nats)."""
+                  percent=True, title=None, ax=None, min_drop=0.0):
+    """percent=True: deltas of scores in [0, 1] shown as percentage points; else raw (nats).
+
+    min_drop: the change the comparison tolerates (`compare --min-drop`). A change inside it is
+    painted as unchanged (white), and the scale spans at least twice it, so that no change
+    smaller than what counts as a regression reads as a deep colour."""
     delta_RL = np.asarray(delta_RL, dtype=float)
     significant_RL = np.asarray(significant_RL, dtype=bool)
     shape = (len(rows), len(lengths))
@@ -30,10 +34,12 @@ def delta_heatmap(rows, lengths, delta_RL, significant_RL, regressed_RL=None, n_
 
     finite = np.abs(delta_RL[np.isfinite(delta_RL)])
     span = 1.0 if percent else max(float(finite.max()) if finite.size else 1.0, 1e-3)
-    if percent:  # a 20-point change already reads as deep red or green
+    if percent:  # a 20-point change already reads as a deep colour
         span = min(1.0, max(0.2, float(finite.max()) if finite.size else 0.2))
+    span = max(span, 2 * min_drop)
     norm = Normalize(-span, span)
-    image = ax.imshow(np.ma.masked_invalid(delta_RL), cmap=DELTA_CMAP, norm=norm, aspect="auto",
+    shown_RL = np.where(np.abs(delta_RL) <= min_drop, 0.0, delta_RL)   # NaN stays NaN
+    image = ax.imshow(np.ma.masked_invalid(shown_RL), cmap=DELTA_CMAP, norm=norm, aspect="auto",
                       interpolation="nearest")
     ax.set_xticks(range(shape[1]), [length_label(x) for x in lengths])
     ax.set_yticks(range(shape[0]), [plain(r) for r in rows])
@@ -51,7 +57,7 @@ def delta_heatmap(rows, lengths, delta_RL, significant_RL, regressed_RL=None, n_
             if np.isnan(value):
                 ax.text(c, r, "no pairs", ha="center", va="center", fontsize=7, color="#616161")
                 continue
-            color = text_color(DELTA_CMAP(norm(value)))
+            color = text_color(DELTA_CMAP(norm(shown_RL[r, c])))
             text = f"{100 * value:+.0f}" if percent else f"{value:+.2f}"
             text = "0" if text.lstrip("+-").strip("0.") == "" else text
             text += "*" if significant_RL[r, c] else ""
@@ -71,7 +77,11 @@ def delta_heatmap(rows, lengths, delta_RL, significant_RL, regressed_RL=None, n_
     ax.set_title(plain(title or "B - A"), loc="left", fontsize=11, fontweight="bold")
     # The key goes under the axis label, not beside the title: a title naming two runs fills
     # that line.
-    ax.annotate("* significantly worse (Holm)   boxed: regression", xy=(0.5, 0.0),
+    key = "* significantly worse (Holm)   boxed: regression"
+    if min_drop > 0:
+        tolerance = f"{100 * min_drop:.0f} points" if percent else f"{min_drop:g} nats"
+        key += f"   white: within the tolerated {tolerance}"
+    ax.annotate(key, xy=(0.5, 0.0),
                 xycoords=ax.xaxis.label, xytext=(0, -3), textcoords="offset points",
                 ha="center", va="top", fontsize=8, color="#616161")
     return fig

@@ -22,7 +22,7 @@ def heatmap(lengths, depths, score_DL, n_DL, *, title=None, ax=None, colorbar=Tr
 
 
 def matrix_heatmap(lengths, depths, values_DL, n_DL, *, title, ax, colorbar, cmap, norm,
-                   value_text, bar_label, bar_percent=False):
+                   value_text, bar_label, bar_percent=False, bar_extend="neither"):
     """Shared drawing for score and log-probability heatmaps; returns the Figure."""
     values_DL = np.asarray(values_DL, dtype=float)
     n_DL = np.asarray(n_DL, dtype=int)
@@ -54,7 +54,7 @@ def matrix_heatmap(lengths, depths, values_DL, n_DL, *, title, ax, colorbar, cma
 
     _annotate(ax, values_DL, n_DL, cmap, norm, value_text)
     if colorbar:
-        bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+        bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, extend=bar_extend)
         bar.set_label(bar_label)
         if bar_percent:
             bar.set_ticks([0, 0.25, 0.5, 0.75, 1.0], labels=["0%", "25%", "50%", "75%", "100%"])

@@ -1,26 +1,26 @@
 """Log-probability heatmap (native runs): mean log-probability of the gold answer per cell.
 
-It falls before accuracy does, so it shows where context starts to weaken. The colour scale
-runs from the run's worst cell mean (red) to 0 nats (green); shapes as in heatmap.py.
+It falls before accuracy does, so it shows where context starts to weaken. The colour scale is
+fixed (plots/style.py LOGPROB_NORM: 0 nats down to the floor), the same in every report, so that
+two reports' colours compare; shapes as in heatmap.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from matplotlib.colors import Normalize
 
 from plots.heatmap import matrix_heatmap
-from plots.style import SCORE_CMAP
+from plots.style import LOGPROB_NORM, SCORE_CMAP
 
 
 def logprob_heatmap(lengths, depths, logprob_DL, n_DL, *, title=None, ax=None, colorbar=True):
     logprob_DL = np.asarray(logprob_DL, dtype=float)
-    finite = logprob_DL[np.isfinite(logprob_DL)]
-    low = min(float(finite.min()) if finite.size else -1.0, -1e-3)
     return matrix_heatmap(lengths, depths, logprob_DL, n_DL, title=title, ax=ax,
-                          colorbar=colorbar, cmap=SCORE_CMAP, norm=Normalize(low, 0.0),
-                          value_text=_nats, bar_label="answer log-probability (nats)")
+                          colorbar=colorbar, cmap=SCORE_CMAP, norm=LOGPROB_NORM,
+                          value_text=_nats, bar_label="answer log-probability (nats)",
+                          bar_extend="min")
 
 
 def _nats(value: float) -> str:
     return f"{value:.2f}" if value > -10 else f"{value:.0f}"
+

@@ -10,19 +10,24 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from matplotlib.colors import LinearSegmentedColormap, to_rgb
+from matplotlib import colormaps
+from matplotlib.colors import LinearSegmentedColormap, SymLogNorm, to_rgb
 from matplotlib.figure import Figure
 
-# Red (context failed) -> amber -> green (answered); the amber sits at 0.5 so that a 50% cell
-# reads as "coin flip" at a glance. Grey marks grid points with no data.
-SCORE_CMAP = LinearSegmentedColormap.from_list(
-    "ctxprobe_score", [(0.0, "#c62828"), (0.25, "#ef6c00"), (0.5, "#fbc02d"),
-                       (0.65, "#c0ca33"), (0.8, "#7cb342"), (1.0, "#2e7d32")])
-SCORE_CMAP = SCORE_CMAP.with_extremes(bad="#e0e0e0")
-# B minus A: red = worse, white = unchanged, green = better.
+# Scores: viridis, dark (context failed) -> yellow (answered). Perceptually uniform and readable
+# with red-green colour blindness (the old red -> amber -> green scale put its brightest colour
+# at 50% and its two ends at nearly the same grey for deuteranopes). Grey marks cells with no data.
+SCORE_CMAP = colormaps["viridis"].with_extremes(bad="#e0e0e0")
+# B minus A: orange = worse, white = unchanged, blue = better (a diverging pair that stays
+# distinct without red-green vision).
 DELTA_CMAP = LinearSegmentedColormap.from_list(
-    "ctxprobe_delta", [(0.0, "#b71c1c"), (0.5, "#f7f7f7"), (1.0, "#1b5e20")])
+    "ctxprobe_delta", [(0.0, "#b35806"), (0.5, "#f7f7f7"), (1.0, "#2166ac")])
 DELTA_CMAP = DELTA_CMAP.with_extremes(bad="#e0e0e0")
+# Answer log-probabilities: one fixed scale for every report, so a colour means the same
+# number everywhere: linear from 0 to -1 nat, logarithmic below, down to LOGPROB_FLOOR (lower
+# values take the floor's colour; the colour bar says so with its pointed end).
+LOGPROB_FLOOR = -30.0
+LOGPROB_NORM = SymLogNorm(linthresh=1.0, linscale=1.0, vmin=LOGPROB_FLOOR, vmax=0.0, clip=True)
 
 FORMATS = (".png", ".svg")
 

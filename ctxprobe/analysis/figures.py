@@ -61,4 +61,5 @@ def delta_figure(comparison: Comparison, title: str | None = None):
         r, k = rows.index(c.family), lengths.index(c.length)
         delta[r, k], significant[r, k], regressed[r, k], n[r, k] = c.delta, c.significant, c.regressed, c.pairs
     return plots.delta_heatmap(rows, lengths, delta, significant, regressed, n,
-                               percent=comparison.metric == "score", title=title)
+                               percent=comparison.metric == "score", title=title,
+                               min_drop=comparison.min_drop)

