@@ -1,7 +1,9 @@
 """History across runs: effective length per run (top) and score per length per run (bottom).
 
 Shapes: R = runs (in time order), L = lengths. Effective lengths may be NaN (no reading) and
-come with optional [lo, hi] intervals.
+come with optional [lo, hi] intervals. A reading outside a run's tested lengths is a bound, not
+a value: "<4K" (failed at the shortest) is drawn as an open downward triangle at 4K with its
+label, ">1M" (never fell) as an upward one at 1M; the line does not pass through either.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from matplotlib.ticker import FuncFormatter, NullLocator
 from plots.style import length_label, new_figure, plain
 
 
-def history(run_labels, effective, lengths, score_RL, *, title=None):
-    """effective: {series name: (values_R, lo_R or None, hi_R or None)} in tokens."""
+def history(run_labels, effective, lengths, score_RL, *, title=None, bounds=None):
+    """effective: {series name: (values_R, lo_R or None, hi_R or None)} in tokens.
+    bounds: {series name: per run None, or ("<" | ">", tested length)} for readings outside the
+    tested lengths (their value in `effective` is NaN)."""
+    bounds = bounds or {}
     score_RL = np.asarray(score_RL, dtype=float)
     runs = np.arange(len(run_labels))
     if score_RL.shape != (len(run_labels), len(lengths)):
@@ -28,7 +33,12 @@ def history(run_labels, effective, lengths, score_RL, *, title=None):
         if lo is not None and hi is not None:
             top.fill_between(runs, np.asarray(lo, float), np.asarray(hi, float),
                              color=line.get_color(), alpha=0.15, linewidth=0)
-    readings = np.concatenate([np.asarray(v[0], float) for v in effective.values()] or [np.array([])])
+        for r, bound in enumerate(bounds.get(name) or []):
+            if bound is not None:
+                _draw_bound(top, r, *bound, line.get_color())
+    readings = np.concatenate([np.asarray(v[0], float) for v in effective.values()]
+                              + [np.array([b[1] for b in bs if b is not None], float) for bs in bounds.values()]
+                              or [np.array([])])
     if np.any(np.isfinite(readings) & (readings > 0)):
         top.set_yscale("log", base=2)
     else:
@@ -57,3 +67,12 @@ def history(run_labels, effective, lengths, score_RL, *, title=None):
     if title:
         top.set_title(plain(title), loc="left", fontsize=11, fontweight="bold")
     return fig
+
+
+def _draw_bound(ax, run: int, sign: str, length: float, color) -> None:
+    """A reading beyond the tested lengths: a hollow triangle pointing the way it goes, labelled."""
+    ax.plot([run], [length], marker="v" if sign == "<" else "^", markersize=9, linestyle="none",
+            markerfacecolor="none", markeredgecolor=color, markeredgewidth=1.8)
+    ax.annotate(sign + length_label(length), (run, length), xytext=(7, -4 if sign == "<" else 4),
+                textcoords="offset points", fontsize=8, color=color,
+                va="top" if sign == "<" else "bottom")

@@ -76,3 +76,37 @@ def test_the_delta_plot_paints_changes_inside_min_drop_as_unchanged():
     img = tiny.axes[0].images[0]
     assert np.allclose(img.get_cmap()(img.norm(np.asarray(img.get_array())[0, 0])), neutral)
     to_bytes(fig)
+
+
+def _point(name, scores_by_length):
+    from ctxprobe.analysis.effective_length import effective_length
+    from ctxprobe.commands.history import RunPoint
+
+    by_length = {x: np.array(v, float) for x, v in scores_by_length.items()}
+    return RunPoint(name, "2026-01-01", "m", 8, effective_length(by_length),
+                    {x: float(np.mean(v)) for x, v in by_length.items()})
+
+
+def test_history_draws_readings_beyond_the_tested_lengths_as_bounds():
+    from ctxprobe.commands.history import history_figure
+
+    tested = [4096, 65536, 1 << 20]
+    points = [_point("never-fell", {x: [1, 1, 1, 1] for x in tested}),
+              _point("failed-at-once", {x: [0, 0, 0, 0] for x in tested}),
+              _point("falls", {4096: [1, 1, 1, 1], 65536: [1, 1, 0, 0], 1 << 20: [0, 0, 0, 0]})]
+    fig = history_figure(points, "niah")
+    top = fig.axes[0]
+    labels = [t.get_text() for t in top.texts]
+    assert ">1M" in labels and "<4K" in labels
+    lines = {line.get_label(): line for line in top.get_lines()}
+    rule, l50 = lines["threshold rule"], lines["L50 (fit, 95% band)"]
+    # The series lines hold values only inside the tested lengths: no point above 1M or below 4K.
+    for line in (rule, l50):
+        ys = np.asarray(line.get_ydata(), float)
+        assert np.all(np.isnan(ys) | ((ys >= 4096) & (ys <= 1 << 20)))
+    assert np.isnan(l50.get_ydata()[0]) and np.isnan(rule.get_ydata()[1])
+    # The bounds are drawn as hollow triangles at the tested ends.
+    marks = {(line.get_marker(), float(line.get_ydata()[0])) for line in top.get_lines()
+             if line.get_marker() in ("v", "^")}
+    assert ("^", float(1 << 20)) in marks and ("v", 4096.0) in marks
+    to_bytes(fig)

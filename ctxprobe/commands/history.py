@@ -74,12 +74,33 @@ def history_figure(points: list[RunPoint], title: str):
     def finite(values):  # inf (never fell) and 0 (never reached) cannot sit on a log axis
         return np.array([v if v is not None and 0 < v < np.inf else np.nan for v in values], float)
 
-    rule = finite([p.eff.threshold.length for p in points])
-    l50 = finite([p.eff.l50 for p in points])
+    def inside(values):  # a reading beyond a run's tested lengths is a bound (below), not a value
+        return finite([v if v is not None and p.eff.tested[0] <= v <= p.eff.tested[1] else None
+                       for v, p in zip(values, points)])
+
+    def bounds(values, none_means_below: bool):
+        out = []
+        for v, p in zip(values, points):
+            if v is None:
+                out.append(("<", p.eff.tested[0]) if none_means_below else None)
+            elif v < p.eff.tested[0]:
+                out.append(("<", p.eff.tested[0]))
+            elif v > p.eff.tested[1]:
+                out.append((">", p.eff.tested[1]))
+            else:
+                out.append(None)
+        return out
+
+    rules = [p.eff.threshold.length for p in points]   # None: even the shortest length failed
+    l50s = [p.eff.l50 for p in points]                  # None: no fit
     lo = finite([p.eff.l50_ci[0] if p.eff.l50_ci else None for p in points])
     hi = finite([p.eff.l50_ci[1] if p.eff.l50_ci else None for p in points])
-    effective = {"threshold rule": (rule, None, None), "L50 (fit, 95% band)": (l50, lo, hi)}
-    return plots.history([p.name for p in points], effective, lengths, score_RL, title=title)
+    effective = {"threshold rule": (inside(rules), None, None),
+                 "L50 (fit, 95% band)": (inside(l50s), lo, hi)}
+    beyond = {"threshold rule": bounds(rules, none_means_below=True),
+              "L50 (fit, 95% band)": bounds(l50s, none_means_below=False)}
+    return plots.history([p.name for p in points], effective, lengths, score_RL, title=title,
+                         bounds=beyond)
 
 
 @click.command()
