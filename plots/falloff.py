@@ -42,7 +42,10 @@ def falloff(lengths, mean, lo, hi, *, threshold=None, markers=(), fit=None, titl
     if threshold is not None:
         ax.axhline(threshold, color="#c62828", linewidth=1, linestyle=":",
                    label=f"threshold {100 * threshold:.0f}%")
-    low, high = lengths.min() / 1.3, lengths.max() * 1.3
+    # Readings outside the tested lengths are drawn in a margin beyond each end (never on the
+    # axes' edge, where a line is clipped away), so that every legend entry is a line one sees.
+    low, high = lengths.min() / 1.45, lengths.max() * 1.45
+    edge_low, edge_high = lengths.min() / 1.2, lengths.max() * 1.2
     for marker, color in zip(markers, MARKER_COLORS * 4):
         if marker.length is None or np.isnan(marker.length):
             continue
@@ -54,13 +57,14 @@ def falloff(lengths, mean, lo, hi, *, threshold=None, markers=(), fit=None, titl
             text = "> " + length_label(lengths.max())
         else:
             text = "< " + length_label(lengths.min())
-        x = float(np.clip(marker.length, low, high))
-        ax.axvline(x, color=color, linewidth=1.4, linestyle="-" if inside else ":",
+        x = float(np.clip(marker.length, edge_low, edge_high))
+        ax.axvline(x, color=color, linewidth=1.6 if inside else 2.0, linestyle="-" if inside else ":",
                    label=plain(f"{marker.label} {text}"))
         if marker.lo is not None and marker.hi is not None:
-            span_lo, span_hi = np.clip([marker.lo, marker.hi], low, high)
+            span_lo, span_hi = np.clip([marker.lo, marker.hi], edge_low, edge_high)
             if span_hi > span_lo:
-                ax.axvspan(span_lo, span_hi, color=color, alpha=0.08)
+                ax.axvspan(span_lo, span_hi, color=color, alpha=0.14,
+                           label=plain(f"{marker.label} 95% interval"))
 
     ax.set_xscale("log", base=2)
     ax.set_xlim(low, high)

@@ -110,3 +110,33 @@ def test_history_draws_readings_beyond_the_tested_lengths_as_bounds():
              if line.get_marker() in ("v", "^")}
     assert ("^", float(1 << 20)) in marks and ("v", 4096.0) in marks
     to_bytes(fig)
+
+
+def _labelled(ax):
+    artists = list(ax.get_lines()) + list(ax.patches) + list(ax.collections)
+    return {a.get_label(): a for a in artists if not a.get_label().startswith("_")}
+
+
+def test_every_legend_entry_of_the_falloff_plot_is_drawn_inside_the_axes():
+    lengths = [4096, 8192, 16384, 32768]
+    markers = [plots.Marker("threshold rule", 8192),
+               plots.Marker("L85 (fit)", 1500.0, 900.0, 2500.0),      # below the tested lengths
+               plots.Marker("L50 (fit)", 6000.0, 4096.0, 8192.0),     # the 4K-8K band
+               plots.Marker("L99 (fit)", 3e7)]                        # above them
+    fig = plots.falloff(lengths, [1, 0.9, 0.4, 0.1], [0.9, 0.8, 0.3, 0.0], [1, 1, 0.5, 0.2],
+                        threshold=0.85, markers=markers)
+    ax = fig.axes[0]
+    x0, x1 = ax.get_xlim()
+    drawn = _labelled(ax)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend and set(legend) == set(drawn)
+    for label, artist in drawn.items():
+        assert artist.get_visible() and (artist.get_alpha() is None or artist.get_alpha() >= 0.1), label
+        if hasattr(artist, "get_xdata") and any(label.startswith(m.label + " ") for m in markers):
+            x = float(np.asarray(artist.get_xdata())[0])
+            # strictly inside, with room on both sides (a line on the edge is clipped away)
+            assert x0 * 1.1 < x < x1 / 1.1, (label, x, x0, x1)
+    band = drawn["L50 (fit) 95% interval"]
+    assert (band.get_x(), band.get_x() + band.get_width()) == (4096.0, 8192.0)   # axvspan's Rectangle
+    assert "L85 (fit) < 4K" in legend and "L99 (fit) > 32K" in legend
+    to_bytes(fig)
