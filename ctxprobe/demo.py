@@ -83,7 +83,9 @@ def run_demo(out_dir: str | Path = ".", *, lengths: str = DEMO_LENGTHS, depths: 
         invocations = store.invocations(run.id)
         cells = [c for c in store.cells(run.id)
                  if c["length"] in spec.lengths and c["depth"] in spec.depths and c["sample"] < samples]
-    heatmap = plots.save(heatmap_figure(cells, "niah", title="built-in model, niah: greedy-exact by depth and length"),
+    heatmap = plots.save(heatmap_figure(cells, "niah", title="built-in model, niah: greedy-exact by depth and length",
+                                        run_name=run.name, effective=effective_length(cells),
+                                        designed=DESIGNED_LIMIT),
                          out / "demo-heatmap.png")
     report = out / "demo-report.html"
     report.write_text(build_report(run, cells, invocations=invocations), encoding="utf-8")

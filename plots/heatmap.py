@@ -12,13 +12,57 @@ from matplotlib.colors import Normalize
 from plots.style import SCORE_CMAP, length_label, new_figure, plain, text_color
 
 
-def heatmap(lengths, depths, score_DL, n_DL, *, title=None, ax=None, colorbar=True):
-    """Mean score in [0, 1] per (depth, length) cell, annotated with the score and n."""
+def heatmap(lengths, depths, score_DL, n_DL, *, title=None, ax=None, colorbar=True, marks=()):
+    """Mean score in [0, 1] per (depth, length) cell, annotated with the score and n.
+
+    marks: plots.Marker(label, length) lines across the depths, e.g. the effective length and a
+    designed limit, each in the legend under the axes with its length."""
     score_DL = np.asarray(score_DL, dtype=float)
-    return matrix_heatmap(lengths, depths, score_DL, n_DL, title=title, ax=ax,
-                          colorbar=colorbar, cmap=SCORE_CMAP, norm=Normalize(0.0, 1.0),
-                          value_text=lambda v: f"{100 * v:.0f}%", bar_label="score",
-                          bar_percent=True)
+    fig = matrix_heatmap(lengths, depths, score_DL, n_DL, title=title, ax=ax,
+                         colorbar=colorbar, cmap=SCORE_CMAP, norm=Normalize(0.0, 1.0),
+                         value_text=lambda v: f"{100 * v:.0f}%", bar_label="score",
+                         bar_percent=True)
+    if marks:
+        _draw_marks(ax or fig.axes[0], list(lengths), marks)
+    return fig
+
+
+MARK_STYLES = (dict(color="#d81b60", linestyle="-"), dict(color="#212121", linestyle="--"))
+
+
+def length_column(length: float, lengths) -> float:
+    """Where a length sits on the column axis: a tested length at its column's right edge (a
+    threshold length holds up to there); another between the columns around it, on a log scale."""
+    if length in lengths:
+        return lengths.index(length) + 0.5
+    if length < lengths[0]:
+        return -0.5
+    if length > lengths[-1]:
+        return len(lengths) - 0.5
+    k = max(i for i, x in enumerate(lengths) if x < length)
+    return k + float(np.log(length / lengths[k]) / np.log(lengths[k + 1] / lengths[k]))
+
+
+def _draw_marks(ax, lengths, marks) -> None:
+    from matplotlib import patheffects
+
+    from plots.style import approx_length_label
+
+    handles = []
+    for marker, style in zip(marks, MARK_STYLES * 4):
+        if marker.length is None:
+            continue
+        text = length_label(marker.length) if marker.length in lengths else approx_length_label(marker.length)
+        if marker.length > lengths[-1]:
+            text = "> " + length_label(lengths[-1])
+        elif marker.length < lengths[0]:
+            text = "< " + length_label(lengths[0])
+        handles.append(ax.axvline(length_column(marker.length, lengths), linewidth=2.2,
+                                  label=plain(f"{marker.label} {text}"), **style,
+                                  path_effects=[patheffects.withStroke(linewidth=4, foreground="white")]))
+    if handles:
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.16), fontsize=8,
+                  frameon=False, ncols=len(handles))
 
 
 def matrix_heatmap(lengths, depths, values_DL, n_DL, *, title, ax, colorbar, cmap, norm,

@@ -84,6 +84,15 @@ def new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+def stamp(fig: Figure, text: str | None) -> Figure:
+    """Name the run (e.g. 'run my-run') in the image itself, bottom right and small, so that a
+    PNG copied out of a report still says what it shows."""
+    if text:
+        fig.text(0.995, 0.005, plain(text), ha="right", va="bottom", fontsize=7, color="#616161",
+                 gid="run-name")
+    return fig
+
+
 def save(fig: Figure, path, dpi: int = 110) -> Path:
     """Write fig as PNG or SVG according to path's suffix."""
     path = Path(path)

@@ -140,3 +140,35 @@ def test_every_legend_entry_of_the_falloff_plot_is_drawn_inside_the_axes():
     assert (band.get_x(), band.get_x() + band.get_width()) == (4096.0, 8192.0)   # axvspan's Rectangle
     assert "L85 (fit) < 4K" in legend and "L99 (fit) > 32K" in legend
     to_bytes(fig)
+
+
+def _texts(fig):
+    return [t.get_text() for t in fig.texts] + [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_the_demo_heatmap_marks_the_effective_length_and_the_designed_limit_and_names_the_run(
+        tmp_path, monkeypatch):
+    import ctxprobe.analysis.report as report
+    from ctxprobe.demo import DESIGNED_LIMIT, run_demo
+    from plots.heatmap import length_column
+
+    saved, imaged = [], []
+    real_save, real_image = plots.save, report.html.image
+    monkeypatch.setattr(plots, "save", lambda fig, path: (saved.append(fig), real_save(fig, path))[1])
+    monkeypatch.setattr(report.html, "image", lambda fig, alt: (imaged.append((alt, fig)), real_image(fig, alt))[1])
+    r = run_demo(tmp_path, lengths="2k,4k,8k", depths="50", samples=1, progress=False)
+    assert r.effective_length == 4096       # the built-in model holds to ~5.8K tokens
+    [heatmap] = saved
+    ax = heatmap.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    effective, designed = lines["effective length 4K"], lines["designed limit 5.72K"]
+    assert effective.get_xdata()[0] == 1.5                               # right edge of the 4K column
+    assert designed.get_xdata()[0] == length_column(DESIGNED_LIMIT, [2048, 4096, 8192])
+    assert 1.5 < designed.get_xdata()[0] < 2.0
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["effective length 4K", "designed limit 5.72K"]
+    assert f"run {r.run_name}" in _texts(heatmap)
+    # Every image of the report names the run, and its heatmap marks the effective length.
+    assert imaged and all(f"run {r.run_name}" in _texts(fig) for _, fig in imaged), [a for a, _ in imaged]
+    report_heatmap = dict(imaged)["niah depth x length heatmap"]
+    assert "effective length 4K" in [line.get_label() for line in report_heatmap.axes[0].get_lines()]
+

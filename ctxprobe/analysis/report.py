@@ -184,12 +184,15 @@ def build_report(run, cells, *, relative: bool = False, threshold: float = 0.85,
     if len(effs) > 1:
         links = [html.join(html.link(f, f"family-{f}"), " ") for f in families(scored)]
         body += [html.heading("All families"), html.paragraph("Families: ", *links),
-                 html.image(figures.grid_figure(scored), "all families")]
+                 html.image(figures.grid_figure(scored, run_name=run.name), "all families")]
     for family in families(scored):
         body += [html.heading(family, anchor=f"family-{family}"),
-                 html.image(figures.heatmap_figure(scored, family), f"{family} depth x length heatmap"),
-                 html.image(figures.falloff_figure(scored, family, effs[family]), f"{family} fall-off")]
-        logprob = figures.logprob_figure(scored, family)
+                 html.image(figures.heatmap_figure(scored, family, run_name=run.name,
+                                                   effective=effs[family].threshold.length),
+                            f"{family} depth x length heatmap"),
+                 html.image(figures.falloff_figure(scored, family, effs[family], run_name=run.name),
+                            f"{family} fall-off")]
+        logprob = figures.logprob_figure(scored, family, run_name=run.name)
         if logprob is not None:
             body.append(html.image(logprob, f"{family} log-probability heatmap"))
         body += [html.heading("Failing examples", level=3), failing_examples(scored, family)]

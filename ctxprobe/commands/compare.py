@@ -100,7 +100,8 @@ def compare(ctx, run_a, run_b, db, alpha, min_drop, metric, plot_path):
     elif plot_path:
         from ctxprobe.analysis.figures import delta_figure
 
-        save(delta_figure(result, title=f"{label_b} minus {label_a}"), plot_path)
+        save(delta_figure(result, title=f"{label_b} minus {label_a}",
+                          run_name=f"A {label_a}, B {label_b}"), plot_path)
         click.echo(f"wrote {plot_path}")
     regressions = result.regressions
     if regressions:
