@@ -6,8 +6,6 @@ model output and may contain HTML. `ctxprobe report` writes the string this retu
 
 from __future__ import annotations
 
-import json
-
 from ctxprobe.analysis import figures
 from ctxprobe.analysis.effective_length import (both_readings, describe_with_ci, effective_lengths,
                                                 reads_relative)
@@ -50,21 +48,30 @@ def relative_reading(family: str, cells, threshold: float | None) -> str:
     return f"{found} ({threshold:.0%} of {base:.0%} = {rule.cutoff:.0%})"
 
 
-def metadata_rows(run, cells) -> list[list]:
+def metadata_rows(run, cells, show_paths: bool = False) -> list[list]:
+    from ctxprobe.analysis.runs_report import shown_path
+
     lengths = sorted({c["length"] for c in cells})
     depths = sorted({c["depth"] for c in cells})
     return [
         ["run", f"{run.name} (id {run.id})"], ["created", run.created],
-        ["model", run.model_spec], ["model fingerprint", run.model_fingerprint],
-        ["backend", json.dumps(run.backend, sort_keys=True)],
+        ["model", shown_path(run.model_spec, show_paths)], ["model fingerprint", run.model_fingerprint],
         ["tokenizer fingerprint", run.tokenizer_fingerprint],
-        ["settings", json.dumps(run.settings, sort_keys=True)],
         ["ctxprobe version", run.version], ["command (first invocation)", html.code(run.command)],
         ["cells", f"{len(cells)} stored, {errored(cells)} errored (left out of every figure)"],
         ["lengths", ", ".join(length_label(x) for x in lengths)],
         ["depths", ", ".join(f"{d:g}%" for d in depths)],
         ["seeds", ", ".join(str(s) for s in sorted({c["seed"] for c in cells}))],
     ]
+
+
+def settings_table(run, show_paths: bool = False) -> html.Html:
+    """The backend's and the sweep's settings, one per row ('backend.dtype', 'sweep.seed'), machine
+    paths by their last part unless show_paths (a report is shared; a home directory need not be)."""
+    from ctxprobe.analysis.runs_report import flat_settings
+
+    rows = [[k, v] for k, v in flat_settings(run, show_paths).items() if k not in ("model", "ctxprobe version")]
+    return html.table(["setting", "value"], rows)
 
 
 def failing_examples(cells, family: str, limit: int = EXAMPLES_PER_FAMILY) -> html.Html:
@@ -160,11 +167,14 @@ def error_examples(cells, limit: int = 10) -> html.Html:
 
 
 def build_report(run, cells, *, relative: bool = False, threshold: float = 0.85,
-                 invocations=()) -> str:
+                 invocations=(), show_paths: bool = False) -> str:
     """The whole report as one HTML string (images inline, no external references).
-    invocations: the run's, from Store.invocations (the commands that added to it)."""
+    invocations: the run's, from Store.invocations (the commands that added to it).
+    show_paths: machine paths whole, not by their last part."""
     scored = usable(cells)
-    body = [html.table(["field", "value"], metadata_rows(run, cells)), invocation_table(invocations)]
+    body = [html.table(["field", "value"], metadata_rows(run, cells, show_paths)),
+            html.heading("Backend and settings", level=3), settings_table(run, show_paths),
+            invocation_table(invocations)]
     if not scored:
         body.append(html.paragraph("This run has no scored cells yet.", cls="bad"))
         return html.page(f"ctxprobe report: {run.name}", *body, error_examples(cells))

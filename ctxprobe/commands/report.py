@@ -29,7 +29,7 @@ def db_option(f):
 @click.option("--reference", default=None, metavar="RUN",
               help="Several runs: the run the others are tested against [default: the first].")
 @click.option("--show-paths", is_flag=True,
-              help="Several runs: show machine paths (checkpoints, tokenizers) whole, not by their last part.")
+              help="Show machine paths (checkpoints, tokenizers) whole, not by their last part.")
 def report(run_refs, db, output, relative, threshold, model_patterns, name_patterns, reference,
            show_paths):
     """Write a self-contained HTML report of RUN (name or id): provenance, heatmaps, fall-off
@@ -55,7 +55,8 @@ def report(run_refs, db, output, relative, threshold, model_patterns, name_patte
         run = store.get_run(run_ref)
         cells = store.cells(run.id)
         invocations = store.invocations(run.id)
-    html = build_report(run, cells, relative=relative, threshold=threshold, invocations=invocations)
+    html = build_report(run, cells, relative=relative, threshold=threshold, invocations=invocations,
+                        show_paths=show_paths)
     with output_file(output) as f:  # whole or not at all: a failure keeps the earlier report
         f.write(html)
     click.echo(f"wrote {output} ({len(cells)} cells of run {run.name})")
