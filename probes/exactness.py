@@ -166,10 +166,10 @@ def unit_pairs(tok, asm) -> str | None:
     memo = _memos.setdefault(pool, _PairMemo())
     keys = [_pair_keys(s.order) for s in hay]
     flat = np.concatenate(keys)
-    distinct, first = np.unique(flat, return_index=True)
-    fresh = np.sort(first[~memo.known(distinct)])
-    if not len(fresh):
+    unknown = np.nonzero(~memo.known(flat))[0]      # positions of pairs not proven yet
+    if not len(unknown):
         return None
+    fresh = np.sort(unknown[np.unique(flat[unknown], return_index=True)[1]])   # first of each
     bounds = np.cumsum([0] + [len(k) for k in keys])
     texts, expected, where = [], [], []
     for i, seg in enumerate(hay):
