@@ -106,21 +106,53 @@ def history_figure(points: list[RunPoint], title: str):
 @click.command()
 @db_option
 @click.option("--model", help="Only runs whose model spec contains this text (or whose fingerprint equals it).")
-@click.option("--family", help="Only this probe family (default: all families pooled).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write a chart (.png or .svg).")
+@click.option("--family", help="Only this probe family [default: each family apart].")
+@click.option("--pool-families", is_flag=True,
+              help="One reading over all families' cells together (families differ in difficulty, so "
+                   "a pooled length mixes them; off by default).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Also write a chart (.png or .svg); with several families one per family, named "
+                   "OUTPUT-FAMILY.png.")
 @click.option("--relative", is_flag=True, help="Threshold relative to each run's shortest-length score.")
 @click.option("--threshold", default=0.85, show_default=True, type=float, help="Score cutoff (fraction).")
-def history(db, model, family, output, relative, threshold):
-    """Effective context length and score per length across runs, oldest first.
+def history(db, model, family, pool_families, output, relative, threshold):
+    """Effective context length and score per length across runs, oldest first; one table (and
+    chart) per probe family unless --family picks one or --pool-families pools them.
 
     Example: ctxprobe history --model llama --family niah -o history.png
     """
+    if family and pool_families:
+        raise UserError("--family picks one family and --pool-families pools them all: pass one of them")
     with Store(db, readonly=True) as store:
-        points = collect(store, model=model, family=family, relative=relative, threshold=threshold)
-    click.echo(format_table(points))
+        if family or pool_families:
+            readings = {family: collect(store, model=model, family=family, relative=relative,
+                                        threshold=threshold)}
+        else:
+            readings = {f: collect(store, model=model, family=f, relative=relative, threshold=threshold)
+                        for f in _families(store, model)}
+            if not readings:   # nothing scored: collect says so, naming the database
+                collect(store, model=model, family=None, relative=relative, threshold=threshold)
+    several = len(readings) > 1
+    for i, (name, points) in enumerate(readings.items()):
+        if several:
+            click.echo(("\n" if i else "") + f"family {name}:")
+        click.echo(format_table(points))
     if output:
+        from pathlib import Path
+
         from plots.style import save
 
-        title = f"{family or 'all families'}" + (f", model ~ {model}" if model else "")
-        save(history_figure(points, title), output)
-        click.echo(f"wrote {output}")
+        for name, points in readings.items():
+            path = Path(output)
+            if several:
+                path = path.with_name(f"{path.stem}-{name}{path.suffix}")
+            label = name or "all families pooled"
+            title = label + (f", model ~ {model}" if model else "")
+            save(history_figure(points, title), path)
+            click.echo(f"wrote {path}")
+
+
+def _families(store: Store, model: str | None) -> list[str]:
+    """The families with scored cells in the runs that --model selects."""
+    runs = [r for r in store.runs() if not model or model in r.model_spec or model == r.model_fingerprint]
+    return sorted({c["family"] for r in runs for c in usable(store.cells(r.id))})
