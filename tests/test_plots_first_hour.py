@@ -172,3 +172,28 @@ def test_the_demo_heatmap_marks_the_effective_length_and_the_designed_limit_and_
     report_heatmap = dict(imaged)["niah depth x length heatmap"]
     assert "effective length 4K" in [line.get_label() for line in report_heatmap.axes[0].get_lines()]
 
+
+
+def test_the_compare_plot_names_both_runs(tmp_path, runner, monkeypatch):
+    import plots.style
+    from ctxprobe.cli import main
+    from ctxprobe.store import Store
+
+    db = tmp_path / "c.db"
+    with Store(db) as store:
+        for name, broken in (("base-run", None), ("new-run", 4096)):
+            run = store.create_run(name=name, model_spec="tiny", model_fingerprint="fp", backend={},
+                                   tokenizer_fingerprint="tok", version="0.1.0", command="c")
+            for length in (1024, 4096):
+                for sample in range(6):
+                    store.put_cell(run.id, dict(family="niah", length=length, depth=50.0, sample=sample,
+                                                seed=0, probe_hash=f"{length}-{sample}",
+                                                score=float(length != broken)))
+    saved = []
+    real_save = plots.style.save
+    monkeypatch.setattr(plots.style, "save", lambda fig, path: (saved.append(fig), real_save(fig, path))[1])
+    result = runner.invoke(main, ["compare", "base-run", "new-run", "--db", str(db),
+                                  "-o", str(tmp_path / "delta.png")])
+    assert result.exit_code == 1, result.output
+    [fig] = saved
+    assert any("base-run" in t and "new-run" in t for t in (x.get_text() for x in fig.texts))
