@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import ctxprobe.models
+import ctxprobe.runner.load
 from ctxprobe.demo import run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,11 @@ def test_bad_input_is_said_before_torch_is_imported(args, says, no_config):
 
 def test_run_with_bad_input_is_said_before_torch_is_imported(tmp_path):
     db = str(tmp_path / "r.db")
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    (no_tokenizer / "config.json").write_text("{}")
     for args, says in [
+        (["--model", str(no_tokenizer), "--probe", "niah", "--lengths", "1k"], "has no tokenizer.json"),
         (["--model", "/no/such/checkpoint", "--probe", "niah", "--lengths", "1k"], "unknown model spec"),
         (["--model", "builtin", "--probe", "niah", "--lengths", "1kk"], "bad length '1kk'"),
         (["--model", "builtin", "--probe", "niah", "--lengths", "1k", "--depths", "200"], "bad depths"),
@@ -82,13 +86,13 @@ def test_a_finished_demo_does_not_load_its_model(tmp_path, monkeypatch):
     first = run_demo(tmp_path, **grid)
     assert first.cells_done == 1
     loads = []
-    real_load = ctxprobe.models.load_model
+    real_load = ctxprobe.runner.load.load_model
 
     def counted(*a, **k):
         loads.append(a)
         return real_load(*a, **k)
 
-    monkeypatch.setattr(ctxprobe.models, "load_model", counted)
+    monkeypatch.setattr(ctxprobe.runner.load, "load_model", counted)
     again = run_demo(tmp_path, **grid)
     assert again.cells_done == 0 and loads == []     # nothing left to run: no weight read
     assert again.effective_length == first.effective_length
