@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import ctxprobe.runner.load
+from ctxprobe.backends.native import NativeBackend
 from ctxprobe.demo import run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,13 +86,13 @@ def test_a_finished_demo_does_not_load_its_model(tmp_path, monkeypatch):
     first = run_demo(tmp_path, **grid)
     assert first.cells_done == 1
     loads = []
-    real_load = ctxprobe.runner.load.load_model
+    real_load = NativeBackend._load
 
-    def counted(*a, **k):
+    def counted(self, *a, **k):   # the one place the native backend reads weights
         loads.append(a)
-        return real_load(*a, **k)
+        return real_load(self, *a, **k)
 
-    monkeypatch.setattr(ctxprobe.runner.load, "load_model", counted)
+    monkeypatch.setattr(NativeBackend, "_load", counted)
     again = run_demo(tmp_path, **grid)
     assert again.cells_done == 0 and loads == []     # nothing left to run: no weight read
     assert again.effective_length == first.effective_length
