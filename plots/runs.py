@@ -2,6 +2,8 @@
 any per-length measure (latency, time to first token) with a line per run.
 
 A series is (label, lengths, values...) in plain numbers; labels are run names, drawn as text.
+`slots` gives each series its run's place among all runs, so that a run keeps its colour on
+every figure of a page even where some runs have no values.
 """
 
 from __future__ import annotations
@@ -32,12 +34,12 @@ def _length_axis(ax, lengths) -> None:
         ax.spines[side].set_visible(False)
 
 
-def falloff_runs(series, *, threshold=None, title=None):
+def falloff_runs(series, *, threshold=None, title=None, slots=None):
     """series: [(label, lengths, mean, lo, hi)], one per run: score in [0, 1] against length."""
     if not series:
         raise ValueError("falloff_runs needs at least one run's curve")
     ax = new_figure(8.4, 3.8).add_subplot()
-    for i, (label, lengths, mean, lo, hi) in enumerate(series):
+    for i, (label, lengths, mean, lo, hi) in zip(slots or range(len(series)), series):
         color, dash = _style(i)
         x = np.asarray(lengths, dtype=float)
         ax.fill_between(x, lo, hi, color=color, alpha=0.10, linewidth=0)
@@ -55,12 +57,12 @@ def falloff_runs(series, *, threshold=None, title=None):
     return ax.figure
 
 
-def by_length_runs(series, *, ylabel: str, title=None, log_y: bool = False):
+def by_length_runs(series, *, ylabel: str, title=None, log_y: bool = False, slots=None):
     """series: [(label, lengths, values)], one per run: a measure (seconds, tokens/s) per length."""
     if not series:
         raise ValueError("by_length_runs needs at least one run's values")
     ax = new_figure(8.4, 3.4).add_subplot()
-    for i, (label, lengths, values) in enumerate(series):
+    for i, (label, lengths, values) in zip(slots or range(len(series)), series):
         color, dash = _style(i)
         ax.plot(np.asarray(lengths, dtype=float), np.asarray(values, dtype=float), "o" + dash,
                 color=color, linewidth=2, markersize=4, label=plain(label))

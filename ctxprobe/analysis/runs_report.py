@@ -42,7 +42,7 @@ def stack_of(run, show_paths: bool = False) -> str:
     if b.get("kind") == "http":
         stream = ", streamed" if b.get("stream") else ""
         return f"{b.get('api', 'chat')} API at {shown_path(b.get('base_url'), show_paths)} " \
-               f"(served model {b.get('served_model')}{stream})"
+               f"(served model {shown_path(b.get('served_model'), show_paths)}{stream})"
     if b.get("kind") == "native":
         return f"native runner ({b.get('dtype')}, {b.get('device')})"
     return str(b.get("kind", "unknown"))
@@ -73,10 +73,15 @@ def differing(settings: list[dict[str, str]]) -> list[str]:
 
 
 def _counts(cells) -> str:
+    from ctxprobe.analysis.prompt_tokens import mismatched
+
     errored = sum(1 for c in cells if c.get("error"))
     truncated = sum(1 for c in cells if c.get("truncated") and not c.get("error"))
+    cut = len(mismatched(cells))
     text = f"{len(cells)} ({errored} errored"
-    return text + (f", {truncated} truncated)" if truncated else ")")
+    text += f", {truncated} truncated" if truncated else ""
+    # The server read another prompt than ctxprobe built (cut to its window, or re-tokenized).
+    return text + (f", {cut} counted otherwise by the server)" if cut else ")")
 
 
 def _effective(cells, threshold: float) -> tuple[dict, str]:
@@ -120,8 +125,8 @@ def settings_tables(runs, show_paths: bool) -> html.Html:
 
 
 def family_section(family: str, runs, cells_of, threshold: float) -> html.Html:
-    panels, series = [], []
-    for run in runs:
+    panels, series, slots = [], [], []
+    for slot, run in enumerate(runs):
         scored = [c for c in usable(cells_of[run.id]) if c["family"] == family]
         if not scored:
             continue
@@ -129,12 +134,14 @@ def family_section(family: str, runs, cells_of, threshold: float) -> html.Html:
         panels.append((run.name, g.lengths, g.depths, g.mean_DL, g.n_DL))
         c = curve(scored, family)
         series.append((run.name, c.lengths, c.mean, c.lo, c.hi))
+        slots.append(slot)
     if not panels:
         return html.paragraph(f"No run has scored cells of {family}.", cls="muted")
     return html.join(
         html.image(heatmap_grid(panels, title=f"{family}: score by depth and length, one scale",
                                 columns=min(3, len(panels))), f"{family} heatmaps of every run"),
-        html.image(falloff_runs(series, threshold=threshold, title=f"{family}: fall-off of every run"),
+        html.image(falloff_runs(series, threshold=threshold, title=f"{family}: fall-off of every run",
+                                slots=slots),
                    f"{family} fall-off curves of every run"))
 
 
@@ -153,11 +160,13 @@ def latency_section(runs, cells_of) -> html.Html:
     for key, label, alt in (("latency", "mean seconds per cell (total)", "latency by length"),
                             ("ttft", "mean time to first token (s)", "time to first token by length"),
                             ("decode_rate", "mean decode rate (tokens/s)", "decode rate by length")):
-        series = [(run.name, *_mean_by_length(cells_of[run.id], key)) for run in runs]
-        series = [s for s in series if s[1]]
-        if series:
-            parts.append(html.image(by_length_runs(series, ylabel=label, title=alt,
-                                                   log_y=key != "decode_rate"), alt))
+        measured = [(slot, (run.name, *_mean_by_length(cells_of[run.id], key)))
+                    for slot, run in enumerate(runs)]
+        measured = [(slot, s) for slot, s in measured if s[1]]
+        if measured:
+            parts.append(html.image(by_length_runs([s for _, s in measured], ylabel=label, title=alt,
+                                                   log_y=True,
+                                                   slots=[slot for slot, _ in measured]), alt))
     if not any(cells_of[r.id] and any(c.get("ttft") is not None for c in cells_of[r.id]) for r in runs):
         parts.append(html.paragraph("No run was streamed (`ctxprobe run --stream`): time to first "
                                     "token and decode rate are not measured.", cls="muted"))
