@@ -35,13 +35,13 @@ def check_paths(device: str, offload_dir: str | None):
     host and disk, weights streamed from host) equals the plain forward, and score equals its reference."""
     import tempfile
 
-    from ctxprobe.runner import Settings, prefill, score, score_reference
+    from ctxprobe.runner import Settings, logits, prefill, score, score_reference
 
     try:
         ids = torch.randint(0, 512, (300,), generator=torch.Generator().manual_seed(0)).tolist()
         for weights in ("resident", "host"):
             m = build_preset("tiny", device=device, dtype="float32", weights=weights)
-            want = m.logits(ids).float().cpu()
+            want = logits(m, ids).float().cpu()
             with tempfile.TemporaryDirectory(dir=offload_dir) as tmp:
                 for kv, hidden in (("device", "host"), ("host", "host"), ("disk", "disk")):
                     settings = Settings(chunk_tokens=37, kv_block_tokens=16, kv_tiers=kv, hidden_tier=hidden,

@@ -10,7 +10,7 @@ __all__ = ["UserError", "__version__", "load_model"]
 def __getattr__(name):
     # `ctxprobe.load_model` imported on first use, so `import ctxprobe` (and the CLI) stays light.
     if name == "load_model":
-        from ctxprobe.models import load_model
+        from ctxprobe.runner.load import load_model
 
         return load_model
     raise AttributeError(f"module 'ctxprobe' has no attribute {name!r}")

@@ -24,24 +24,13 @@ PACKAGES = ("ctxprobe",) + LIBRARIES
 
 # Strongly connected components of more than one module, as they stand today.
 ALLOWED_CYCLES: set[frozenset[str]] = {
-    # config and registry joined in S4 (config.from_hf asks the registry, whose family files
-    # build a Model); the loop closes only through model.py -> runner, which S5 removes.
-    frozenset({
-        "ctxprobe.models.config", "ctxprobe.models.llama", "ctxprobe.models.llama4",
-        "ctxprobe.models.loader", "ctxprobe.models.mixtral", "ctxprobe.models.model",
-        "ctxprobe.models.registry",
-        "ctxprobe.models.qwen3_moe", "ctxprobe.runner.generate", "ctxprobe.runner.planner",
-        "ctxprobe.runner.prefill", "ctxprobe.runner.score", "ctxprobe.runner.sharded",
-    }),
+    # Settings and auto_settings (planner <-> prefill, S6) and the two runners (prefill <-> sharded, S7).
+    frozenset({"ctxprobe.runner.planner", "ctxprobe.runner.prefill", "ctxprobe.runner.sharded"}),
 }
 
 # Single edges that break a layering rule below (models/ a leaf, RANKS), cycles or not.
 ALLOWED_EDGES: set[tuple[str, str]] = {
     ("ctxprobe.backends.native", "ctxprobe.planner"),
-    ("ctxprobe.models.loader", "ctxprobe.runner.weights"),
-    ("ctxprobe.models.model", "ctxprobe.runner.generate"),
-    ("ctxprobe.models.model", "ctxprobe.runner.score"),
-    ("ctxprobe.models.model", "ctxprobe.runner.weights"),
 }
 
 # models/ may use these and nothing else of ctxprobe (besides itself).
@@ -53,7 +42,7 @@ MODELS_MAY_IMPORT = ("ctxprobe.errors", "ctxprobe.units")
 RANKS = {
     "attention": 0, "probes": 0, "plots": 0,
     "ctxprobe.errors": 0, "ctxprobe.units": 0, "ctxprobe.grid": 0, "ctxprobe.hardware": 0,
-    "ctxprobe.output_file": 0,
+    "ctxprobe.output_file": 0, "ctxprobe.pass_progress": 0,
     "ctxprobe.models": 1, "ctxprobe.builtin": 1,
     "ctxprobe.runner": 2, "ctxprobe.store": 2, "ctxprobe.scoring": 2, "ctxprobe.analysis": 2,
     "ctxprobe.backends": 3,

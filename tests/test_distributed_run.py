@@ -76,7 +76,7 @@ def _compare(model, world, seq_len: int) -> dict:
 def _worker(rank: int, port: int, out_dir: str, models: dict, builtin_db: str) -> None:
     from click.testing import CliRunner
 
-    from ctxprobe.models import load_model
+    from ctxprobe.runner import load_model
     from ctxprobe.runner import distributed
 
     torch.set_num_threads(1)
@@ -140,7 +140,7 @@ def test_sharded_runner_equals_one_process(world_results, case):
 def test_the_sharded_path_in_a_world_of_one_equals_the_runner(models, family):
     """The sharded code without a process group (ring_attend is attend): every step but the
     collectives, in this process."""
-    from ctxprobe.models import load_model
+    from ctxprobe.runner import load_model
     from ctxprobe.runner.distributed import World
 
     model = load_model(models[family])

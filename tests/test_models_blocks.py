@@ -8,7 +8,7 @@ from ctxprobe.models import blocks, rope
 
 pytest.importorskip("transformers")
 
-from ctxprobe.models import load_model  # noqa: E402
+from ctxprobe.runner import load_model  # noqa: E402
 from ctxprobe.models.tiny import save_tiny  # noqa: E402
 
 

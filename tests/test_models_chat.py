@@ -12,7 +12,7 @@ from ctxprobe.models.loader import read_template
 
 pytest.importorskip("transformers")
 
-from ctxprobe.models import load_model  # noqa: E402
+from ctxprobe.runner import load_model  # noqa: E402
 from ctxprobe.models.tiny import save_tiny  # noqa: E402
 
 LLAMA3_STYLE = (

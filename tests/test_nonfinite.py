@@ -62,12 +62,12 @@ def test_the_clean_checkpoint_scores_every_cell(clean, runner, tmp_path):
 
 
 def test_free_generation_refuses_non_finite_logits_too(clean, tmp_path):
-    from ctxprobe.models import load_model
+    from ctxprobe.runner import generate, load_model, score
     from ctxprobe.runner.prefill import NonFiniteLogits
 
     model = load_model(poisoned(clean, tmp_path, "model.layers.1.mlp.down_proj.weight", float("inf")),
                        device="cpu", dtype="float32")
     with pytest.raises(NonFiniteLogits, match="non-finite logits in layer 1"):
-        model.generate(list(range(5, 40)), max_new_tokens=3)
+        generate(model, list(range(5, 40)), max_new_tokens=3)
     with pytest.raises(NonFiniteLogits, match="non-finite logits in layer 1"):
-        model.score(list(range(5, 40)), [([7, 8], [9, 10])])
+        score(model, list(range(5, 40)), [([7, 8], [9, 10])])

@@ -33,6 +33,7 @@ def demo_like_run(tmp_path_factory):
 def test_a_failing_cell_stores_the_real_generation_beside_the_labelled_guess(demo_like_run):
     from ctxprobe.backends import open_backend
     from ctxprobe.planner import Cell, build_probes
+    from ctxprobe.runner import generate
 
     _, cells = demo_like_run
     short, long = cells[1024], cells[8192]
@@ -43,7 +44,7 @@ def test_a_failing_cell_stores_the_real_generation_beside_the_labelled_guess(dem
     backend = open_backend("builtin")
     [(_, probe)] = build_probes([Cell("niah", 8192, 50.0, 0)], seed=0, tokenizer=backend.tokenizer)
     context, question = backend.render(probe)
-    ids = backend.model.generate(context + question, 32, stop_ids=backend._stop_ids)
+    ids = generate(backend.model, context + question, 32, stop_ids=backend._stop_ids)
     written = backend.tokenizer.decode([i for i in ids if i not in backend._stop_ids])
     assert long["generation"] == written
     assert long["generation"] != long["response"]          # the guess is not what the model writes

@@ -165,7 +165,7 @@ def _model_prefill(rank: int, world_size: int, model_dir: str) -> dict:
     each rank embeds its shard, runs every block with ring_attend, and the gathered logits must
     equal the one-process forward."""
     from attention import gather, shard_positions
-    from ctxprobe.models import load_model
+    from ctxprobe.runner import load_model
 
     m = load_model(model_dir)
     seq_len, align = 300, m.config.chunk_size  # 64 in the tiny preset: local layers stay on their rank

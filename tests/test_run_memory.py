@@ -74,10 +74,10 @@ def test_a_budget_too_small_is_one_line_before_any_weight_and_stores_nothing(
     db = tmp_path / "r.db"
     db.write_bytes(open(ref_db, "rb").read())
     before = digest(db)
-    import ctxprobe.models
+    import ctxprobe.runner.load
 
     loads = []
-    monkeypatch.setattr(ctxprobe.models, "load_model", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(ctxprobe.runner.load, "load_model", lambda *a, **k: loads.append(a))
     result = runner.invoke(main, ["run", "--model", checkpoint, *GRID, "--db", str(db), "--host-memory", "64KiB",
                                   "--lengths", "256,640,1024"])
     assert result.exit_code == 2, result.output

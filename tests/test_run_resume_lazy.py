@@ -61,10 +61,10 @@ def digest(path):
 @pytest.fixture
 def spies(monkeypatch):
     """Records every load_model call and every plan_sweep length; `fail_loads()` makes loads fail."""
-    import ctxprobe.models
+    import ctxprobe.runner.load
 
     calls = {"loads": 0, "plans": [], "fail": False}
-    real_load, real_plan = ctxprobe.models.load_model, RunPlanner.plan_sweep
+    real_load, real_plan = ctxprobe.runner.load.load_model, RunPlanner.plan_sweep
 
     def load_model(*args, **kwargs):
         calls["loads"] += 1
@@ -75,7 +75,7 @@ def spies(monkeypatch):
         calls["plans"].append(length)
         return real_plan(self, length, **kwargs)
 
-    monkeypatch.setattr(ctxprobe.models, "load_model", load_model)
+    monkeypatch.setattr(ctxprobe.runner.load, "load_model", load_model)
     monkeypatch.setattr(RunPlanner, "plan_sweep", plan_sweep)
     return calls
 
@@ -154,11 +154,11 @@ def test_a_run_with_other_settings_is_refused_before_any_load(checkpoint, finish
 # --- under torchrun: rank 0 reads the pending cells and every rank loads, or none does -------------
 
 SPY = '''import json, os, sys
-import ctxprobe.models
+import ctxprobe.runner.load
 from ctxprobe.backends.memory import RunPlanner
 
 LOG = sys.argv.pop(1)
-real_load, real_plan = ctxprobe.models.load_model, RunPlanner.plan_sweep
+real_load, real_plan = ctxprobe.runner.load.load_model, RunPlanner.plan_sweep
 
 def note(event, value):
     with open(LOG, "a") as f:
@@ -172,7 +172,7 @@ def plan_sweep(self, length, **kwargs):
     note("plan", length)
     return real_plan(self, length, **kwargs)
 
-ctxprobe.models.load_model, RunPlanner.plan_sweep = load_model, plan_sweep
+ctxprobe.runner.load.load_model, RunPlanner.plan_sweep = load_model, plan_sweep
 from ctxprobe.cli import main
 main()
 '''

@@ -19,12 +19,12 @@ import gc
 import pytest
 import torch
 
-from ctxprobe.runner import Settings, generate, prefill, score
+from ctxprobe.runner import Settings, generate, logits, prefill, score
 from ctxprobe.runner.weights import LayerWeights, layout
 
 pytest.importorskip("transformers")
 
-from ctxprobe.models import load_model  # noqa: E402
+from ctxprobe.runner import load_model  # noqa: E402
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
@@ -109,7 +109,7 @@ def test_streamed_prefill_equals_cpu_logits(reference, family, weights, kv_tier,
     warm_up(ref, device, prompt)
     before_load = allocated(device, collect=True)
     m = load(ref, device, weights)
-    assert (m.logits(prompt).cpu() - want).abs().max().item() <= 1e-4     # the plain forward, weights streamed
+    assert (logits(m, prompt).cpu() - want).abs().max().item() <= 1e-4    # the plain forward, weights streamed
     assert_at_rest(m, device)
     start = allocated(device)
     got = prefill(m, prompt, settings=settings(kv_tier, hidden_tier, tmp_path), all_logits=True)
@@ -130,11 +130,11 @@ def test_score_and_generate_equal_the_cpu(reference, family, weights, kv_tier, h
     ref = reference(family)
     V = ref.config.vocab_size
     ctx = ids(140, V, seed=7)
-    greedy = ref.generate(ctx + [3, 4], 3, settings=settings())    # a branch whose answer IS the greedy one
+    greedy = generate(ref, ctx + [3, 4], 3, settings=settings())    # a branch whose answer IS the greedy one
     branches = [([3, 4], greedy), (ids(1, V, 8), ids(3, V, 9)), ([], ids(2, V, 10)), (ids(9, V, 11), ids(1, V, 12))]
     want = score(ref, ctx, branches, settings=settings())
     m = load(ref, device, weights)
-    m.logits(ctx)                  # per-device caches made once (see warm_up)
+    logits(m, ctx)                 # per-device caches made once (see warm_up)
     start = allocated(device)
     s = settings(kv_tier, hidden_tier, tmp_path)
     got = score(m, ctx, branches, settings=s)

@@ -106,10 +106,10 @@ def test_bad_branches_are_refused():
         score(m, [], [([1], [2])])
 
 
-def test_model_methods_use_the_planner(llama4):
-    """m.score / m.generate (the contract's methods) plan their own settings and agree with the runner."""
+def test_score_and_generate_without_settings_use_the_planner(llama4):
+    """score / generate with no settings plan their own and agree with the reference and small chunks."""
     ctx = rand_ids(90, llama4.config.vocab_size, seed=21)
     branches = [(rand_ids(3, 300, 1), rand_ids(2, 300, 2)), ([], rand_ids(1, 300, 3))]
-    for g, w in zip(llama4.score(ctx, branches), score_reference(llama4, ctx, branches)):
+    for g, w in zip(score(llama4, ctx, branches), score_reference(llama4, ctx, branches)):
         same(g, w)
-    assert llama4.generate(ctx, 3) == generate(llama4, ctx, 3, settings=SMALL)
+    assert generate(llama4, ctx, 3) == generate(llama4, ctx, 3, settings=SMALL)

@@ -120,7 +120,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, models: dict) -
     import torch.distributed as dist
 
     import attention
-    from ctxprobe.models import load_model
+    from ctxprobe.runner import load_model
     from ctxprobe.runner.distributed import World
 
     torch.set_num_threads(1)
@@ -223,7 +223,7 @@ def one_thread():
 @pytest.mark.parametrize("tier", TIERS)
 def test_a_world_of_one_with_kv_in_a_tier_equals_the_runner(models, tier, tmp_path, one_thread):
     """The sharded code without a process group, K/V in a tier: every step but the collectives."""
-    from ctxprobe.models import load_model
+    from ctxprobe.runner import load_model
     from ctxprobe.runner.distributed import World
 
     from ctxprobe.runner.sharded import sharded_prefill
@@ -245,7 +245,7 @@ def test_a_world_of_one_with_kv_in_a_tier_equals_the_runner(models, tier, tmp_pa
 
 def test_bad_tiers_are_refused_before_any_work(models):
     from ctxprobe.errors import UserError
-    from ctxprobe.models import load_model
+    from ctxprobe.runner import load_model
     from ctxprobe.runner.distributed import World
     from ctxprobe.runner.prefill import Settings
     from ctxprobe.runner.sharded import sharded_prefill

@@ -1,5 +1,6 @@
 """Weight tiers: blocks resident, in exact-size host arenas, or read from the checkpoint's files one
-layer ahead (disk). The disk tier is the same math as resident (float32, <= 1e-6) through .logits(),
+layer ahead (disk). The disk tier is the same math as resident (float32, <= 1e-6) through the plain
+forward (ctxprobe.runner.logits; Model.logits alone refuses streamed blocks),
 the streamed prefill, score and generate; blocks hold no storage between layers; the planner picks
 host then disk as host memory shrinks and counts the host tier at its exact bytes. A shard replaced
 or truncated since loading is refused, naming the file, never read as other weights."""
@@ -13,6 +14,7 @@ import torch
 
 from ctxprobe.cli import main
 from ctxprobe.errors import UserError
+from ctxprobe.runner import generate, logits, score
 from ctxprobe.runner.planner import ModelShape, plan_for_checkpoint, plan_run
 from ctxprobe.runner.prefill import Settings, prefill
 from ctxprobe.runner.presets import build_preset, preset_config
@@ -20,7 +22,7 @@ from ctxprobe.runner.weights import HostArenas, LayerWeights, layer_bytes
 
 pytest.importorskip("transformers")
 
-from ctxprobe.models import load_model  # noqa: E402
+from ctxprobe.runner import load_model  # noqa: E402
 from ctxprobe.models.tiny import save_tiny  # noqa: E402
 
 FAMILIES = ["llama", "mixtral", "qwen3_moe", "llama4", "llama4_multimodal"]
@@ -57,7 +59,7 @@ def test_disk_tier_is_the_same_math_as_resident(checkpoints, family):
     assert disk.weight_tier == "disk"
     assert_blocks_empty(disk)
     prompt = ids(150)
-    assert (disk.logits(prompt) - resident.logits(prompt)).abs().max().item() <= 1e-6
+    assert (logits(disk, prompt) - resident.logits(prompt)).abs().max().item() <= 1e-6
     assert_blocks_empty(disk)
     if family == "llama4_multimodal":   # llama4's text model under other keys: the key mapping is what differs
         return
@@ -65,11 +67,11 @@ def test_disk_tier_is_the_same_math_as_resident(checkpoints, family):
     want = prefill(resident, prompt, settings=SETTINGS, all_logits=True).logits
     assert (got - want).abs().max().item() <= 1e-6
     branches = [(prompt[:5], prompt[5:9]), (prompt[9:12], prompt[12:20])]
-    for a, b in zip(resident.score(prompt[:100], branches, settings=SETTINGS),
-                    disk.score(prompt[:100], branches, settings=SETTINGS)):
+    for a, b in zip(score(resident, prompt[:100], branches, settings=SETTINGS),
+                    score(disk, prompt[:100], branches, settings=SETTINGS)):
         assert a.greedy == b.greedy and a.exact == b.exact and a.first_rank == b.first_rank
         assert abs(a.logprob - b.logprob) <= 1e-5
-    assert (disk.generate(prompt, 5, settings=SETTINGS) == resident.generate(prompt, 5, settings=SETTINGS))
+    assert (generate(disk, prompt, 5, settings=SETTINGS) == generate(resident, prompt, 5, settings=SETTINGS))
     assert_blocks_empty(disk)
 
 
@@ -79,7 +81,7 @@ def test_disk_tier_with_another_dtype(checkpoints):
     resident = load_model(path, device="cpu", dtype="bfloat16")
     disk = load_model(path, device="cpu", dtype="bfloat16", weights="disk")
     prompt = ids(80, seed=1)
-    assert torch.equal(disk.logits(prompt), resident.logits(prompt))
+    assert torch.equal(logits(disk, prompt), resident.logits(prompt))
 
 
 def test_only_the_entered_layer_holds_weights_and_the_next_is_read_ahead(checkpoints):
@@ -108,11 +110,24 @@ def test_a_failed_pass_leaves_the_blocks_empty_and_the_next_pass_works(checkpoin
     block = disk.blocks[1]
     monkeypatch.setattr(block, "finish", lambda *a: (_ for _ in ()).throw(RuntimeError("out of memory")))
     with pytest.raises(RuntimeError, match="out of memory"):
-        disk.logits(ids(40))
+        logits(disk, ids(40))
     assert_blocks_empty(disk)
     monkeypatch.undo()
     resident = load_model(path, device="cpu", dtype="float32")
-    assert (disk.logits(ids(40)) - resident.logits(ids(40))).abs().max().item() <= 1e-6
+    assert (logits(disk, ids(40)) - resident.logits(ids(40))).abs().max().item() <= 1e-6
+
+
+def test_the_models_own_forward_refuses_streamed_blocks_and_names_the_runners(checkpoints):
+    """models/ knows no weight tier: Model.logits runs resident blocks; streamed ones go through
+    ctxprobe.runner.logits, which brings each layer in."""
+    path = checkpoints("llama")
+    disk = load_model(path, device="cpu", dtype="float32", weights="disk")
+    with pytest.raises(UserError, match=r"ctxprobe\.runner\.logits\(model, ids\)") as caught:
+        disk.logits(ids(20))
+    assert "\n" not in str(caught.value)
+    assert_blocks_empty(disk)
+    resident = load_model(path, device="cpu", dtype="float32")
+    assert torch.equal(logits(resident, ids(20)), resident.logits(ids(20)))
 
 
 @pytest.mark.parametrize("break_it", ["truncated", "missing key"])
@@ -191,7 +206,7 @@ def test_host_arenas_are_page_locked_at_their_exact_size(checkpoints, monkeypatc
 
 
 def test_weight_tier_names():
-    from ctxprobe.models.loader import weight_tier
+    from ctxprobe.runner.weights import weight_tier
 
     cuda, cpu = torch.device("cuda:0"), torch.device("cpu")
     assert weight_tier(None, cuda) == "resident" and weight_tier("host", cuda) == "host"
@@ -292,18 +307,18 @@ def test_disk_weights_refuse_a_shard_replaced_since_loading(two_llamas, tmp_path
     shutil.copy(os.path.join(second, name), staged)
     os.replace(staged, path / name)          # another model's shard, same layout, same size
     with pytest.raises(UserError, match=f"{name}.*changed since the model was loaded"):
-        model.logits(PROMPT)
+        logits(model, PROMPT)
     # a model loaded now reads the new bytes; the old one is never silently the new one
     again = load_model(path, device="cpu", dtype="float32", weights="disk")
-    assert not torch.allclose(again.logits(PROMPT), want)
+    assert not torch.allclose(logits(again, PROMPT), want)
 
 
 def test_disk_weights_refuse_a_shard_truncated_since_loading(two_llamas, tmp_path):
     path = _copy(two_llamas[0], tmp_path)
     model = load_model(path, device="cpu", dtype="float32", weights="disk")
-    first = model.logits(PROMPT)             # files open, one pass done
+    first = logits(model, PROMPT)            # files open, one pass done
     name = os.path.basename(model.blocks.weight_source.reads[-1][-1].file)
     os.truncate(path / name, os.path.getsize(path / name) // 2)
     with pytest.raises(UserError, match=f"{name}.*changed since the model was loaded"):
-        model.logits(PROMPT)
+        logits(model, PROMPT)
     assert first.isfinite().all()

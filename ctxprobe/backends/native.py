@@ -71,27 +71,6 @@ class Extent:
     keep_kv: bool           # generation keeps every layer's KV
 
 
-def pick_device(device: str | None) -> str:
-    """--device as the device load_model would pick, named with its index (cuda:0), known before
-    loading; UserError (not a torch traceback) for one this machine lacks or the runner cannot use."""
-    import torch
-
-    try:
-        d = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a device; use cuda, cuda:N or cpu") from None
-    if d.type not in ("cuda", "cpu"):   # the runner's streams, pinned memory and kernels are CUDA's or the CPU's
-        raise UserError(f"--device {device}: the runner supports cuda and cpu; use --device cuda, cuda:N or cpu")
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA device on this machine; use --device cpu")
-    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
-        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-                        f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    if d.type == "cuda" and d.index is None:
-        d = torch.device("cuda", torch.cuda.current_device())
-    return str(d)
-
-
 class NativeBackend:
     kind = "native"
     concurrency = 1  # one model, one pass at a time
@@ -112,6 +91,7 @@ class NativeBackend:
         (None) for a pass whose kept KV cannot fit the memory budgets."""
         from ctxprobe.models.loader import parse_dtype, read_config, read_template
         from ctxprobe.runner import distributed
+        from ctxprobe.runner.load import pick_device
 
         self.path = str(path)
         root = Path(path)
@@ -226,9 +206,9 @@ class NativeBackend:
         self._load(plan.weights)
 
     def _load(self, weights: str) -> None:
-        from ctxprobe.models import load_model
+        from ctxprobe.runner import load   # looked up at call time: tests count the loads
 
-        self.model = load_model(self.path, device=self.device, dtype=self.dtype, weights=weights)
+        self.model = load.load_model(self.path, device=self.device, dtype=self.dtype, weights=weights)
 
     def _settings(self, length: int, extra_tokens: int, keep_kv: bool):
         """The plan's settings for one pass; None (the runner plans from free memory) without budgets."""
@@ -352,12 +332,9 @@ class NativeBackend:
 
     def _greedy_text(self, prompt: list[int], max_new_tokens: int) -> str:
         settings = self._settings(len(prompt), max_new_tokens, keep_kv=max_new_tokens > 1)
-        if hasattr(self.model, "generate"):
-            ids = self.model.generate(prompt, max_new_tokens, stop_ids=self._stop_ids, settings=settings)
-        else:
-            from ctxprobe.runner import generate
+        from ctxprobe.runner import generate
 
-            ids = generate(self.model, prompt, max_new_tokens, stop_ids=self._stop_ids, settings=settings)
+        ids = generate(self.model, prompt, max_new_tokens, stop_ids=self._stop_ids, settings=settings)
         if self._stop_ids and ids and ids[-1] in self._stop_ids:
             ids = ids[:-1]
         return self.tokenizer.decode(ids)
@@ -366,8 +343,6 @@ class NativeBackend:
         # The runner does not run a branch's last answer token (it predicts nothing scored).
         riders = max(len(q) + len(a) - 1 for q, a in branches)
         settings = self._settings(len(context), riders, keep_kv=False)
-        if hasattr(self.model, "score"):
-            return self.model.score(context, branches, settings=settings)
         from ctxprobe.runner import score
 
         return score(self.model, context, branches, settings=settings)

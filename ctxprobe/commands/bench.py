@@ -33,7 +33,7 @@ def _model(path, preset, device, dtype, weights):
         from ctxprobe.runner.presets import build_preset
 
         return build_preset(preset, device=device, dtype=dtype, weights=weights)
-    from ctxprobe.models import load_model
+    from ctxprobe.runner.load import load_model
 
     return load_model(path, device=device, dtype=dtype, weights=weights)
 
@@ -93,7 +93,7 @@ def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload
     if path is not None:   # a wrong path or length is said before torch is imported
         check_checkpoint_dir(path)
     check_token_list(lengths, "--length")
-    from ctxprobe.backends.native import pick_device
+    from ctxprobe.runner.load import pick_device
     from ctxprobe.errors import UserError
     from ctxprobe.models.loader import parse_dtype
     from ctxprobe.runner.bench import bench_prefill

@@ -1,6 +1,7 @@
-"""Load an HF-format checkpoint directory into our Model, one safetensors shard at a time.
+"""Read an HF-format checkpoint directory into our Model, one safetensors shard at a time.
 
-Order of work, so that a bad checkpoint fails before any weight is copied:
+Order of work, so that a bad checkpoint fails before any weight is copied (the runner's
+load_model, ctxprobe/runner/load.py, places the weights between steps 3 and 4):
   1. config.json -> ModelConfig (unsupported architecture: a message listing the supported ones)
   2. find the shards (index.json or *.safetensors); refuse pickles; read every header and check
      each file's size against it (a truncated file is named)
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,75 +55,79 @@ def key_map(cfg: ModelConfig) -> dict:
     return family_of(cfg.arch).architectures[cfg.arch]
 
 
-WEIGHT_TIERS = ("resident", "host", "disk")
+@dataclass
+class StoredTensor:
+    """Where one stored tensor's bytes are: which file, byte range, dtype and shape as stored."""
+    file: str
+    start: int                      # absolute byte offset in the file
+    dtype: torch.dtype
+    shape: tuple
+    param: str                      # our parameter name inside the block
+    expert: int | None              # the slice of a stacked [E, ...] parameter it fills
+
+    @property
+    def nbytes(self) -> int:
+        return self.dtype.itemsize * math.prod(self.shape)
 
 
-def weight_tier(weights: str | None, device: torch.device) -> str:
-    """The tier to load into (None: "resident"). On a CPU device "host" is "resident" (the host is
-    the device)."""
-    weights = weights or "resident"
-    if weights not in WEIGHT_TIERS:
-        raise UserError(f"weights={weights!r} is not a weight tier; use one of {', '.join(WEIGHT_TIERS)}")
-    if weights == "host" and device.type != "cuda":
-        return "resident"
-    return weights
+def file_stamp(st: os.stat_result) -> tuple:
+    """What identifies a file's bytes as indexed: inode, size, modification time."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def load_weights(path: str | Path, cfg: ModelConfig, device=None, dtype=None,
-                 weights: str = "resident") -> nn.Module:
-    """Check the whole checkpoint, allocate, then copy shard by shard.
+@dataclass
+class Checkpoint:
+    """A checked checkpoint directory and the model it fills, every parameter still on meta.
+    Where each weight is stored is known; where it will live is the runner's choice
+    (ctxprobe/runner/weights.py place)."""
+    root: Path
+    cfg: ModelConfig
+    model: nn.Module                # built on the meta device
+    index: dict                     # read_index(root)
+    plan: dict                      # {file: {stored key: (our name, expert)}}, see plan_copies
+    stamps: dict                    # {file: file_stamp}, taken before the headers were read
 
-    weights: "resident" (every parameter on `device`), "host" (blocks in page-locked host arenas,
-    streamed to a CUDA device one layer ahead) or "disk" (blocks read from the shards one layer
-    ahead; see ctxprobe/runner/weights.py).
-    """
-    from ctxprobe.runner.weights import DiskWeights, HostArenas, StoredTensor, file_stamp
 
+def open_checkpoint(path: str | Path, cfg: ModelConfig) -> Checkpoint:
+    """Check the whole checkpoint (files, headers, every key and shape) before any memory is taken."""
     root = _checkpoint_dir(path)
     stamps = {str(f): file_stamp(f.stat()) for f in shard_files(root)}   # before the headers are read
     index = read_index(root)
     model = build_empty(cfg)
     plan = plan_copies(_shapes(index), model, cfg, key_map(cfg))
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():   # else torch's AssertionError, deep in a copy
-        built = "" if torch.backends.cuda.is_built() else f" (this torch, {torch.__version__}, is built without CUDA)"
-        raise UserError(f"device {str(device)!r}: no CUDA device on this machine{built}; "
-                        "load with device='cpu', or device=None to take CUDA only where there is one")
-    tier = weight_tier(weights, device)
-    dtype = parse_dtype(dtype or cfg.dtype)
-    for module_name, module in model.named_modules():
-        if tier != "resident" and module_name.startswith("blocks."):
-            continue
-        for name, p in module._parameters.items():
-            if p is not None:
-                module._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=dtype, device=device),
-                                                        requires_grad=False)
-    if tier == "host":    # filled below through the parameters, which are views into the arenas
-        model.blocks.weight_source = HostArenas(model.blocks, dtype, copy=False)
-    elif tier == "disk":  # only the ends are read now; blocks come in one layer at a time
-        reads = [[] for _ in model.blocks]
-        for file, copies in plan.items():
-            start, entries = index[file]
-            for key, (name, expert) in list(copies.items()):
-                if name.startswith("blocks."):
-                    layer, param = name.removeprefix("blocks.").split(".", 1)
-                    stored_dtype, shape, begin = entries[key]
-                    reads[int(layer)].append(StoredTensor(str(file), start + begin, _DTYPES[stored_dtype],
-                                                          shape, param, expert))
-                    del copies[key]
-        model.blocks.weight_source = DiskWeights(model.blocks, reads, dtype, cuda=device.type == "cuda",
-                                                 stamps=stamps)
+    return Checkpoint(root, cfg, model, index, plan, stamps)
+
+
+def stored_tensors(ckpt: Checkpoint) -> list[list[StoredTensor]]:
+    """Per block, the stored tensors that make it up (in the copy plan's order)."""
+    reads = [[] for _ in ckpt.model.blocks]
+    for file, copies in ckpt.plan.items():
+        start, entries = ckpt.index[file]
+        for key, (name, expert) in copies.items():
+            if name.startswith("blocks."):
+                layer, param = name.removeprefix("blocks.").split(".", 1)
+                stored_dtype, shape, begin = entries[key]
+                reads[int(layer)].append(StoredTensor(str(file), start + begin, _DTYPES[stored_dtype],
+                                                      shape, param, expert))
+    return reads
+
+
+def copy_into(ckpt: Checkpoint, blocks: bool = True) -> nn.Module:
+    """Copy the stored tensors into the model's parameters, which have storage by now, shard by
+    shard (each memory-mapped, one at a time); blocks=False leaves the blocks' out (they are read
+    one layer at a time later). -> the model, embedding and head tied if the config says so."""
+    model = ckpt.model
     params = dict(model.named_parameters())
-    for file, copies in plan.items():
+    for file, copies in ckpt.plan.items():
+        copies = {key: target for key, target in copies.items() if blocks or not target[0].startswith("blocks.")}
         if not copies:
             continue
-        with safe_open(str(file), framework="pt", device="cpu") as f:   # memory-mapped, one shard at a time
+        with safe_open(str(file), framework="pt", device="cpu") as f:
             for key, (name, expert) in copies.items():
                 dest = params[name] if expert is None else params[name][expert]
                 dest.copy_(f.get_tensor(key))
-    if cfg.tie_embeddings:
+    if ckpt.cfg.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
-    model.weight_tier = tier
     return model
 
 

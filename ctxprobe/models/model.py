@@ -2,6 +2,7 @@
 
 `logits` is the plain full forward and uses exactly the loop a streaming runner uses:
 embed -> for each block: qkv -> attention.attend over all keys -> finish -> head.
+Scoring and generation are the runner's (ctxprobe.runner.score / generate).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 import attention
+from ctxprobe.errors import UserError
 from ctxprobe.models.blocks import RMSNorm
 
 
@@ -45,37 +47,30 @@ class Model(nn.Module):
         return self.output(self.norm(x_TD))
 
     @torch.inference_mode()
-    def logits(self, token_ids) -> torch.Tensor:
-        """Plain full forward: token ids [T] -> float32 logits [T, V]."""
-        from ctxprobe.runner.weights import LayerWeights
+    def logits(self, token_ids, weights=None) -> torch.Tensor:
+        """Plain full forward: token ids [T] -> float32 logits [T, V].
 
+        weights: what brings each block's weights in (enter(l) / leave(l) / restore(), the
+        runner's LayerWeights); None for a model whose blocks all live on its device. A model
+        whose weights stream (host or disk tier) is run by ctxprobe.runner.logits(model, ids)."""
+        if weights is None and any(p.device != self.device for p in self.blocks.parameters()):
+            raise UserError("this model's block weights stream one layer at a time (host or disk tier); "
+                            "use ctxprobe.runner.logits(model, ids) for its plain forward")
         x = self.embed(token_ids)
         pos = torch.arange(x.shape[0], device=self.device)
-        # Block weights in the host or disk tier come in one layer at a time.
-        weights = LayerWeights(self.blocks, self.device)
         try:
             for layer, block in enumerate(self.blocks):
-                weights.enter(layer)
+                if weights is not None:
+                    weights.enter(layer)
                 q, k, v = block.qkv(x, pos)
                 out, _ = attention.attend(q, k, v, scale=block.scale, **block.mask)
                 x = block.finish(x, out)
-                weights.leave(layer)
+                if weights is not None:
+                    weights.leave(layer)
         finally:
-            weights.restore()
+            if weights is not None:
+                weights.restore()
         return self.head(x).float()
-
-    def score(self, context_ids, branches, **runner_options):
-        """Teacher-forced scores of (question_ids, answer_ids) branches over one prefilled context
-        -> list[BranchScore] (exact, logprob, first_rank, greedy). See ctxprobe/runner/score.py."""
-        from ctxprobe.runner.score import score
-
-        return score(self, context_ids, branches, **runner_options)
-
-    def generate(self, prompt_ids, max_new_tokens: int, stop_ids=None, **runner_options) -> list[int]:
-        """Greedy continuation, reusing the layer-by-layer prefill's KV. See ctxprobe/runner/generate.py."""
-        from ctxprobe.runner.generate import generate
-
-        return generate(self, prompt_ids, max_new_tokens, stop_ids, **runner_options)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """Render messages with the checkpoint's own chat template (UserError when it has none)."""

@@ -1,7 +1,11 @@
-"""The native runner: layer-by-layer prefill, teacher-forced scoring, greedy generation, memory plans."""
+"""The native runner: loading with weights placed, layer-by-layer prefill, teacher-forced scoring,
+greedy generation, the plain-forward references, memory plans."""
 
 from ctxprobe.runner.generate import generate
+from ctxprobe.runner.load import load_model
 from ctxprobe.runner.prefill import Prefilled, Settings, prefill
-from ctxprobe.runner.score import BranchScore, score, score_reference
+from ctxprobe.runner.reference import logits, score_reference
+from ctxprobe.runner.score import BranchScore, score
 
-__all__ = ["BranchScore", "Prefilled", "Settings", "generate", "prefill", "score", "score_reference"]
+__all__ = ["BranchScore", "Prefilled", "Settings", "generate", "load_model", "logits", "prefill", "score",
+           "score_reference"]

@@ -163,7 +163,7 @@ class Plan:
     device: str
     chunk_tokens: int
     kv_block_tokens: int
-    weights: str                    # "resident" | "host" | "disk" (ctxprobe.models.load_model(weights=))
+    weights: str                    # "resident" | "host" | "disk" (ctxprobe.runner.load_model(weights=))
     kv_tiers: list[str]             # per layer
     hidden_tier: str                # "host" | "disk" | "device" (a torchrun rank's share)
     offload_dir: str | None
@@ -279,7 +279,7 @@ def plan_run(shape: ModelShape, length: int, *, device: str = "cpu", gpu_memory=
     else:   # checked as the loader checks it; on CPU "host" is "resident" (the host is the device)
         import torch
 
-        from ctxprobe.models.loader import weight_tier
+        from ctxprobe.runner.weights import weight_tier
 
         weights = weight_tier(weights, torch.device("cuda" if on_gpu else "cpu"))
     weights_gpu, weights_host = _weight_bytes(shape, weights, on_gpu)

@@ -54,8 +54,8 @@ def build_preset(name: str, *, device="cpu", dtype=None, seed: int = 0, weights:
     per layer, and streamed to a CUDA device one layer ahead; on CPU this is "resident"). A preset
     has no files, so the "disk" tier is refused. Embedding and head always live on `device`.
     """
-    from ctxprobe.models.loader import build_empty, parse_dtype, weight_tier
-    from ctxprobe.runner.weights import HostArenas
+    from ctxprobe.models.loader import build_empty, parse_dtype
+    from ctxprobe.runner.weights import HostArenas, weight_tier
 
     if weights == "disk":
         raise UserError(f"preset {name!r} has no checkpoint files to stream weights from, so the disk weight "

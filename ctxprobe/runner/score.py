@@ -67,16 +67,3 @@ def score(model, context_ids, branches, *, settings: Settings | None = None) -> 
         rows = torch.cat([done.last_logits[None], rows_of[i]]) if i in rows_of else done.last_logits[None]
         results.append(read_answer(rows[len(q):len(q) + len(a)], a))
     return results
-
-
-def score_reference(model, context_ids, branches) -> list[BranchScore]:
-    """The slow reference: one plain full forward (`model.logits`) of context + question + answer per branch."""
-    branches = [(list(q), list(a)) for q, a in branches]
-    _check(context_ids, branches)
-    results = []
-    for q, a in branches:
-        ids = list(context_ids) + q + a
-        logits_TV = model.logits(ids)
-        first = len(context_ids) + len(q) - 1
-        results.append(read_answer(logits_TV[first:first + len(a)].cpu(), a))
-    return results

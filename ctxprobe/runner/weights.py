@@ -1,6 +1,6 @@
 """Where block weights live between layers, and how they reach the compute one layer ahead.
 
-Tiers (ctxprobe.models.load_model(weights=...)):
+Tiers (ctxprobe.runner.load_model(weights=...), placed by place() below):
     resident  every parameter on the compute device; LayerWeights does nothing.
     host      block l's parameters are views into one page-locked host arena of exact size
               (HostArenas). Under CUDA, enter(l) waits for the copy of l's arena (one DMA, started
@@ -36,9 +36,44 @@ import torch
 from torch import nn
 
 from ctxprobe.errors import UserError
+from ctxprobe.models.loader import StoredTensor, file_stamp
 from ctxprobe.runner.pinned import page_locked, unregister
 
 ALIGN = 256          # bytes; cudaMalloc's alignment, so device views suit every kernel
+WEIGHT_TIERS = ("resident", "host", "disk")
+
+
+def weight_tier(weights: str | None, device: torch.device) -> str:
+    """The tier to load into (None: "resident"). On a CPU device "host" is "resident" (the host is
+    the device)."""
+    weights = weights or "resident"
+    if weights not in WEIGHT_TIERS:
+        raise UserError(f"weights={weights!r} is not a weight tier; use one of {', '.join(WEIGHT_TIERS)}")
+    if weights == "host" and device.type != "cuda":
+        return "resident"
+    return weights
+
+
+def place(model: nn.Module, tier: str, device: torch.device, dtype: torch.dtype,
+          reads: list[list[StoredTensor]] | None = None, stamps: dict | None = None) -> nn.Module:
+    """Give a model built on the meta device storage for weight tier `tier` (see weight_tier), to be
+    filled afterwards through its parameters. Embedding, final norm and head: on `device`. Blocks:
+    on `device` (resident), views into page-locked host arenas (host), or left on meta and read
+    from `reads` (per block, its stored tensors; `stamps` as indexed) one layer ahead (disk)."""
+    for module_name, module in model.named_modules():
+        if tier != "resident" and module_name.startswith("blocks."):
+            continue
+        for name, p in module._parameters.items():
+            if p is not None:
+                module._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=dtype, device=device),
+                                                        requires_grad=False)
+    if tier == "host":    # filled by the caller through the parameters, which are views into the arenas
+        model.blocks.weight_source = HostArenas(model.blocks, dtype, copy=False)
+    elif tier == "disk":  # blocks come in one layer at a time
+        model.blocks.weight_source = DiskWeights(model.blocks, reads, dtype, cuda=device.type == "cuda",
+                                                 stamps=stamps)
+    model.weight_tier = tier
+    return model
 
 
 @dataclass
@@ -125,21 +160,6 @@ class HostArenas:
             self.close()
         except Exception:
             pass
-
-
-@dataclass
-class StoredTensor:
-    """Where one stored tensor's bytes are: which file, byte range, dtype and shape as stored."""
-    file: str
-    start: int                      # absolute byte offset in the file
-    dtype: torch.dtype
-    shape: tuple
-    param: str                      # our parameter name inside the block
-    expert: int | None              # the slice of a stacked [E, ...] parameter it fills
-
-    @property
-    def nbytes(self) -> int:
-        return self.dtype.itemsize * math.prod(self.shape)
 
 
 class DiskWeights:
@@ -244,11 +264,6 @@ class DiskWeights:
             self.close()
         except Exception:
             pass
-
-
-def file_stamp(st: os.stat_result) -> tuple:
-    """What identifies a file's bytes as indexed: inode, size, modification time."""
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _pread(fd: int, out_u8: torch.Tensor, offset: int, file: str):
