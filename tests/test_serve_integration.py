@@ -82,8 +82,10 @@ def test_sweep_against_transformers_serve(server, runner, tmp_path, monkeypatch,
     for c in cells:
         assert c["error"] is None and isinstance(c["response"], str)
         assert c["strict"] in (0.0, 1.0) and 0.0 <= c["lenient"] <= 1.0
-        # The server counted the prompt with the checkpoint's tokenizer: exactly our length.
-        assert c["prompt_tokens"] == c["length"] + overhead
+        # The server counted the prompt with the checkpoint's tokenizer: exactly our length (plus
+        # its chat template's tokens); prompt_tokens is our own count of the probe.
+        assert c["server_prompt_tokens"] == c["length"] + overhead
+        assert c["prompt_tokens"] == c["length"]
 
 
 def test_exact_lengths_are_refused_without_a_tokenizer(server, runner, tmp_path, monkeypatch):
