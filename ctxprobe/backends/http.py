@@ -7,6 +7,10 @@ expect, becomes an errored cell instead of stopping the sweep. `--timeout` bound
 request, a reply body is capped (`--max-response-bytes`), and redirects are followed only within
 the server's origin.
 
+With `stream` the answer comes as server-sent events (ctxprobe/backends/sse.py) and each cell
+gets its time to first token and decode rate; reasoning is taken out of the answer before it is
+scored, and a reply cut off before any answer is marked truncated (ctxprobe/backends/reasoning.py).
+
 Secrets: the API key is read from the environment variable the user names, sent only in the
 Authorization header to the server's own origin, and scrubbed from anything recorded; the run
 row keeps the variable's name, never its value. A server URL that could carry a secret (user:pass@,
