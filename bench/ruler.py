@@ -4,9 +4,12 @@ Both build niah_single_1-style prompts (one needle: a word key, a 7-digit number
 haystack) with the same tokenizer for a model context of L tokens (RULER's max_seq_length: the
 prompt plus 128 tokens to generate; ctxprobe is asked for L - 128 prompt tokens). Each command
 runs in a fresh process and is timed whole (start-up, tokenizer, haystack, probes, writing the
-JSONL). Per probe = (time with 5 probes - time with 1) / 4. The two tools alternate, run after
-run, so a change in the machine's load hits both. Also reported: how far each tool's prompts are
-from the length asked (RULER's search stops at the largest haystack under the limit).
+JSONL). Per probe = (time with N probes - time with 1) / (N - 1), N = --many (RULER) and
+--many-ctxprobe (more, since its probes are fast and the difference must stand above the noise);
+RULER's own progress bar (seconds per sample of its sample loop) is shown too. The two tools
+alternate, run after run, so a change in the machine's load hits both. Also reported: how far
+each tool's prompts are from the length asked (RULER's search stops at the largest haystack
+under the limit).
 
 RULER is not part of ctxprobe: fetch it yourself (github.com/NVIDIA/RULER), install what its
 niah.py imports into a folder (pip install --target DIR wonderwords nltk tenacity) and pass both:
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -52,22 +56,28 @@ def ctxprobe_command(args, length: int, samples: int, out: Path) -> list[str]:
             "--tokenizer", args.tokenizer, "--verify", args.verify, "-o", str(out / "probes.jsonl")]
 
 
-def timed(command: list[str], env: dict) -> float:
+def timed(command: list[str], env: dict) -> tuple[float, str]:
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode:
         sys.exit(f"failed ({done.returncode}): {' '.join(command[:3])} ...\n{done.stderr[-2000:]}")
-    return seconds
+    return seconds, done.stderr
+
+
+def progress_rate(stderr: str) -> str:
+    """RULER's tqdm figure for its sample loop, e.g. '9.81s/it', or '-'."""
+    rates = re.findall(r"([0-9.]+(?:s/it|it/s))\]", stderr)
+    return rates[-1] if rates else "-"
 
 
 def shortfall(tool: str, out: Path, length: int, tokenizer) -> list[int]:
-    """Tokens each prompt lacks against L - 128, counted with the tokenizer itself."""
-    if tool == "ruler":
-        rows = [json.loads(line) for line in (out / "niah_single_1" / "validation.jsonl").open()]
-        return [length - TO_GENERATE - len(tokenizer.encode(r["input"] + r["answer_prefix"])) for r in rows]
-    rows = [json.loads(line) for line in (out / "probes.jsonl").open()]
-    return [length - TO_GENERATE - len(tokenizer.encode(r["prompt"])) for r in rows]
+    """Tokens each of the first 5 prompts lacks against L - 128, counted with the tokenizer."""
+    path = out / "niah_single_1" / "validation.jsonl" if tool == "ruler" else out / "probes.jsonl"
+    with path.open() as f:
+        rows = [json.loads(line) for line, _ in zip(f, range(5))]
+    texts = [r["input"] + r["answer_prefix"] if tool == "ruler" else r["prompt"] for r in rows]
+    return [length - TO_GENERATE - len(tokenizer.encode(t)) for t in texts]
 
 
 def main():
@@ -78,6 +88,8 @@ def main():
     ap.add_argument("--lengths", default="128k,1M", help=f"subset of {','.join(SIZES)}")
     ap.add_argument("--runs", type=int, default=2, help="alternating runs of each tool")
     ap.add_argument("--verify", default="sampled", help="ctxprobe's --verify")
+    ap.add_argument("--many", type=int, default=5, help="RULER's samples in the longer command")
+    ap.add_argument("--many-ctxprobe", type=int, default=21, help="ctxprobe's probes in the longer command")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from probes import load_tokenizer
@@ -87,19 +99,21 @@ def main():
     ruler_env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (args.ruler_deps, str(ROOT)) if p)}
     print(f"tokenizer {args.tokenizer} ({tok.vocab_size} tokens); ctxprobe --verify {args.verify}; "
           f"{os.cpu_count()} CPUs")
-    print(f"{'length':>8} {'run':>3} {'tool':<9} {'1 probe s':>10} {'5 probes s':>11} {'per probe s':>12} "
-          f"{'load':>5}  tokens short of L-128")
+    print(f"{'length':>8} {'run':>3} {'tool':<9} {'1 probe s':>10} {'N':>3} {'N probes s':>11} "
+          f"{'per probe s':>12} {'own bar':>9} {'load':>5}  tokens short of L-128")
     for name in args.lengths.split(","):
         length = SIZES[name]
         for run in range(args.runs):
             for tool, command in (("ruler", ruler_command), ("ctxprobe", ctxprobe_command)):
                 tool_env = ruler_env if tool == "ruler" else env
-                with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as five:
-                    t1 = timed(command(args, length, 1, Path(one)), tool_env)
-                    t5 = timed(command(args, length, 5, Path(five)), tool_env)
-                    short = shortfall(tool, Path(five), length, tok)
-                print(f"{name:>8} {run:>3} {tool:<9} {t1:>10.2f} {t5:>11.2f} {(t5 - t1) / 4:>12.2f} "
-                      f"{os.getloadavg()[0]:>5.2f}  {short}", flush=True)
+                n = args.many if tool == "ruler" else args.many_ctxprobe
+                with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as many:
+                    t1, _ = timed(command(args, length, 1, Path(one)), tool_env)
+                    tn, log = timed(command(args, length, n, Path(many)), tool_env)
+                    short = shortfall(tool, Path(many), length, tok)
+                bar = progress_rate(log) if tool == "ruler" else "-"
+                print(f"{name:>8} {run:>3} {tool:<9} {t1:>10.2f} {n:>3} {tn:>11.2f} {(tn - t1) / (n - 1):>12.3f} "
+                      f"{bar:>9} {os.getloadavg()[0]:>5.2f}  {short}", flush=True)
 
 
 if __name__ == "__main__":
