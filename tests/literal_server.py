@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from loopback import LoopbackServer, send_json
 
 from probes.lexical import STOP_WORDS
 
@@ -59,25 +60,11 @@ def lookup(messages: list[dict]) -> str:
     return (prefix.group(1) if prefix else "") + answer
 
 
-class LiteralServer:
+class LiteralServer(LoopbackServer):
     def __init__(self, model: str = "literal-lookup"):
         self.model = model
         self.requests: list[dict] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     def _handler(self):
         srv = self
@@ -87,12 +74,7 @@ class LiteralServer:
                 pass
 
             def _reply(self, body: dict, status: int = 200):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, body)
 
             def do_GET(self):
                 if self.path.split("?")[0] == "/v1/models":

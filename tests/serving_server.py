@@ -17,7 +17,9 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from loopback import LoopbackServer, send_json
 
 
 @dataclass
@@ -31,7 +33,7 @@ class Reply:
     pieces: list[str] = field(default_factory=list)   # streamed pieces; default: one per character
 
 
-class ServingServer:
+class ServingServer(LoopbackServer):
     def __init__(self, script, *, model: str = "reasoner", first_delay: float = 0.0,
                  gap: float = 0.0, usage: bool = True):
         self.script, self.model = script, model
@@ -40,21 +42,7 @@ class ServingServer:
         self.requests: dict[str, int] = {}
         self.bodies: list[dict] = []
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     def completions(self) -> int:
         return sum(n for route, n in self.requests.items() if route.endswith("completions"))
@@ -79,12 +67,7 @@ class ServingServer:
                 return route
 
             def _json(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, body)
 
             def do_GET(self):
                 if self._count() == "/v1/models":
