@@ -6,15 +6,15 @@ attends a query chunk over a whole store block by block, prefetching the next bl
 `ring_attend` does the same across the ranks of a process group, over `shard`-ed sequences.
 """
 
-from attention.blockwise import attend
-from attention.backends import BACKENDS, available_backends
-from attention.chunked import chunked_attention
-from attention.kv_store import TIERS, KVStore
-from attention.merge import merge
-from attention.reference import attend_reference
-from attention.ring import ring_attend
-from attention.shard import gather, shard, shard_positions, shard_ranges, unshard
-from attention.stream import BlockStream
+from .blockwise import attend
+from .backends import BACKENDS, available_backends
+from .chunked import chunked_attention
+from .kv_store import TIERS, KVStore
+from .merge import merge
+from .reference import attend_reference
+from .ring import ring_attend
+from .shard import gather, shard, shard_positions, shard_ranges, unshard
+from .stream import BlockStream
 
 __all__ = ["attend", "attend_reference", "merge", "KVStore", "TIERS", "chunked_attention",
            "BlockStream", "BACKENDS", "available_backends", "ring_attend", "shard", "unshard",

@@ -12,10 +12,10 @@ import math
 
 import torch
 
-from attention.backends import kernels_for
-from attention.masks import Rules, plan_spans, query_blocks, span_mask, trim_queries
-from attention.merge import merge
-from attention.reference import attend_reference
+from .backends import kernels_for
+from .masks import Rules, plan_spans, query_blocks, span_mask, trim_queries
+from .merge import merge
+from .reference import attend_reference
 
 # Query block size under a sliding window: partial spans are at most about BLOCK_Q x (BLOCK_Q + window)
 # and everything else goes to the fast kernel. Chunk rules only cut blocks at chunk boundaries.

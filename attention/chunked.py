@@ -10,11 +10,11 @@ import math
 
 import torch
 
-from attention.blockwise import attend
-from attention.kv_store import KVStore
-from attention.masks import Rules, block_is_visible
-from attention.merge import merge_
-from attention.stream import BlockStream
+from .blockwise import attend
+from .kv_store import KVStore
+from .masks import Rules, block_is_visible
+from .merge import merge_
+from .stream import BlockStream
 
 
 def visible_blocks(store: KVStore, q_start: int, Tq: int, rules: Rules) -> list[int]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attention.reference import visible
+from .reference import visible
 
 
 @dataclass(frozen=True)

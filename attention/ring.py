@@ -21,11 +21,11 @@ import functools
 import torch
 import torch.distributed as dist
 
-from attention.blockwise import attend
-from attention.masks import visible_pairs
-from attention.merge import merge
-from attention.ring_tiers import check_store, own_share_step
-from attention.shard import LAYOUTS, Range, piece_offsets, shard_ranges
+from .blockwise import attend
+from .masks import visible_pairs
+from .merge import merge
+from .ring_tiers import check_store, own_share_step
+from .shard import LAYOUTS, Range, piece_offsets, shard_ranges
 
 _NCCL_READY: set = set()  # process groups that have run a collective
 

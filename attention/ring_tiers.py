@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import torch
 
-from attention.blockwise import attend
-from attention.kv_store import KVStore
-from attention.masks import block_visible
-from attention.merge import merge
-from attention.shard import Range, piece_offsets
-from attention.stream import BlockStream
+from .blockwise import attend
+from .kv_store import KVStore
+from .masks import block_visible
+from .merge import merge
+from .shard import Range, piece_offsets
+from .stream import BlockStream
 
 
 def check_store(q: torch.Tensor, store: KVStore) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from attention.kv_store import KVStore, dequantize_fp8
+from .kv_store import KVStore, dequantize_fp8
 
 
 class BlockStream:

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from attention import KVStore, attend, attend_reference, available_backends, chunked_attention  # noqa: E402
+from ctxprobe.attention import KVStore, attend, attend_reference, available_backends, chunked_attention  # noqa: E402
 
 SCOUT = dict(Hq=40, Hkv=8, D=128)
 
@@ -116,7 +116,7 @@ def check_a(device, dtype, T):
 
 def _math_in_dtype(q, k, v, kw):
     """Plain torch math with scores and products in q's dtype (softmax in float32)."""
-    from attention.reference import visible
+    from ctxprobe.attention.reference import visible
     Tq, Tk, D = q.shape[2], k.shape[2], q.shape[3]
     q_start = kw.get("q_start", Tk - Tq)
     mask = visible(torch.arange(q_start, q_start + Tq, device=q.device), torch.arange(Tk, device=q.device),

@@ -14,10 +14,9 @@ import sys
 import sysconfig
 from pathlib import Path
 
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE.parent)]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from probes.prose import sentences  # noqa: E402
+from ctxprobe.probes.prose import sentences  # noqa: E402
 
 VOCAB = 32000
 CORPUS_BYTES = 40_000_000

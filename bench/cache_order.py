@@ -24,9 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-# bench/probes.py is named like the package: drop this folder from the path, as it does.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE.parent)]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ctxprobe.grid import parse_depths, parse_lengths  # noqa: E402
 from ctxprobe.planner import plan_cells, shared_prefix_tokens, work_order  # noqa: E402
@@ -43,7 +41,7 @@ def orders(cells, seed: int) -> dict[str, list]:
 
 
 def build(cells, tokenizer, seed: int) -> dict:
-    from probes import make_probe
+    from ctxprobe.probes import make_probe
 
     return {c: make_probe(c.family, c.length, c.depth, seed=seed, sample=c.sample, tokenizer=tokenizer)
             for c in cells}
@@ -91,7 +89,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
 
-    from probes import load_tokenizer
+    from ctxprobe.probes import load_tokenizer
 
     cells = plan_cells(args.probe.split(","), parse_lengths(args.lengths), parse_depths(args.depths),
                        args.samples)

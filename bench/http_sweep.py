@@ -65,7 +65,7 @@ def serve(port_file: str) -> None:
 BUILD = """
 import json, sys, time
 t0 = time.perf_counter()
-from probes import load_tokenizer, make_probe
+from ctxprobe.probes import load_tokenizer, make_probe
 tok = load_tokenizer(sys.argv[1])
 length, depths, samples = int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
 prompts = [make_probe("niah", length, d, sample=s, tokenizer=tok).prompt

@@ -27,14 +27,11 @@ import time
 import tracemalloc
 from pathlib import Path
 
-# This file is named like the package it measures: run as a script, its own folder would
-# shadow `probes`, so import from the repository root instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE.parent)]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core, as the goal states
 
-from probes import load_tokenizer, make_probe  # noqa: E402
-from probes.prose import sentences  # noqa: E402
+from ctxprobe.probes import load_tokenizer, make_probe  # noqa: E402
+from ctxprobe.probes.prose import sentences  # noqa: E402
 
 SIZES = {"128k": 128 * 1024, "1M": 1 << 20, "10M": 10 << 20}
 CASES = [("128k", "sampled"), ("1M", "sampled"), ("10M", "sampled"), ("1M", "junctions"), ("1M", "full")]

@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from attention import attend, ring_attend, shard  # noqa: E402
+from ctxprobe.attention import attend, ring_attend, shard  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -92,7 +92,7 @@ def main():
     ap.add_argument("--many-ctxprobe", type=int, default=21, help="ctxprobe's probes in the longer command")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from probes import load_tokenizer
+    from ctxprobe.probes import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -2,6 +2,17 @@
 
 __version__ = "0.1.0"
 
+from pathlib import Path as _Path
+
+# attention/, probes/ and plots/ sit beside this folder in a source checkout and are installed
+# inside it (ctxprobe.attention, ...; see pyproject.toml). Run from a checkout that is not
+# installed, or whose editable finder is shadowed by the working directory, let
+# `ctxprobe.attention` find the folder beside us. Installed layouts never take this branch.
+_root = _Path(__file__).resolve().parent.parent
+if not (_root / "ctxprobe" / "attention").exists() and (_root / "pyproject.toml").exists() \
+        and (_root / "attention" / "__init__.py").exists():
+    __path__.append(str(_root))  # noqa: F821 (a package's __path__)
+
 from ctxprobe.errors import UserError  # noqa: E402
 
 __all__ = ["UserError", "__version__", "load_model"]

@@ -53,8 +53,7 @@ def run_demo(out_dir: str | Path = ".", *, lengths: str = DEMO_LENGTHS, depths: 
                                 run_sweep, summarize)
     from ctxprobe.sweep.invocations import Recording
 
-    import plots
-
+    from ctxprobe import plots
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     db_path = Path(db) if db is not None else out / "ctxprobe.db"

@@ -117,7 +117,7 @@ def build_probes(cells: list[Cell], *, seed: int, tokenizer, haystack=None,
                  ) -> Iterator[tuple[Cell, object]]:
     """(cell, probe) for each cell, built with the backend's tokenizer so lengths are exact;
     verify: the exactness check (probes/exactness.py; None: its default)."""
-    from probes import make_probe
+    from ctxprobe.probes import make_probe
 
     params = family_params or {}
     for c in cells:

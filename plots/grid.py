@@ -7,8 +7,8 @@ import math
 from matplotlib.colors import Normalize
 from matplotlib.cm import ScalarMappable
 
-from plots.heatmap import heatmap
-from plots.style import SCORE_CMAP, new_figure, plain
+from .heatmap import heatmap
+from .style import SCORE_CMAP, new_figure, plain
 
 
 def grid(panels, *, title=None, columns=2):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.colors import Normalize
 
-from plots.style import SCORE_CMAP, length_label, new_figure, plain, text_color
+from .style import SCORE_CMAP, length_label, new_figure, plain, text_color
 
 
 def heatmap(lengths, depths, score_DL, n_DL, *, title=None, ax=None, colorbar=True, marks=()):
@@ -46,7 +46,7 @@ def length_column(length: float, lengths) -> float:
 def _draw_marks(ax, lengths, marks) -> None:
     from matplotlib import patheffects
 
-    from plots.style import approx_length_label
+    from .style import approx_length_label
 
     handles = []
     for marker, style in zip(marks, MARK_STYLES * 4):

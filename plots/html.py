@@ -12,7 +12,7 @@ import html
 
 from matplotlib.figure import Figure
 
-from plots.style import to_bytes
+from .style import to_bytes
 
 
 class Html(str):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from plots.heatmap import matrix_heatmap
-from plots.style import LOGPROB_NORM, SCORE_CMAP
+from .heatmap import matrix_heatmap
+from .style import LOGPROB_NORM, SCORE_CMAP
 
 
 def logprob_heatmap(lengths, depths, logprob_DL, n_DL, *, title=None, ax=None, colorbar=True):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from probes import exactness, prose
+from . import exactness, prose
 
 _TAIL_CANDIDATES = 8
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from probes import lexical
+from . import lexical
 
 ORDERS = ("direct", "inverted")
 
@@ -66,7 +66,7 @@ def fill(template: str, **slots) -> str:
 
 @lru_cache(maxsize=1)
 def load() -> Associations:
-    raw = json.loads(resources.files("probes").joinpath("data/associations.json").read_text("utf-8"))
+    raw = json.loads(resources.files(__package__).joinpath("data/associations.json").read_text("utf-8"))
     categories = {
         name: Category(name, {o: tuple(c["needles"]["default" if o == "direct" else o]) for o in ORDERS},
                        tuple(c["questions"]), tuple(c["literal_questions"]), tuple(c["lures"]))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from probes import words as W
-from probes.haystacks import derive_seed, pool_for
-from probes.parts import Parts
+from . import words as W
+from .haystacks import derive_seed, pool_for
+from .parts import Parts
 
 _TEXTS = tuple(" " + w for w in W.CWE_WORDS)
 

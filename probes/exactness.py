@@ -27,7 +27,7 @@ import weakref
 
 import numpy as np
 
-from probes.tokenizers import ByteTokenizer
+from .tokenizers import ByteTokenizer
 
 MODES = ("full", "pairs", "sampled", "junctions")
 DEFAULT_MODE = "sampled"

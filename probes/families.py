@@ -14,7 +14,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
-from probes import cwe, kv, mrcr, niah, nolima, vartrack
+from . import cwe, kv, mrcr, niah, nolima, vartrack
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probes import lexical, prose, story
+from . import lexical, prose, story
 
 POOL_SIZE = 32768  # distinct procedural sentences per seed (~1.8 MB of text)
 STORY_KINDS = {"coherent": "cycle", "shuffled": "shuffle"}   # spec -> how the stream reads the pool

@@ -25,10 +25,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from probes import kv_pairs as P
-from probes.haystacks import UnitPool, derive_seed
-from probes.parts import Parts
-from probes.tokenizers import ByteTokenizer
+from . import kv_pairs as P
+from .haystacks import UnitPool, derive_seed
+from .parts import Parts
+from .tokenizers import ByteTokenizer
 
 BLOCK = 16384          # pairs per shuffled block of the stream
 FIT_HEX = 256          # longest value of the closer, hex digits

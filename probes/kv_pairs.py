@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probes.haystacks import derive_seed
+from .haystacks import derive_seed
 
 M62 = (1 << 62) - 1
 DOMAIN_SHIFT = 60                      # index = domain << 60 | i, i < 2**60

@@ -27,12 +27,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from probes import distractors as D
-from probes import prose
-from probes import words as W
-from probes.chat import TRANSCRIPT, ChatFormat
-from probes.haystacks import Haystack, derive_seed, pool_for
-from probes.parts import Parts
+from . import distractors as D
+from . import prose
+from . import words as W
+from .chat import TRANSCRIPT, ChatFormat
+from .haystacks import Haystack, derive_seed, pool_for
+from .parts import Parts
 
 POOL = 8192            # distinct exchanges per seed and chat format
 NEEDLES = (1, 2, 4, 8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 
-from probes import words as W
+from . import words as W
 
 VALUE_KINDS = ("number", "word", "uuid")
 

@@ -6,9 +6,9 @@ the requested depth, the others at seeded depths.
 
 from __future__ import annotations
 
-from probes import distractors as D
-from probes import needles as N
-from probes.parts import Parts
+from . import distractors as D
+from . import needles as N
+from .parts import Parts
 
 
 def _needle(kind, key, value):

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import random
 
-from probes import distractors as D
-from probes import lexical
-from probes.associations import ORDERS, fill, load, name_pool
-from probes.haystacks import FilteredHaystack, derive_seed, load_haystack
-from probes.parts import Parts
+from . import distractors as D
+from . import lexical
+from .associations import ORDERS, fill, load, name_pool
+from .haystacks import FilteredHaystack, derive_seed, load_haystack
+from .parts import Parts
 
 INSTRUCTION = ("Read the following text carefully. A question about one of its characters comes "
                "after it; the answer may take a short inference from what the text states.\n\n")

@@ -11,10 +11,10 @@ from functools import cached_property
 
 import numpy as np
 
-from probes.assemble import Assembly, assemble
-from probes.families import get_family
-from probes.haystacks import derive_seed, load_haystack
-from probes.tokenizers import as_probe_tokenizer
+from .assemble import Assembly, assemble
+from .families import get_family
+from .haystacks import derive_seed, load_haystack
+from .tokenizers import as_probe_tokenizer
 
 GENERATOR_VERSION = 1  # bump when the same inputs would render a different prompt
 

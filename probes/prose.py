@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from probes import words as W
+from . import words as W
 
 # Each template is a function of a Random; slots are filled independently so the number of
 # distinct sentences is in the billions.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from probes import words as W
+from . import words as W
 
 SHE = set("Anna Clara Elena Greta Irene Karin Maria Nora Paula Rosa Tessa Vera Yvonne".split())
 PLACES = ("river garden village harbor forest bridge market island meadow library castle tower "

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import string
 
-from probes import needles as N
-from probes.parts import Parts
+from . import needles as N
+from .parts import Parts
 
 
 def _names(rng, n):

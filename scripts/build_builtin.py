@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from ctxprobe.builtin import construct
-from probes import load_tokenizer, make_probe
+from ctxprobe.probes import load_tokenizer, make_probe
 
 
 def word_start_density(tokenizer, lengths=(2048, 4096, 8192), samples=3) -> float:

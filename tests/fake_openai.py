@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 def answers_for(families, lengths, depths, samples, seed=0) -> dict[str, str]:
     """{prompt: the gold answer text} for every cell, built as the sweep builds them (bytes)."""
-    from probes import load_tokenizer, make_probe
+    from ctxprobe.probes import load_tokenizer, make_probe
 
     tok = load_tokenizer(None)
     return {p.prompt: p.answer_text
@@ -164,7 +164,7 @@ class FakeOpenAI:
                 body = json.loads(raw)
                 self._record(body)
                 route = self.path.split("?", 1)[0]
-                from probes import load_tokenizer
+                from ctxprobe.probes import load_tokenizer
 
                 tok = load_tokenizer(None)
                 if route in ("/tokenize", "/detokenize"):

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler
 
 from loopback import LoopbackServer, send_json
 
-from probes.lexical import STOP_WORDS
+from ctxprobe.probes.lexical import STOP_WORDS
 
 _WORD = re.compile(r"[\w'-]+")
 

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-import attention
-
-
+from ctxprobe import attention
 @dataclass
 class ToyConfig:
     dim: int = 32

@@ -77,7 +77,7 @@ class ServingServer(LoopbackServer):
             def do_POST(self):
                 route = self._count()
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                from probes import load_tokenizer
+                from ctxprobe.probes import load_tokenizer
 
                 tok = load_tokenizer(None)
                 if route == "/tokenize":

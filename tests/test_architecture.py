@@ -13,14 +13,16 @@ only shrink; delete an entry in the commit that removes it.
 from __future__ import annotations
 
 import ast
+import re
 from collections import deque
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARIES = ("attention", "probes", "plots")
-PACKAGES = ("ctxprobe",) + LIBRARIES
+# The repository keeps these folders at the top; they are installed as ctxprobe.<folder>.
+FOLDERS = ("attention", "probes", "plots")
+LIBRARIES = tuple(f"ctxprobe.{folder}" for folder in FOLDERS)
 
 # Strongly connected components of more than one module, as they stand today.
 ALLOWED_CYCLES: set[frozenset[str]] = {
@@ -34,13 +36,13 @@ ALLOWED_EDGES: set[tuple[str, str]] = {
 }
 
 # models/ may use these and nothing else of ctxprobe (besides itself).
-MODELS_MAY_IMPORT = ("ctxprobe.errors", "ctxprobe.units")
+MODELS_MAY_IMPORT = ("ctxprobe.errors", "ctxprobe.units", "ctxprobe.attention", "ctxprobe.probes")
 
 # Layers, lowest first: a module imports only modules of its own rank or lower. The longest
 # matching prefix decides. The root package is left out: it is the façade, whose lazy
 # __getattr__ re-exports names from above by design (and `from ctxprobe import __version__`).
 RANKS = {
-    "attention": 0, "probes": 0, "plots": 0,
+    "ctxprobe.attention": 0, "ctxprobe.probes": 0, "ctxprobe.plots": 0,
     "ctxprobe.errors": 0, "ctxprobe.units": 0, "ctxprobe.grid": 0, "ctxprobe.hardware": 0,
     "ctxprobe.output_file": 0, "ctxprobe.pass_progress": 0,
     "ctxprobe.models": 1, "ctxprobe.builtin": 1,
@@ -57,11 +59,13 @@ def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
+    if parts[0] in FOLDERS:
+        parts.insert(0, "ctxprobe")
     return ".".join(parts)
 
 
 def _files() -> dict[str, Path]:
-    return {_module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+    return {_module_name(p): p for top in ("ctxprobe",) + FOLDERS for p in sorted((ROOT / top).rglob("*.py"))}
 
 
 FILES = _files()
@@ -212,14 +216,15 @@ from ..errors import UserError
 if TYPE_CHECKING:
     from ctxprobe.store import Store
 def f():
-    from attention import attend
-    import probes.niah.nothing
+    from ctxprobe.attention import attend
+    import ctxprobe.probes.niah.nothing
 """
     got = imports_in(source, "ctxprobe.models.model")
     assert got == [("ctxprobe.models.config", 4), ("ctxprobe.runner.prefill", 5), ("ctxprobe.runner", 5),
-                   ("ctxprobe.models.keymap", 6), ("ctxprobe.errors", 7), ("attention", 11),
-                   ("probes.niah", 12)]
-    assert imports_in("from .blockwise import attend", "attention", is_package=True) == [("attention.blockwise", 1)]
+                   ("ctxprobe.models.keymap", 6), ("ctxprobe.errors", 7), ("ctxprobe.attention", 11),
+                   ("ctxprobe.probes.niah", 12)]
+    assert (imports_in("from .blockwise import attend", "ctxprobe.attention", is_package=True)
+            == [("ctxprobe.attention.blockwise", 1)])
     assert "ctxprobe.commands.run" in GRAPH["ctxprobe.cli"]  # cli.py imports each command lazily
 
 
@@ -251,8 +256,10 @@ def test_models_never_import_the_runner():
 
 @pytest.mark.parametrize("library", LIBRARIES)
 def test_libraries_stand_alone(library):
-    inside = [m for m in GRAPH if m == library or m.startswith(library + ".")]
-    bad = [_where(a, b) for a in inside for b in GRAPH[a] if b.split(".")[0] != library]
+    def within(name):
+        return name == library or name.startswith(library + ".")
+
+    bad = [_where(a, b) for a in GRAPH if within(a) for b in GRAPH[a] if not within(b)]
     assert not bad, f"{library}/ must import nothing of ctxprobe or the other libraries:\n" + "\n".join(bad)
 
 
@@ -282,3 +289,38 @@ def test_allowed_edges_still_occur():
     assert not gone, f"these allowed edges no longer occur; delete them from ALLOWED_EDGES: {gone}"
     unneeded = sorted(ALLOWED_EDGES - _models_violations() - _rank_violations())
     assert not unneeded, f"these allowed edges break no rule; delete them: {unneeded}"
+
+
+# --- one name per module: the libraries are imported as ctxprobe.<folder> only (issue 19 item 9) ---
+
+TOP_LEVEL_IMPORT = re.compile(rf"^\s*(from|import)\s+({'|'.join(FOLDERS)})(\.|\s|$)"
+                              rf"|(files|import_module)\(\s*[\"']({'|'.join(FOLDERS)})[\"'.]", re.M)
+
+
+def _sources():
+    for top in ("ctxprobe", "tests", "bench", "scripts") + FOLDERS:
+        yield from sorted((ROOT / top).rglob("*.py"))
+
+
+def _python_blocks(markdown: str):
+    yield from re.findall(r"```python\n(.*?)```", markdown, flags=re.S)
+
+
+def test_nothing_imports_the_libraries_by_their_folder_names():
+    # Installed, `import attention` would be some other project's package (PyPI has one), or none.
+    bad = [f"{path.relative_to(ROOT)}: {m.group(0).strip()}" for path in _sources()
+           for m in TOP_LEVEL_IMPORT.finditer(path.read_text())]
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        bad += [f"{doc.relative_to(ROOT)}: {m.group(0).strip()}" for block in _python_blocks(doc.read_text())
+                for m in TOP_LEVEL_IMPORT.finditer(block)]
+    assert not bad, "import these as ctxprobe.<name>:\n" + "\n".join(bad)
+
+
+def test_pyproject_installs_every_package_under_ctxprobe():
+    tomllib = pytest.importorskip("tomllib")
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setup["packages"])
+    wanted = {_module_name(init.parent / "__init__.py") for top in ("ctxprobe",) + FOLDERS
+              for init in (ROOT / top).rglob("__init__.py")}
+    assert listed == wanted
+    assert setup["package-dir"] == {f"ctxprobe.{folder}": folder for folder in FOLDERS}

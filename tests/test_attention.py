@@ -10,12 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import attention
-import attention.blockwise as attend_mod
-from attention import attend, attend_reference, available_backends
-from attention.backends import kernels_for
-from attention.masks import Rules, block_is_visible, plan_spans, query_blocks, span_mask, trim_queries
-from attention.reference import visible
+from ctxprobe import attention
+import ctxprobe.attention.blockwise as attend_mod
+from ctxprobe.attention import attend, attend_reference, available_backends
+from ctxprobe.attention.backends import kernels_for
+from ctxprobe.attention.masks import Rules, block_is_visible, plan_spans, query_blocks, span_mask, trim_queries
+from ctxprobe.attention.reference import visible
 
 TOL = 1e-5  # float32, the issue's bar
 CPU = torch.device("cpu")
@@ -93,7 +93,7 @@ def test_low_precision_cpu_kernel(dtype, small_blocks):
 
 
 def test_auto_picks_the_fused_kernel_on_cpu():
-    from attention.backends import ReferenceKernels, TorchCPUKernels
+    from ctxprobe.attention.backends import ReferenceKernels, TorchCPUKernels
 
     assert isinstance(kernels_for("auto", CPU, torch.float32), TorchCPUKernels)
     assert isinstance(kernels_for("auto", CPU, torch.int32), ReferenceKernels)
@@ -263,7 +263,7 @@ FAKE_FLASH_ATTN = {"fa2": _fake_fa2, "fa3": _fake_fa3, "fa3_early": _fake_fa3_ea
 @pytest.mark.parametrize("flavour", ["torch_cuda", "fa2", "fa3", "fa3_early", "fa4"])
 @pytest.mark.parametrize("mask", ["causal", "chunked", "window", "full"])
 def test_cuda_glue_with_fake_kernels(flavour, mask, monkeypatch, small_blocks):
-    from attention import backends
+    from ctxprobe.attention import backends
 
     if flavour == "torch_cuda":
         monkeypatch.setitem(backends.CUDA_OPS, "fake", _fake_aten)
@@ -280,7 +280,7 @@ def test_cuda_glue_with_fake_kernels(flavour, mask, monkeypatch, small_blocks):
 
 
 def test_in_place_merge_matches_merge():
-    from attention.merge import merge, merge_
+    from ctxprobe.attention.merge import merge, merge_
 
     out_a, out_b = rand(2, 3, 40, 8, seed=1), rand(2, 3, 40, 8, seed=2).bfloat16()
     lse_a, lse_b = rand(2, 3, 40, seed=3) * 5, rand(2, 3, 40, seed=4) * 5
@@ -297,7 +297,7 @@ def test_in_place_merge_matches_merge():
 def test_cuda_self_check_rejects_a_kernel_wrong_off_the_causal_diagonal(monkeypatch):
     """pick_cuda_op must check the unmasked rectangular call too (most spans are that), not only
     the square causal one: here a kernel that always applies causal masking must be passed over."""
-    from attention import backends
+    from ctxprobe.attention import backends
 
     def always_causal(q, k, v, scale, causal):
         return _fake_aten(q, k, v, scale, True)

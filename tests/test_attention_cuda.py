@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attention import KVStore, attend, attend_reference, available_backends, chunked_attention
+from ctxprobe.attention import KVStore, attend, attend_reference, available_backends, chunked_attention
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 MASKS = [dict(causal=True), dict(causal=False), dict(chunk_size=96), dict(window=70)]
@@ -58,7 +58,7 @@ def test_streamed_blocks_on_cuda_match_reference(tier, fp8, tmp_path):
 def test_auto_finds_a_fused_kernel_for_bf16(head_dim):
     """If the self-check rejected every fused op, attend would fall back to float32 math with a
     dense [Tq, Tk] score matrix: fine at these sizes, out of memory at 128K. Catch that here."""
-    from attention.backends import pick_cuda_op
+    from ctxprobe.attention.backends import pick_cuda_op
 
     assert pick_cuda_op(str(torch.device("cuda", torch.cuda.current_device())), torch.bfloat16, head_dim) is not None
 

@@ -11,11 +11,11 @@ import sys
 import pytest
 import torch
 
-import attention.blockwise as blockwise
-from attention import BlockStream, KVStore, attend_reference, chunked_attention
-from attention.chunked import visible_blocks
-from attention.kv_store import FP8_MAX, dequantize_fp8, quantize_fp8
-from attention.masks import Rules
+import ctxprobe.attention.blockwise as blockwise
+from ctxprobe.attention import BlockStream, KVStore, attend_reference, chunked_attention
+from ctxprobe.attention.chunked import visible_blocks
+from ctxprobe.attention.kv_store import FP8_MAX, dequantize_fp8, quantize_fp8
+from ctxprobe.attention.masks import Rules
 
 TOL = 1e-5
 # fp8 (e4m3, per-block per-head scale) accuracy bound, measured in docs/attention.md: on N(0, 1)
@@ -117,7 +117,7 @@ def test_disk_tier_is_one_unlinked_memory_mapped_file(tmp_path):
 def test_a_killed_process_leaves_no_disk_tier_files(tmp_path):
     script = (
         "import os, signal, sys, torch\n"
-        "from attention import KVStore\n"
+        "from ctxprobe.attention import KVStore\n"
         "s = KVStore(2, 8, tier='disk', block_size=16, dtype=torch.float32, path=sys.argv[1])\n"
         "s.append(torch.ones(2, 40, 8), torch.ones(2, 40, 8))\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n")

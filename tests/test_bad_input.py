@@ -317,8 +317,7 @@ def assert_literal(fig, *names):
 
 
 def test_figures_draw_names_with_dollars_as_plain_text():
-    import plots
-
+    from ctxprobe import plots
     fig = plots.history(NAMES, {NAMES[1]: ([1024, 2048, 4096], None, None)}, [1024],
                         np.array([[1.0], [0.5], [0.25]]), title=NAMES[0])
     assert_literal(fig, *NAMES)

@@ -98,7 +98,7 @@ def test_end_to_end_with_real_runs_over_http(tmp_path, runner):
     """Two `ctxprobe run` sweeps against the fake server; the second one stops answering at 1K."""
     from fake_openai import FakeOpenAI, answers_for
 
-    from probes import load_tokenizer
+    from ctxprobe.probes import load_tokenizer
 
     grid = dict(families=["niah"], lengths=[512, 1024], depths=[0, 50, 100], samples=4)
     answers = answers_for(**grid)

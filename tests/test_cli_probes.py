@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from ctxprobe.cli import main
-from probes import FAMILIES, load_tokenizer, make_probe
-from probes.prose import sentences
+from ctxprobe.probes import FAMILIES, load_tokenizer, make_probe
+from ctxprobe.probes.prose import sentences
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +155,7 @@ def test_failed_export_keeps_the_old_file_and_leaves_no_partial_one(runner, tmp_
 
 
 def test_export_checks_every_family_parameter_before_building(runner, tmp_path, monkeypatch):
-    import probes
-
+    from ctxprobe import probes
     built = []
     monkeypatch.setattr(probes, "make_probe", lambda *a, **k: built.append(a))
     result = runner.invoke(main, ["probes", "export", "niah,kv", "--param", "value_kind=uuid",

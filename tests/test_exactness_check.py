@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probes import exactness, load_tokenizer, make_probe
-from probes.assemble import assemble
-from probes.haystacks import NOISE, load_haystack
-from probes.prose import sentences
+from ctxprobe.probes import exactness, load_tokenizer, make_probe
+from ctxprobe.probes.assemble import assemble
+from ctxprobe.probes.haystacks import NOISE, load_haystack
+from ctxprobe.probes.prose import sentences
 
 FAMILIES = ["niah", "multikey", "multivalue", "multiquery", "kv", "vartrack", "cwe"]
 CHEAP = ("pairs", "sampled")

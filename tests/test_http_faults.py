@@ -163,7 +163,7 @@ def test_a_same_origin_redirect_is_followed_a_bounded_number_of_times(tmp_path):
 
 
 def _probe():
-    from probes import load_tokenizer, make_probe
+    from ctxprobe.probes import load_tokenizer, make_probe
 
     return make_probe("niah", 512, 0.0, seed=0, sample=0, tokenizer=load_tokenizer(None))
 

@@ -49,7 +49,7 @@ def test_http_run_does_not_import_torch(tmp_path):
         assert fake.completions_served() == 4           # the run did send its requests
     assert "HEAVY-MODULES []" in done.stdout, done.stdout
     modules = _imported(done.stderr)
-    assert "ctxprobe.backends.http" in modules and "probes.assemble" in modules  # the log is real
+    assert "ctxprobe.backends.http" in modules and "ctxprobe.probes.assemble" in modules  # the log is real
     assert not {m for m in modules if m.split(".")[0] in ("torch", "transformers")}
     with Store(tmp_path / "a.db", readonly=True) as store:
         [run] = store.runs()

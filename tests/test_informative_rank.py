@@ -38,7 +38,7 @@ def test_stored_informative_rank_matches_transformers(checkpoint, runner, tmp_pa
     from transformers import LlamaForCausalLM
 
     from ctxprobe.backends.native import NativeBackend, answer_ids_after
-    from probes import make_probe
+    from ctxprobe.probes import make_probe
 
     db = tmp_path / "r.db"
     result = runner.invoke(main, ["run", "--model", str(checkpoint), "--probe", "niah", "--lengths", "256",

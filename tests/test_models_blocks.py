@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import attention
+from ctxprobe import attention
 from ctxprobe.models import blocks, rope
 
 pytest.importorskip("transformers")

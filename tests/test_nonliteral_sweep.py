@@ -9,7 +9,7 @@ from tiny_llama import TEMPLATE, TEMPLATE_TOKENS, write_checkpoint
 
 from ctxprobe.cli import main
 from ctxprobe.store import Store
-from probes import make_probe
+from ctxprobe.probes import make_probe
 
 LENGTHS, DEPTHS, SAMPLES = [1024, 2048], [20, 80], 2
 
@@ -122,8 +122,8 @@ def test_native_run_renders_mrcr_with_the_chat_template(checkpoint, runner, tmp_
     # A probe built without the template (a transcript) is refused by a backend that uses one.
     plain = make_probe("mrcr", 900, 50, tokenizer=backend.tokenizer, chat=None)
     assert plain.chat == backend.chat_format.name   # the tokenizer carries the backend's format
-    from probes import load_tokenizer
-    from probes.chat import TRANSCRIPT
+    from ctxprobe.probes import load_tokenizer
+    from ctxprobe.probes.chat import TRANSCRIPT
 
     transcript = make_probe("mrcr", 900, 50, tokenizer=load_tokenizer(checkpoint), chat=TRANSCRIPT)
     from ctxprobe.errors import UserError

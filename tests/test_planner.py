@@ -145,7 +145,7 @@ def test_an_offload_dir_that_cannot_be_written_is_refused_when_planning(tokenize
 def test_ranks_plan_for_the_largest_share_they_hold(tmp_path):
     """Llama 4's local layers align shards to their attention chunk: at these lengths some rank
     holds far more than length / ranks tokens (and their K/V), and must be planned for that."""
-    from attention.shard import shard_len
+    from ctxprobe.attention.shard import shard_len
     from ctxprobe.backends.memory import MemoryBudgets, RunPlanner
 
     pytest.importorskip("transformers")

@@ -9,9 +9,9 @@ import pytest
 from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
-import plots
-from plots import html
-from plots.style import to_bytes
+from ctxprobe import plots
+from ctxprobe.plots import html
+from ctxprobe.plots.style import to_bytes
 
 LENGTHS = [1024, 2048, 4096, 8192, 16384]
 DEPTHS = [0.0, 25.0, 50.0, 75.0, 100.0, 10.0][:4]

@@ -5,8 +5,8 @@ bounds, the marks on the heatmap, the run name in every image and every legend e
 import numpy as np
 from matplotlib.colors import to_rgb
 
-import plots
-from plots.style import DELTA_CMAP, SCORE_CMAP, to_bytes
+from ctxprobe import plots
+from ctxprobe.plots.style import DELTA_CMAP, SCORE_CMAP, to_bytes
 
 LENGTHS = [1024, 2048, 4096, 8192]
 DEPTHS = [0.0, 50.0, 100.0]
@@ -150,7 +150,7 @@ def test_the_demo_heatmap_marks_the_effective_length_and_the_designed_limit_and_
         tmp_path, monkeypatch):
     import ctxprobe.analysis.report as report
     from ctxprobe.demo import DESIGNED_LIMIT, run_demo
-    from plots.heatmap import length_column
+    from ctxprobe.plots.heatmap import length_column
 
     saved, imaged = [], []
     real_save, real_image = plots.save, report.html.image
@@ -175,7 +175,7 @@ def test_the_demo_heatmap_marks_the_effective_length_and_the_designed_limit_and_
 
 
 def test_the_compare_plot_names_both_runs(tmp_path, runner, monkeypatch):
-    import plots.style
+    import ctxprobe.plots.style as plot_style
     from ctxprobe.cli import main
     from ctxprobe.store import Store
 
@@ -190,8 +190,8 @@ def test_the_compare_plot_names_both_runs(tmp_path, runner, monkeypatch):
                                                 seed=0, probe_hash=f"{length}-{sample}",
                                                 score=float(length != broken)))
     saved = []
-    real_save = plots.style.save
-    monkeypatch.setattr(plots.style, "save", lambda fig, path: (saved.append(fig), real_save(fig, path))[1])
+    real_save = plot_style.save
+    monkeypatch.setattr(plot_style, "save", lambda fig, path: (saved.append(fig), real_save(fig, path))[1])
     result = runner.invoke(main, ["compare", "base-run", "new-run", "--db", str(db),
                                   "-o", str(tmp_path / "delta.png")])
     assert result.exit_code == 1, result.output

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probes import FAMILIES, load_tokenizer, make_probe
-from probes.haystacks import NOISE, split_sentences
+from ctxprobe.probes import FAMILIES, load_tokenizer, make_probe
+from ctxprobe.probes.haystacks import NOISE, split_sentences
 
 TOK = load_tokenizer(None)
 LENGTHS = [1000, 1537, 4096, 9999]
@@ -127,7 +127,7 @@ def test_seeds_and_samples_differ_and_repeat():
 
 _SNIPPET = """
 import json, sys
-from probes import make_probe
+from ctxprobe.probes import make_probe
 out = {f: make_probe(f, 2500, 40, seed=11, sample=2).hash for f in sys.argv[1:]}
 print(json.dumps(out))
 """

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probes import FAMILIES, load_tokenizer, make_probe
-from probes.prose import sentences
+from ctxprobe.probes import FAMILIES, load_tokenizer, make_probe
+from ctxprobe.probes.prose import sentences
 
 
 # Llama 3's split pattern: unlike GPT-2's, it glues newlines to preceding punctuation

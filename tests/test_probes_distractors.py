@@ -7,8 +7,8 @@ import re
 import pytest
 
 from ctxprobe.cli import main
-from probes import make_probe
-from probes.distractors import NEAR, PLACEMENTS
+from ctxprobe.probes import make_probe
+from ctxprobe.probes.distractors import NEAR, PLACEMENTS
 
 LENGTH = 16000
 TOL = 2.5   # percent: needles sit at unit boundaries (an mrcr exchange is ~1.6% of 16K bytes)

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_probes_bpe import bpe  # noqa: F401  (the session BPE fixture, both split patterns)
 
-from probes import kv as kv_mod
-from probes import kv_pairs as P
-from probes import load_tokenizer, make_probe
-from probes.tokenizers import WrappedTokenizer
+from ctxprobe.probes import kv as kv_mod
+from ctxprobe.probes import kv_pairs as P
+from ctxprobe.probes import load_tokenizer, make_probe
+from ctxprobe.probes.tokenizers import WrappedTokenizer
 
 BYTES = load_tokenizer(None)
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"

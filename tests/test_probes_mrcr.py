@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from probes import load_tokenizer, make_probe, mrcr
-from probes.chat import TRANSCRIPT, ChatFormat
-from probes.prose import sentences
+from ctxprobe.probes import load_tokenizer, make_probe, mrcr
+from ctxprobe.probes.chat import TRANSCRIPT, ChatFormat
+from ctxprobe.probes.prose import sentences
 
 LLAMA3_STYLE = (
     "{{ bos_token }}{% for message in messages %}"

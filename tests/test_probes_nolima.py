@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from probes import lexical, load_tokenizer, make_probe
-from probes.associations import ORDERS, fill, load, name_pool
-from probes.prose import sentences
+from ctxprobe.probes import lexical, load_tokenizer, make_probe
+from ctxprobe.probes.associations import ORDERS, fill, load, name_pool
+from ctxprobe.probes.prose import sentences
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,9 +49,9 @@ def test_data_file_is_large_enough_and_shipped():
             assert t.index("{name}") < t.lower().index("{entity}")
         for t in cat.needles["inverted"]:       # the character after the entity
             assert t.lower().index("{entity}") < t.index("{name}")
-    assert resources.files("probes").joinpath("data/associations.json").is_file()
+    assert resources.files("ctxprobe.probes").joinpath("data/associations.json").is_file()
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert "data/*.json" in package_data["probes"]
+    assert "data/*.json" in package_data["ctxprobe.probes"]
 
 
 def test_every_item_has_a_zero_overlap_pair_in_each_order():

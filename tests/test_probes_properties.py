@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probes import FAMILIES, load_tokenizer, make_probe
+from ctxprobe.probes import FAMILIES, load_tokenizer, make_probe
 
 TOK = load_tokenizer(None)
 

@@ -13,7 +13,7 @@ from serving_server import Reply, ServingServer
 
 class _Probe:
     def __init__(self, prompt: str):
-        from probes import load_tokenizer
+        from ctxprobe.probes import load_tokenizer
 
         self.prompt = prompt
         self.token_ids = load_tokenizer(None).encode(prompt)

@@ -10,9 +10,9 @@ import pytest
 from ctxprobe.analysis.effective_length import both_readings, reads_relative
 from ctxprobe.analysis.report import effective_rows
 from ctxprobe.sweep.summary import summarize
-from probes import FAMILIES, make_probe
-from probes.haystacks import load_haystack
-from probes.tokenizers import ByteTokenizer
+from ctxprobe.probes import FAMILIES, make_probe
+from ctxprobe.probes.haystacks import load_haystack
+from ctxprobe.probes.tokenizers import ByteTokenizer
 
 # Mean scores by length: a hard family that starts at 60% and holds 85% of that to 4K, and a
 # literal one that stays above 85% to 8K.

@@ -13,11 +13,11 @@ import itertools
 import pytest
 import torch
 
-from attention import attend, shard, shard_positions, shard_ranges, unshard
-from attention.masks import block_visible
-from attention.reference import visible
-from attention.ring import last_needed_step, ring_attend
-from attention.shard import chunk_bounds, shard_len
+from ctxprobe.attention import attend, shard, shard_positions, shard_ranges, unshard
+from ctxprobe.attention.masks import block_visible
+from ctxprobe.attention.reference import visible
+from ctxprobe.attention.ring import last_needed_step, ring_attend
+from ctxprobe.attention.shard import chunk_bounds, shard_len
 from processes import finish_rank, spawned_once
 
 TOL = 1e-5
@@ -134,8 +134,7 @@ def test_nccl_warm_up_runs_once_per_group_on_the_shards_device(monkeypatch):
     backend (cpu:gloo,cuda:nccl), and again for a re-initialised default group."""
     from types import SimpleNamespace
 
-    import attention.ring as ring
-
+    import ctxprobe.attention.ring as ring
     reduced = []
     fake = SimpleNamespace(
         is_available=lambda: True, is_initialized=lambda: True, get_rank=lambda g=None: 0,
@@ -164,7 +163,7 @@ def _model_prefill(rank: int, world_size: int, model_dir: str) -> dict:
     """A tiny Llama 4 (chunked-local RoPE layers + a global NoPE layer) prefilled sequence-parallel:
     each rank embeds its shard, runs every block with ring_attend, and the gathered logits must
     equal the one-process forward."""
-    from attention import gather, shard_positions
+    from ctxprobe.attention import gather, shard_positions
     from ctxprobe.runner import load_model
 
     m = load_model(model_dir)
@@ -186,19 +185,19 @@ def _model_prefill(rank: int, world_size: int, model_dir: str) -> dict:
 def _worker(rank: int, world_size: int, port: int, out_dir: str, model_dir: str | None) -> None:
     import torch.distributed as dist
 
-    import attention.ring
+    import ctxprobe.attention.ring as ring_mod
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world_size, timeout=datetime.timedelta(seconds=60))
     transfers = []
-    real_batch = attention.ring.dist.batch_isend_irecv
+    real_batch = ring_mod.dist.batch_isend_irecv
 
     def counting_batch(ops):
         transfers.append(len(ops))
         return real_batch(ops)
 
-    attention.ring.dist.batch_isend_irecv = counting_batch
+    ring_mod.dist.batch_isend_irecv = counting_batch
     results = {}
     try:
         for name, (seq_len, batch, hq, hkv, d, mask, layout) in CASES.items():

@@ -14,8 +14,8 @@ import os
 import pytest
 import torch
 
-from attention import KVStore, attend, ring_attend, shard
-from attention.ring_tiers import local_pieces
+from ctxprobe.attention import KVStore, attend, ring_attend, shard
+from ctxprobe.attention.ring_tiers import local_pieces
 from processes import finish_rank, spawned_once
 
 TOL = 1e-5
@@ -62,13 +62,13 @@ def _run_case(rank: int, world_size: int, case: tuple, tier: str, tmp: str, coun
 def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
-    import attention.ring
+    import ctxprobe.attention.ring as ring_mod
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world_size, timeout=datetime.timedelta(seconds=60))
     counts = dict(blocks_read=0, transfers=0)
-    real_batch, real_raw_block = attention.ring.dist.batch_isend_irecv, KVStore.raw_block
+    real_batch, real_raw_block = ring_mod.dist.batch_isend_irecv, KVStore.raw_block
 
     def counting_batch(ops):
         counts["transfers"] += len(ops)
@@ -78,7 +78,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         counts["blocks_read"] += 1
         return real_raw_block(self, i)
 
-    attention.ring.dist.batch_isend_irecv = counting_batch
+    ring_mod.dist.batch_isend_irecv = counting_batch
     KVStore.raw_block = counting_raw_block
     results = {}
     try:

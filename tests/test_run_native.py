@@ -68,7 +68,7 @@ def test_native_sweep_stores_every_cell(checkpoint, runner, tmp_path):
 
 @pytest.mark.parametrize("chat_template", [True, False])
 def test_teacher_forcing_matches_transformers(checkpoint, hf_model, chat_template):
-    from probes import make_probe
+    from ctxprobe.probes import make_probe
 
     backend = NativeBackend(str(checkpoint), chat_template=chat_template, max_new_tokens=4)
     for family, depth in (("niah", 0.0), ("kv", 100.0)):
@@ -89,7 +89,7 @@ def test_teacher_forcing_matches_transformers(checkpoint, hf_model, chat_templat
 
 
 def test_open_answers_are_generated_like_transformers_greedy(checkpoint, hf_model):
-    from probes import make_probe
+    from ctxprobe.probes import make_probe
 
     backend = NativeBackend(str(checkpoint), chat_template=False, max_new_tokens=5)
     probe = make_probe("niah", 256, 50.0, tokenizer=backend.tokenizer)
@@ -104,7 +104,7 @@ def test_open_answers_are_generated_like_transformers_greedy(checkpoint, hf_mode
 
 
 def test_branches_sharing_a_context_score_as_they_do_alone(checkpoint):
-    from probes import make_probe
+    from ctxprobe.probes import make_probe
 
     backend = NativeBackend(str(checkpoint), max_new_tokens=4)
     probe = make_probe("niah", 256, 50.0, tokenizer=backend.tokenizer)

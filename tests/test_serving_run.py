@@ -67,7 +67,7 @@ def test_depth_sweep_requests_arrive_in_cache_friendly_order(runner, tmp_path):
         result = _run(runner, server, tmp_path / "r.db", "--concurrency", "1", "--samples", "2")
         order = list(server.prompts)
     assert result.exit_code == 0, result.output
-    from probes import load_tokenizer, make_probe
+    from ctxprobe.probes import load_tokenizer, make_probe
 
     tok = load_tokenizer(None)
     key_of = {}   # prompt -> (length, needle offset, sample, ids); two depths may give one prompt

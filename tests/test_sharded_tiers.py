@@ -119,7 +119,7 @@ def _fail_mid_pass(model, world, offload_dir: str) -> dict:
 def _worker(rank: int, world_size: int, port: int, out_dir: str, models: dict) -> None:
     import torch.distributed as dist
 
-    import attention
+    from ctxprobe import attention
     from ctxprobe.runner import load_model
     from ctxprobe.runner.distributed import World
 

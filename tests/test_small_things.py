@@ -65,7 +65,7 @@ def test_tokenizer_builtin_counts_for_a_server(runner, tmp_path, monkeypatch):
     from fake_openai import FakeOpenAI
 
     from ctxprobe.store import Store
-    from probes import load_tokenizer
+    from ctxprobe.probes import load_tokenizer
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with FakeOpenAI({}, tokenize=None) as fake:           # no /tokenize: --tokenizer counts

@@ -76,7 +76,7 @@ def test_a_read_only_reader_sees_an_old_database_without_writing_it(tmp_path):
 
 
 def test_score_cell_stores_the_probe_answers_even_for_errors():
-    from probes import load_tokenizer, make_probe
+    from ctxprobe.probes import load_tokenizer, make_probe
 
     probe = make_probe("vartrack", 512, 50.0, tokenizer=load_tokenizer(None))
     assert len(probe.answers) > 1  # a multi-answer family
@@ -89,7 +89,7 @@ def test_score_cell_stores_the_probe_answers_even_for_errors():
 
 
 def test_a_sweep_stores_answers_and_exports_them(tmp_path, runner, monkeypatch):
-    from probes import load_tokenizer, make_probe
+    from ctxprobe.probes import load_tokenizer, make_probe
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     db = str(tmp_path / "r.db")

@@ -8,14 +8,14 @@ import time
 import pytest
 from fake_openai import FakeOpenAI, answers_for
 
-import probes
+from ctxprobe import probes
 from ctxprobe.backends.base import CellResult
 from ctxprobe.cli import main
 from ctxprobe.commands.options import VERIFY_MODES
 from ctxprobe.store import Store
 from ctxprobe.sweep import SweepSpec, run_sweep
 from ctxprobe.sweep.building import built_ahead
-from probes import exactness, load_tokenizer
+from ctxprobe.probes import exactness, load_tokenizer
 
 
 class GatedBackend:

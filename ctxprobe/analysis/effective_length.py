@@ -130,7 +130,7 @@ def _bracketed(lengths, values, value: float, ci: tuple[float, float]) -> tuple[
 
 def describe_length(value: float | None, tested: tuple[int, int]) -> str:
     """A fitted length for a table: '23.1K', or '>1M' / '<1K' outside the tested range."""
-    from plots.style import approx_length_label, length_label  # matplotlib only when printing
+    from ctxprobe.plots.style import approx_length_label, length_label  # matplotlib only when printing
 
     if value is None:
         return "-"
@@ -207,7 +207,7 @@ ABSOLUTE_RULE = "absolute: score >= {:.0%}"
 def reads_relative(family: str) -> bool:
     """Whether `family` gets the relative reading beside the absolute one (its probes.FAMILIES
     entry says so: every family whose literal path is closed, and their literal controls)."""
-    from probes import FAMILIES
+    from ctxprobe.probes import FAMILIES
 
     fam = FAMILIES.get(family)
     return bool(fam is not None and fam.relative)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-import plots
+from ctxprobe import plots
 from ctxprobe.analysis.compare import Comparison
 from ctxprobe.analysis.effective_length import EffectiveLength
 from ctxprobe.analysis.summary import curve, families, grid
-from plots.style import stamp
+from ctxprobe.plots.style import stamp
 
 
 def _named(fig, run_name: str | None):

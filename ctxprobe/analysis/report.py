@@ -10,8 +10,8 @@ from ctxprobe.analysis import figures
 from ctxprobe.analysis.effective_length import (both_readings, describe_with_ci, effective_lengths,
                                                 reads_relative)
 from ctxprobe.analysis.summary import errored, families, usable
-from plots import html
-from plots.style import length_label
+from ctxprobe.plots import html
+from ctxprobe.plots.style import length_label
 
 EXAMPLES_PER_FAMILY = 8
 

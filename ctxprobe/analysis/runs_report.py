@@ -20,10 +20,10 @@ from ctxprobe.analysis.compare import compare
 from ctxprobe.analysis.effective_length import describe_with_ci, effective_lengths
 from ctxprobe.analysis.summary import curve, families, grid, usable
 from ctxprobe.errors import UserError
-from plots import grid as heatmap_grid
-from plots import html
-from plots.runs import by_length_runs, falloff_runs
-from plots.style import length_label
+from ctxprobe.plots import grid as heatmap_grid
+from ctxprobe.plots import html
+from ctxprobe.plots.runs import by_length_runs, falloff_runs
+from ctxprobe.plots.style import length_label
 
 _PATH = re.compile(r"^(/|~|\.{1,2}/|[A-Za-z]:[\\/])")
 

@@ -452,7 +452,7 @@ class HttpBackend:
 
     def _pick_tokenizer(self, tokenizer_path: str | None):
         if tokenizer_path is not None:
-            from probes import load_tokenizer
+            from ctxprobe.probes import load_tokenizer
 
             return load_tokenizer(tokenizer_path), str(tokenizer_path)
         for style, payload in (("vllm", {"model": self.served_model, "prompt": "hi"}),

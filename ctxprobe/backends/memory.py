@@ -92,7 +92,7 @@ class RunPlanner:
         uneven (up to a chunk per zigzag piece more than length / ranks)."""
         if self.ranks == 1:
             return length
-        from attention.shard import shard_len
+        from ctxprobe.attention.shard import shard_len
         from ctxprobe.runner.sharded import chunk_align
 
         align = chunk_align(self._masks, length, self.ranks)

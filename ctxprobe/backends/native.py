@@ -106,7 +106,7 @@ class NativeBackend:
         if not (root / "tokenizer.json").is_file():
             raise UserError(f"checkpoint {path} has no tokenizer.json; add the model's tokenizer "
                             "so ctxprobe can count lengths in its tokens")
-        from probes import load_tokenizer
+        from ctxprobe.probes import load_tokenizer
 
         self.tokenizer = self.model.tokenizer if self.model is not None else load_tokenizer(str(root))
         self.chat_template, self.special_tokens = read_template(root)
@@ -223,7 +223,7 @@ class NativeBackend:
     def _chat_format(self, template_hash: str):
         """The template as a probes ChatFormat, or None when it renders turns unalike (then
         conversation probes are refused with the reason)."""
-        from probes.chat import ChatFormat
+        from ctxprobe.probes.chat import ChatFormat
 
         def render(messages):
             return render_chat(self.chat_template, messages, special_tokens=self.special_tokens, where=self.path)

@@ -50,7 +50,7 @@ def collect(store: Store, *, model: str | None, family: str | None, relative: bo
 
 
 def format_table(points: list[RunPoint]) -> str:
-    from plots.style import length_label
+    from ctxprobe.plots.style import length_label
 
     lengths = sorted({x for p in points for x in p.score_by_length})
     header = ["run", "created", "model", "cells", "threshold rule", "L50 (fit)"] + [length_label(x) for x in lengths]
@@ -66,8 +66,7 @@ def format_table(points: list[RunPoint]) -> str:
 
 
 def history_figure(points: list[RunPoint], title: str):
-    import plots
-
+    from ctxprobe import plots
     lengths = sorted({x for p in points for x in p.score_by_length})
     score_RL = np.array([[p.score_by_length.get(x, np.nan) for x in lengths] for p in points])
 
@@ -140,7 +139,7 @@ def history(db, model, family, pool_families, output, relative, threshold):
     if output:
         from pathlib import Path
 
-        from plots.style import save
+        from ctxprobe.plots.style import save
 
         for name, points in readings.items():
             path = Path(output)

@@ -13,7 +13,7 @@ from ctxprobe.errors import UserError
 def family_params(pairs, families: list[str]) -> dict:
     """('multikey.value_kind=uuid', 'hops=6', ...) -> {family: {name: typed value}} for `families`."""
     from ctxprobe.commands.probes import _parse_params   # the NAME=VALUE parser of `probes show/export`
-    from probes import FAMILIES
+    from ctxprobe.probes import FAMILIES
 
     given: dict[str, dict] = {}
     for key, value in _parse_params(pairs).items():

@@ -14,8 +14,7 @@ from ctxprobe.grid import parse_depths, parse_lengths, parse_size
 
 def _probes_api():
     # Imported lazily so `ctxprobe --help` stays fast.
-    import probes
-
+    from ctxprobe import probes
     return probes
 
 

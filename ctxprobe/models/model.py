@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import attention
+from ctxprobe import attention
 from ctxprobe.errors import UserError
 from ctxprobe.models.blocks import RMSNorm
 

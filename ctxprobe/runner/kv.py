@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-import attention
-from attention.chunked import visible_blocks
-from attention.masks import Rules, visible_key_range
+from ctxprobe import attention
+from ctxprobe.attention.chunked import visible_blocks
+from ctxprobe.attention.masks import Rules, visible_key_range
 
 
 class LayerKV:

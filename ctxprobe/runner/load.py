@@ -38,7 +38,7 @@ def load_model(path, device=None, dtype=None, weights: str = "resident") -> Mode
     model.path = str(root)
     model.chat_template, model.special_tokens = read_template(root)
     if (root / "tokenizer.json").exists():
-        from probes import load_tokenizer
+        from ctxprobe.probes import load_tokenizer
 
         model.tokenizer = load_tokenizer(str(root))
     return model

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-import attention
+from ctxprobe import attention
 from ctxprobe.errors import UserError
 from ctxprobe.pass_progress import layer_done
 from ctxprobe.runner.hidden import HiddenBuffer

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-import attention
-from attention import gather, shard_positions, shard_ranges
-from attention.masks import Rules, block_visible, visible_key_range
-from attention.ring import ring_attend
-from attention.ring_tiers import local_pieces
+from ctxprobe import attention
+from ctxprobe.attention import gather, shard_positions, shard_ranges
+from ctxprobe.attention.masks import Rules, block_visible, visible_key_range
+from ctxprobe.attention.ring import ring_attend
+from ctxprobe.attention.ring_tiers import local_pieces
 from ctxprobe.errors import UserError
 from ctxprobe.pass_progress import layer_done
 from ctxprobe.runner.distributed import World

@@ -145,7 +145,7 @@ def score_cell(cell: Cell, probe, result: CellResult, seed: int) -> dict:
 
 
 def check_families(families: list[str]) -> None:
-    from probes import FAMILIES
+    from ctxprobe.probes import FAMILIES
 
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
