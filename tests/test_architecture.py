@@ -44,7 +44,7 @@ MODELS_MAY_IMPORT = ("ctxprobe.errors", "ctxprobe.units", "ctxprobe.attention", 
 RANKS = {
     "ctxprobe.attention": 0, "ctxprobe.probes": 0, "ctxprobe.plots": 0,
     "ctxprobe.errors": 0, "ctxprobe.units": 0, "ctxprobe.grid": 0, "ctxprobe.hardware": 0,
-    "ctxprobe.output_file": 0, "ctxprobe.pass_progress": 0,
+    "ctxprobe.output_file": 0, "ctxprobe.pass_progress": 0, "ctxprobe.router_trace": 0,
     "ctxprobe.models": 1, "ctxprobe.builtin": 1,
     "ctxprobe.runner": 2, "ctxprobe.store": 2, "ctxprobe.scoring": 2, "ctxprobe.analysis": 2,
     "ctxprobe.backends": 3,

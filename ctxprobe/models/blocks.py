@@ -8,6 +8,9 @@ A Block is driven from outside in two halves so that a runner can put any attent
     q, k, v = block.qkv(x_TD, pos_T)                  # norm, projections, positions applied
     out, _ = attention.attend(q, k, v, scale=block.scale, **block.mask)
     x_TD = block.finish(x_TD, out)                     # o-proj, residual, norm, FFN, residual
+
+MoE modules carry `tap` (None, or a router_tap.RouterTap while `ctxprobe run --router-trace`
+watches): their routing reports its scores and choices to it.
 """
 
 from __future__ import annotations
@@ -133,10 +136,13 @@ class SoftmaxMoE(nn.Module):
         self.gate = _linear(dim, n_experts)
         self.experts = Experts(n_experts, dim, hidden)
         self.top_k, self.renormalise = top_k, renormalise
+        self.tap = None
 
     def route(self, x_TD):
         probs = torch.softmax(self.gate(x_TD).float(), dim=-1)        # [T, E]
         w_TK, idx_TK = torch.topk(probs, self.top_k, dim=-1)
+        if self.tap is not None:
+            self.tap.see(probs, idx_TK)
         if self.renormalise:
             w_TK = w_TK / w_TK.sum(-1, keepdim=True)
         return idx_TK, w_TK
@@ -155,9 +161,13 @@ class SigmoidMoE(nn.Module):
         self.experts = FusedExperts(n_experts, dim, hidden)
         self.shared = MLP(dim, hidden)
         self.top_k = top_k
+        self.tap = None
 
     def route(self, x_TD):
-        top_TK, idx_TK = torch.topk(self.router(x_TD), self.top_k, dim=-1)
+        logits_TE = self.router(x_TD)
+        top_TK, idx_TK = torch.topk(logits_TE, self.top_k, dim=-1)
+        if self.tap is not None:   # sigmoid is monotone: the same ranking, scores in [0, 1]
+            self.tap.see(torch.sigmoid(logits_TE.float()), idx_TK)
         return idx_TK, torch.sigmoid(top_TK.float())
 
     def forward(self, x_TD):
@@ -197,10 +207,17 @@ class Block(nn.Module):
     def qkv(self, x_TD, pos_T):
         """-> q [1, Hq, T, Dh], k [1, Hkv, T, Dh], v [1, Hkv, T, Dh], ready for attention.attend."""
         q, k, v = self.project(x_TD)
-        q, k = self.position(q, k, torch.as_tensor(pos_T, device=q.device))
+        pos_T = torch.as_tensor(pos_T, device=q.device)
+        tap = getattr(self.ffn, "tap", None)
+        if tap is not None:
+            tap.remember(x_TD, pos_T)
+        q, k = self.position(q, k, pos_T)
         return q[None], k[None], v[None]
 
     def finish(self, x_TD, attn_1HTD):
+        tap = getattr(self.ffn, "tap", None)
+        if tap is not None:
+            tap.recall(x_TD)
         T = x_TD.shape[0]
         x_TD = x_TD + self.wo(attn_1HTD[0].transpose(0, 1).reshape(T, -1).to(x_TD.dtype))
         return x_TD + self.ffn(self.ffn_norm(x_TD))
