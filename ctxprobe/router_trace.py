@@ -79,7 +79,7 @@ class RouterTrace:
         total = self.load_LBE.sum(-1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
             p = self.load_LBE / total
-            h = -np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0).sum(-1)
+            h = 0.0 - np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0).sum(-1)   # never -0.0
         return np.where(total[..., 0] > 0, h, np.nan)
 
     def top_expert_LB(self) -> np.ndarray:

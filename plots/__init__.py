@@ -10,7 +10,8 @@ from .grid import grid
 from .heatmap import heatmap
 from .history import history
 from .logprob import logprob_heatmap
+from .router import router_by_position
 from .style import length_label, save, to_bytes
 
 __all__ = ["Marker", "delta_heatmap", "falloff", "grid", "heatmap", "history", "length_label",
-           "logprob_heatmap", "save", "to_bytes"]
+           "logprob_heatmap", "router_by_position", "save", "to_bytes"]

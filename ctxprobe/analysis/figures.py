@@ -58,6 +58,14 @@ def falloff_figure(cells, family: str | None, eff: EffectiveLength | None, title
                                fit=fit, title=title or family or "all families"), run_name)
 
 
+def router_figure(reading, *, run_name: str | None = None):
+    """reading: analysis.router.RouterReading -> expert-load entropy and top-1 margin by position."""
+    from ctxprobe.analysis.router import series
+
+    return _named(plots.router_by_position(reading.starts(), series(reading), n_experts=reading.all.n_experts,
+                                           title="MoE router by prompt position"), run_name)
+
+
 def grid_figure(cells, title: str | None = None, *, run_name: str | None = None):
     panels = []
     for family in families(cells):

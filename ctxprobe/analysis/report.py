@@ -166,11 +166,28 @@ def error_examples(cells, limit: int = 10) -> html.Html:
                      html.table(["family", "length", "depth", "sample", "error"], rows))
 
 
+def router_section(cells, traces: dict, *, run_name: str) -> html.Html:
+    """Router traces (ctxprobe run --router-trace): figure, the biggest change, a row per bucket."""
+    from ctxprobe.analysis import router
+
+    reading = router.router_reading(cells, traces)
+    if reading is None:
+        return html.Html("")
+    headers, rows = router.table_rows(reading)
+    return html.join(html.heading("MoE router by position", anchor="router"),
+                     html.paragraph(router.about(), cls="muted"),
+                     html.paragraph(router.shift_text(reading)),
+                     html.image(figures.router_figure(reading, run_name=run_name),
+                                "MoE router: expert-load entropy and top-1 margin by prompt position"),
+                     html.table(headers, rows))
+
+
 def build_report(run, cells, *, relative: bool = False, threshold: float = 0.85,
-                 invocations=(), show_paths: bool = False) -> str:
+                 invocations=(), show_paths: bool = False, router_traces: dict | None = None) -> str:
     """The whole report as one HTML string (images inline, no external references).
     invocations: the run's, from Store.invocations (the commands that added to it).
-    show_paths: machine paths whole, not by their last part."""
+    show_paths: machine paths whole, not by their last part.
+    router_traces: the run's, from Store.router_traces (cells run with --router-trace)."""
     scored = usable(cells)
     body = [html.table(["field", "value"], metadata_rows(run, cells, show_paths)),
             html.heading("Backend and settings", level=3), settings_table(run, show_paths),
@@ -206,5 +223,7 @@ def build_report(run, cells, *, relative: bool = False, threshold: float = 0.85,
         if logprob is not None:
             body.append(html.image(logprob, f"{family} log-probability heatmap"))
         body += [html.heading("Failing examples", level=3), failing_examples(scored, family)]
+    if router_traces:
+        body.append(router_section(scored, router_traces, run_name=run.name))
     body.append(error_examples(cells))
     return html.page(f"ctxprobe report: {run.name}", *body)

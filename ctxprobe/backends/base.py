@@ -32,6 +32,7 @@ class CellResult:
     output_tokens: int | None = None  # generated tokens, reasoning included
     ttft: float | None = None         # streamed: seconds to the first token
     decode_rate: float | None = None  # streamed: output tokens per second after the first
+    router_trace: object | None = None  # native --router-trace: the prompt's RouterTrace (router_trace.py)
 
 
 class Backend(Protocol):

@@ -78,7 +78,7 @@ class NativeBackend:
     def __init__(self, path: str, *, chat_template: bool = True, max_new_tokens: int = 32,
                  device: str | None = None, dtype: str | None = None, memory: MemoryBudgets | None = None,
                  threads: int | None = None,
-                 generate_failing: int = 0):
+                 generate_failing: int = 0, router_trace: bool = False):
         """memory=None loads the weights now and plans each pass from the free memory then (as
         `prefill` does alone); with budgets, nothing of the weights is read until `prepare` (or the
         first pass) has planned where they go.
@@ -88,7 +88,10 @@ class NativeBackend:
         `response` is the argmax at each gold position with the gold answer fed in, which is not what
         the model writes once its first wrong token is its own. 0: off. Under torchrun every rank
         reads the same logits, so all agree on which cells failed and generate together. Left out
-        (None) for a pass whose kept KV cannot fit the memory budgets."""
+        (None) for a pass whose kept KV cannot fit the memory budgets.
+
+        router_trace: record each cell's router trace over its prompt's prefill (CellResult.router_trace,
+        ctxprobe/router_trace.py); UserError for a model without MoE layers."""
         from ctxprobe.models.loader import parse_dtype, read_config, read_template
         from ctxprobe.runner import distributed
         from ctxprobe.runner.load import pick_device
@@ -99,6 +102,14 @@ class NativeBackend:
         self.device = pick_device(device)
         self.threads = ThreadPlan(threads, self.concurrency)  # torch's CPU threads, set per pass
         self.dtype = parse_dtype(dtype or config.dtype)
+        self.recorder = None
+        if router_trace:
+            if not any(config.moe_layers):
+                raise UserError(f"--router-trace records mixture-of-experts routers, and {path} is a dense "
+                                f"{config.family} model: drop --router-trace")
+            from ctxprobe.backends.router_recording import PromptRecorder
+
+            self.recorder = PromptRecorder()
         self.model = None
         self.planner = None
         if memory is None:
@@ -130,6 +141,8 @@ class NativeBackend:
                          "max_new_tokens": max_new_tokens, "device": self.device,
                          "dtype": str(self.dtype).replace("torch.", ""),
                          "generate_failing": self.generate_failing}   # provenance, not identity
+        if router_trace:   # provenance too: a run resumed with or without it keeps its cells
+            self.settings["router_trace"] = True
         world = distributed.active()
         if world is not None:  # provenance only: a sharded run resumes a one-process run
             self.settings["ranks"] = world.size
@@ -297,9 +310,9 @@ class NativeBackend:
             ctx, question, answer = self._branch(p)
             assert ctx == context, "the planner groups only probes with one context"
             branches.append((question, answer))
-        scores = self._score(context, branches)
+        scores, trace = self._score(context, branches)
         return [CellResult(response=self.tokenizer.decode(s.greedy), response_kind="teacher-forced",
-                           exact=bool(s.exact),
+                           exact=bool(s.exact), router_trace=trace,
                            logprob=float(s.logprob), first_rank=int(s.first_rank),
                            informative_rank=self._informative_rank(s, a),
                            prompt_tokens=len(context) + len(q))
@@ -318,8 +331,11 @@ class NativeBackend:
         start = time.perf_counter()
         context, question = self.render(probe)
         prompt = context + question
-        return CellResult(response=self._greedy_text(prompt, self.max_new_tokens), prompt_tokens=len(prompt),
-                          latency=time.perf_counter() - start)
+        if self.recorder is not None:   # the model must be loaded to be watched
+            self._settings(len(prompt), self.max_new_tokens, keep_kv=self.max_new_tokens > 1)
+        text, trace = self._traced(len(prompt), lambda: self._greedy_text(prompt, self.max_new_tokens))
+        return CellResult(response=text, prompt_tokens=len(prompt), latency=time.perf_counter() - start,
+                          router_trace=trace)
 
     def _generation_of_failing(self, probe) -> str | None:
         """What the model writes after the prompt, up to `generate_failing` tokens; None when that
@@ -345,7 +361,23 @@ class NativeBackend:
         settings = self._settings(len(context), riders, keep_kv=False)
         from ctxprobe.runner import score
 
-        return score(self.model, context, branches, settings=settings)
+        return self._traced(len(context), lambda: score(self.model, context, branches, settings=settings))
+
+    def _traced(self, prompt_tokens: int, run):
+        """run() (one pass over a prompt of prompt_tokens) -> (its result, the prompt's RouterTrace,
+        or None without --router-trace). Tokens past the prompt (branches, generated) are not counted."""
+        if self.recorder is None:
+            return run(), None
+        from ctxprobe.models.router_tap import observe_routers
+        from ctxprobe.runner import distributed
+
+        with observe_routers(self.model, self.recorder) as layers:
+            self.recorder.start(prompt_tokens, layers, self.model.config.n_experts, self.model.device)
+            if not layers:
+                raise UserError(f"--router-trace: the MoE blocks of {self.path} do not report their routing "
+                                "(models/router_tap.py); drop --router-trace")
+            result = run()
+        return result, self.recorder.trace(distributed.active())
 
     def close(self) -> None:
         self.model = None

@@ -27,18 +27,25 @@ class PromptRecorder:
         self.prompt_tokens = 0
         self._sums: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def start(self, prompt_tokens: int) -> None:
-        """Forget what was seen; record the prompt positions [0, prompt_tokens) from now on."""
+    def start(self, prompt_tokens: int, layers=(), n_experts: int = 0, device="cpu") -> None:
+        """Forget what was seen; record the prompt positions [0, prompt_tokens) from now on.
+        layers, n_experts, device: the sums to have even if a layer sees no token (a rank whose
+        shard of a short prompt is empty must still take part in adding the ranks' sums)."""
         self.prompt_tokens, self._sums = prompt_tokens, {}
+        for layer in layers:
+            self._zeros(layer, n_experts, device)
+
+    def _zeros(self, layer: int, n_experts: int, device):
+        B = n_buckets(self.prompt_tokens)
+        self._sums[layer] = (torch.zeros((B + 1) * n_experts, dtype=torch.int64, device=device),   # load
+                             torch.zeros(B + 1, dtype=torch.int64, device=device),                 # tokens
+                             torch.zeros(B + 1, dtype=torch.float64, device=device))               # margin sum
+        return self._sums[layer]
 
     def see(self, layer: int, pos_T: torch.Tensor, scores_TE: torch.Tensor, idx_TK: torch.Tensor) -> None:
         B, (T, E) = n_buckets(self.prompt_tokens), scores_TE.shape
-        if layer not in self._sums:
-            dev = scores_TE.device
-            self._sums[layer] = (torch.zeros((B + 1) * E, dtype=torch.int64, device=dev),   # load
-                                 torch.zeros(B + 1, dtype=torch.int64, device=dev),         # tokens
-                                 torch.zeros(B + 1, dtype=torch.float64, device=dev))       # margin sum
-        load, tokens, margin = self._sums[layer]
+        load, tokens, margin = self._sums.get(layer) or self._zeros(layer, E, scores_TE.device)
+        assert load.numel() == (B + 1) * E, "the recorder was started with another expert count"
         pos_T = pos_T.to(scores_TE.device)
         b_T = torch.where(pos_T < self.prompt_tokens, buckets_of(pos_T), B)
         load.index_add_(0, (b_T[:, None] * E + idx_TK).reshape(-1), torch.ones_like(idx_TK).reshape(-1))

@@ -25,6 +25,13 @@ def check_spec(spec: str, *, api_key_env: str | None = None, environ=None) -> No
         check_api_key_env(api_key_env, environ)
 
 
+def check_router_trace(spec: str) -> None:
+    """--router-trace watches the routers of a model ctxprobe runs itself: one line for a server."""
+    if spec.startswith("openai:"):
+        raise UserError("--router-trace records the routers of a MoE model that ctxprobe runs itself; an "
+                        "openai: server's routing cannot be seen: drop --router-trace, or pass a checkpoint")
+
+
 def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
                  served_model: str | None = None, api: str = "chat",
                  api_key_env: str | None = None, tokenizer: str | None = None,
@@ -33,13 +40,15 @@ def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
                  device: str | None = None, dtype: str | None = None, memory=None,
                  threads: int | None = None,
                  generate_failing: int = 0, stream: bool = False, reasoning_budget: int = 0,
-                 list_models: bool = True):
+                 list_models: bool = True, router_trace: bool = False):
     """memory: a ctxprobe.backends.memory.MemoryBudgets for the native runner (None: no plan before
     loading; each pass plans from the free memory). A server manages its own memory.
     threads: the native runner's torch threads (None: picked before each pass from the free cores,
     ctxprobe/backends/threads.py).
-    generate_failing: native only; see NativeBackend.
+    generate_failing, router_trace: native only; see NativeBackend.
     stream, reasoning_budget, list_models: openai: only; see HttpBackend."""
+    if router_trace:
+        check_router_trace(spec)
     if spec.startswith("openai:"):
         if memory is not None and memory.given():
             raise UserError("--gpu-memory, --host-memory and --offload-dir plan the native runner's "
@@ -65,7 +74,7 @@ def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
 
         return NativeBackend(str(path), chat_template=chat_template, max_new_tokens=max_new_tokens,
                              device=device, dtype=dtype, memory=memory, threads=threads,
-                             generate_failing=generate_failing)
+                             generate_failing=generate_failing, router_trace=router_trace)
     if path.is_dir():
         raise UserError(f"model directory {spec} has no config.json; pass an HF-format checkpoint "
                         "directory or openai:BASE_URL")

@@ -33,7 +33,8 @@ def db_option(f):
 def report(run_refs, db, output, relative, threshold, model_patterns, name_patterns, reference,
            show_paths):
     """Write a self-contained HTML report of RUN (name or id): provenance, heatmaps, fall-off
-    curves, effective lengths and failing examples. With several runs (named, or matched by
+    curves, effective lengths and failing examples (and, for a run with --router-trace, its MoE
+    router's expert-load entropy and top-1 margin by prompt position). With several runs (named, or matched by
     --model/--name), one page compares them: a table of runs and of the settings in which they
     differ, heatmaps on one scale and fall-off curves on one axis per family, latency and time to
     first token by length, and paired tests of each run against --reference, regressions marked.
@@ -55,8 +56,9 @@ def report(run_refs, db, output, relative, threshold, model_patterns, name_patte
         run = store.get_run(run_ref)
         cells = store.cells(run.id)
         invocations = store.invocations(run.id)
+        router_traces = store.router_traces(run.id)
     html = build_report(run, cells, relative=relative, threshold=threshold, invocations=invocations,
-                        show_paths=show_paths)
+                        show_paths=show_paths, router_traces=router_traces)
     with output_file(output) as f:  # whole or not at all: a failure keeps the earlier report
         f.write(html)
     click.echo(f"wrote {output} ({len(cells)} cells of run {run.name})")

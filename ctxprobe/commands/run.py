@@ -104,12 +104,16 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--quiet", is_flag=True,
               help="No progress bar, and no line saying that cells are added to an existing run "
                    "(warnings and errors still print).")
+@click.option("--router-trace", is_flag=True,
+              help="Native MoE models: record, per MoE layer and log-spaced prompt position, the experts "
+                   "each cell's prompt chose and the router's top-1 margin; `ctxprobe report` plots them.")
 @click.pass_context
 def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, name, max_new_tokens,
                 concurrency, haystack, served_model, api, api_key_env, tokenizer, timeout,
                 max_response_bytes, retries, shard, chat_template, device, dtype, gpu_memory,
                 host_memory, offload_dir, quiet, verify, threads, params, generate_failing,
-                stream=False, reasoning_budget=0, dry_run=False, price_in=None, price_out=None):
+                stream=False, reasoning_budget=0, dry_run=False, price_in=None, price_out=None,
+                router_trace=False):
     """Run probes against a model and store one row per cell; rerunning resumes.
 
     Native runs plan their memory for the longest cell not yet stored before loading any weight
@@ -128,7 +132,7 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
     """
     from ctxprobe.backends import open_backend
     from ctxprobe.backends.memory import MemoryBudgets
-    from ctxprobe.backends.spec import check_spec
+    from ctxprobe.backends.spec import check_router_trace, check_spec
     from ctxprobe.grid import parse_depths, parse_lengths
     from ctxprobe.planner import parse_shard
     from ctxprobe.store import Store
@@ -141,6 +145,8 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
     if world is not None:
         return _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed, db, name,
                             max_new_tokens, haystack, shard, chat_template, device, dtype, memory, quiet)
+    if router_trace:   # a server is refused before a store is opened or the server called
+        check_router_trace(model_spec)
     families = [f.strip() for f in probes.split(",") if f.strip()]
     check_families(families)
     spec = SweepSpec(families=families,
@@ -166,7 +172,7 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
                                max_response_bytes=max_response_bytes,
                                chat_template=chat_template, device=device, dtype=dtype, threads=threads,
                                memory=memory, generate_failing=generate_failing,
-                               stream=stream, reasoning_budget=reasoning_budget)
+                               stream=stream, reasoning_budget=reasoning_budget, router_trace=router_trace)
         try:  # native: plan the longest pending cell and load the weights; one that cannot fit stops here
             todo = _pending(store, backend, spec, model_spec, name)
             _prepare(backend, spec, todo)
@@ -289,7 +295,8 @@ def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed,
             backend = open_backend(model_spec, max_new_tokens=max_new_tokens, chat_template=chat_template,
                                    device=distributed.rank_device(world, device), dtype=dtype,
                                    memory=memory, threads=ctx.params.get("threads"),
-                                   generate_failing=ctx.params.get("generate_failing") or 0)
+                                   generate_failing=ctx.params.get("generate_failing") or 0,
+                                   router_trace=bool(ctx.params.get("router_trace")))
             stack.callback(backend.close)
             if world.is_main:
                 todo = _pending(store, backend, spec, model_spec, name)

@@ -100,13 +100,30 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE cells ADD COLUMN decode_rate REAL;              -- streamed: tokens/s after the first
         """,
     ),
+    (
+        6,
+        "router traces: per cell, a MoE router's expert load and top-1 margin by prompt position",
+        """
+        CREATE TABLE router_traces (
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            family TEXT NOT NULL,
+            length INTEGER NOT NULL,
+            depth REAL NOT NULL,
+            sample INTEGER NOT NULL,
+            shape TEXT NOT NULL,                   -- JSON: MoE layer indices, buckets, experts
+            data BLOB NOT NULL,                    -- zlib of int32 load, int32 tokens, float32 margin (router_trace.py)
+            PRIMARY KEY (run_id, family, length, depth, sample)
+        );
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]
 
 # The oldest schema a read-only Store reads without migrating: every migration after it only
-# adds nullable cell columns, which read as NULL, or the invocations table, which reads as empty
-# where it is missing (Store.invocations). Raise it with any migration that does more.
+# adds nullable cell columns, which read as NULL, or the invocations and router_traces tables,
+# which read as empty where they are missing (Store.invocations, Store.router_traces). Raise it
+# with any migration that does more.
 READABLE_FROM = 1
 
 

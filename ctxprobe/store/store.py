@@ -16,10 +16,12 @@ import json
 import os
 import sqlite3
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctxprobe.errors import UserError
+from ctxprobe.router_trace import RouterTrace
 from ctxprobe.store.faults import Guard, StoreError, Transaction, busy_timeout
 from ctxprobe.store.opening import open_readonly, open_writable
 
@@ -190,8 +192,7 @@ class Store:
         """The commands that added to a run, oldest first; none in a database from before schema
         version 4 opened read-only (it has no such table)."""
         with self._guard(f"reading the invocations of {self._run_label(run_id)}"):
-            if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                                     "AND name = 'invocations'").fetchone():
+            if not self._has_table("invocations"):
                 return []
             rows = self.conn.execute("SELECT * FROM invocations WHERE run_id = ? ORDER BY id",
                                      (run_id,)).fetchall()
@@ -250,9 +251,10 @@ class Store:
                 (run_id,)).fetchall()
         return {tuple(r) for r in rows}
 
-    def put_cell(self, run_id: int, cell: dict) -> bool:
+    def put_cell(self, run_id: int, cell: dict, *, router_trace: RouterTrace | None = None) -> bool:
         """Store one finished cell in its own transaction. An errored cell stored earlier is
-        replaced; a cell stored without error is kept and this one dropped (returns False)."""
+        replaced; a cell stored without error is kept and this one dropped (returns False).
+        router_trace: the cell's (`ctxprobe run --router-trace`), stored with it or not at all."""
         missing = [k for k in CELL_KEY + ("seed",) if cell.get(k) is None]
         assert not missing, f"cell lacks {missing}"
         values = {k: _storable(cell.get(k)) for k in CELL_KEYS}
@@ -275,7 +277,36 @@ class Store:
                 + f" WHERE {REPLACEABLE}",
                 (run_id, *values.values(), _utc_now()),
             )
-        return cur.rowcount > 0
+            stored = cur.rowcount > 0
+            if stored and router_trace is not None:
+                shape, data = router_trace.encode()
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO router_traces (run_id, family, length, depth, sample, shape, data) "
+                    "VALUES (?,?,?,?,?,?,?)", (run_id, *(cell[k] for k in CELL_KEY), shape, data))
+        return stored
+
+    def router_traces(self, run_id: int) -> dict[tuple, RouterTrace]:
+        """(family, length, depth, sample) -> that cell's router trace, for the cells that have one;
+        empty for a database from before schema version 6 opened read-only (it has no such table)."""
+        with self._guard(f"reading the router traces of {self._run_label(run_id)}"):
+            if not self._has_table("router_traces"):
+                return {}
+            rows = self.conn.execute("SELECT family, length, depth, sample, shape, data FROM router_traces "
+                                     "WHERE run_id = ?", (run_id,)).fetchall()
+        out = {}
+        for family, length, depth, sample, shape, data in rows:
+            key = (family, length, float(depth), sample)
+            try:
+                out[key] = RouterTrace.decode(shape, data)
+            except (ValueError, KeyError, TypeError, zlib.error, json.JSONDecodeError) as e:
+                raise StoreError(f"database {self.path}: the router trace of {_cell_label(dict(zip(CELL_KEY, key)))} "
+                                 f"of {self._run_label(run_id)} is unreadable ({e}); the row was damaged or "
+                                 "edited: restore the file from a copy") from None
+        return out
+
+    def _has_table(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                 (name,)).fetchone() is not None
 
     def cell_counts(self, run_id: int) -> tuple[int, int]:
         """(cells stored, of which errored)."""
@@ -325,8 +356,21 @@ class Store:
                         (target.id, *tuple(row)),
                     )
                 self._copy_invocations(other, run.id, target.id)
+                self._copy_router_traces(other, run.id, target.id)
             cells_added += self.cell_counts(target.id)[0] - before
         return runs_added, cells_added
+
+    def _copy_router_traces(self, other: "Store", source_run: int, target_run: int) -> None:
+        """Merging: the source run's router traces of cells that have none here (the cell kept here
+        is then the source's, or the same probe answered by the same model)."""
+        with other._guard(f"reading the router traces of run id {source_run}"):
+            if not other._has_table("router_traces"):
+                return
+            rows = other.conn.execute("SELECT family, length, depth, sample, shape, data FROM router_traces "
+                                      "WHERE run_id = ?", (source_run,)).fetchall()
+        for row in rows:
+            self.conn.execute("INSERT OR IGNORE INTO router_traces (run_id, family, length, depth, sample, "
+                              "shape, data) VALUES (?,?,?,?,?,?,?)", (target_run, *tuple(row)))
 
     def _free_name_for(self, run: Run, source: str) -> "Run | str":
         """The run to merge into under `name@source[-k]`, or a free name to create it under."""

@@ -198,7 +198,7 @@ def run_sweep(store: Store | None, run: Run | None, backend, spec: SweepSpec, *,
             if redact is not None:  # scored on the raw text above; stored without the API key
                 row["response"] = redact(row["response"])
                 row["error"] = row["error"] and redact(row["error"])
-            if main_rank and not store.put_cell(run.id, row):
+            if main_rank and not store.put_cell(run.id, row, router_trace=result.router_trace):
                 stats.skipped += 1  # another process finished this cell meanwhile: its row stands
                 continue
             stats.finished += 1
