@@ -158,10 +158,17 @@ def _ring_worker(rank, world_size, port, out_dir, path):
                             settings=Settings(chunk_tokens=23, kv_block_tokens=8, kv_tiers="host"))
         meta, blob = recorder.trace(World(rank=rank, size=world_size)).encode()
         results = {"meta": meta, "blob": blob.hex()}
+        # A one-token prompt leaves one rank without tokens: it still takes part in adding the sums.
+        with observe_routers(m, recorder) as layers:
+            recorder.start(1, layers, m.config.n_experts)
+            sharded_prefill(m, prompt[:1], World(rank=rank, size=world_size))
+        one = recorder.trace(World(rank=rank, size=world_size))
+        results["one_token"] = [one.tokens_LB.tolist(), one.load_LBE.sum(-1).tolist()]
     finally:
         finish_rank(out_dir, rank, results)
 
 
+@pytest.mark.timeout(300)
 def test_ring_runner_over_two_gloo_ranks_adds_the_shards(tiny_models, tmp_path_factory, tmp_path):
     from processes import spawn_world
 
@@ -175,6 +182,7 @@ def test_ring_runner_over_two_gloo_ranks_adds_the_shards(tiny_models, tmp_path_f
     want = reference(m, ids(PROMPT_LEN, m.config.vocab_size, seed=7))
     for r in per_rank:
         assert_same(RouterTrace.decode(r["meta"], bytes.fromhex(r["blob"])), want)
+        assert r["one_token"] == [[[1], [1]], [[2], [2]]]   # per layer: 1 token in 1 bucket, 2 choices (top-2)
 
 
 def test_encoding_round_trips_and_pooling_adds():

@@ -161,3 +161,33 @@ def test_refused_for_a_server_and_a_dense_model(runner, tmp_path):
                                   "--db", str(tmp_path / "r.db"), "--router-trace"])
     assert result.exit_code == 2 and "dense llama model" in result.output and "drop --router-trace" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.timeout(300)
+def test_torchrun_adds_the_ranks_shares_into_the_one_process_trace(runner, checkpoint, tmp_path):
+    """Under torchrun each rank routes its shard of the prompt; the stored trace (rank 0 writes)
+    is the sum, equal to a one-process run's."""
+    import os
+    import subprocess
+    import sys
+
+    from processes import free_port
+
+    args = ["run", "--model", str(checkpoint), "--probe", "niah", "--lengths", "256", "--depths", "0,100",
+            "--router-trace", "--generate-failing", "0", "--quiet"]
+    ring = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           str(free_port()), "-m", "ctxprobe", *args, "--db", str(tmp_path / "ring.db")],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=240)
+    assert ring.returncode == 0, ring.stderr[-3000:]
+    assert "on 2 ranks" in ring.stdout
+    one = runner.invoke(main, [*args, "--db", str(tmp_path / "one.db")])
+    assert one.exit_code == 0, one.output
+    with Store(tmp_path / "ring.db", readonly=True) as a, Store(tmp_path / "one.db", readonly=True) as b:
+        [run_a], [run_b] = a.runs(), b.runs()
+        assert run_a.backend["ranks"] == 2
+        sharded, whole = a.router_traces(run_a.id), b.router_traces(run_b.id)
+    assert sorted(sharded) == sorted(whole) and len(whole) == 2
+    for key, want in whole.items():
+        got = sharded[key]
+        assert np.array_equal(got.tokens_LB, want.tokens_LB) and np.array_equal(got.load_LBE, want.load_LBE)
+        assert np.allclose(got.margin_LB, want.margin_LB, atol=1e-5, equal_nan=True)
