@@ -41,7 +41,9 @@ def expected_effective_length(lengths: list[int], limit: int = DESIGNED_LIMIT) -
 
 def run_demo(out_dir: str | Path = ".", *, lengths: str = DEMO_LENGTHS, depths: str = DEMO_DEPTHS,
              samples: int = DEMO_SAMPLES, db: str | Path | None = None,
-             progress: bool = True) -> DemoResult:
+             progress: bool = True, threads: int | None = None) -> DemoResult:
+    """threads: torch's CPU threads per pass (None: chosen from the free cores,
+    ctxprobe/backends/threads.py)."""
     from ctxprobe.analysis.figures import heatmap_figure
     from ctxprobe.analysis.report import build_report
     from ctxprobe.backends import open_backend
@@ -62,7 +64,8 @@ def run_demo(out_dir: str | Path = ".", *, lengths: str = DEMO_LENGTHS, depths: 
     with Store(db_path) as store:
         # With budgets (here: what is free) the weights load only for cells still to run, so a
         # finished demo reruns without loading the model, as `ctxprobe run` does.
-        backend = open_backend("builtin", generate_failing=GENERATE_FAILING, memory=MemoryBudgets())
+        backend = open_backend("builtin", generate_failing=GENERATE_FAILING, memory=MemoryBudgets(),
+                               threads=threads)
         command = f"ctxprobe demo --lengths {lengths} --depths {depths} --samples {samples}"
         try:
             try:

@@ -70,6 +70,9 @@ def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
         if not (path / "tokenizer.json").is_file():   # said before torch is imported (10 s and more)
             raise UserError(f"checkpoint {spec} has no tokenizer.json; add the model's tokenizer "
                             "so ctxprobe can count lengths in its tokens")
+        from ctxprobe.backends.threads import passive_waits
+
+        passive_waits()    # before torch loads libgomp, which reads it once
         from ctxprobe.backends.native import NativeBackend
 
         return NativeBackend(str(path), chat_template=chat_template, max_new_tokens=max_new_tokens,

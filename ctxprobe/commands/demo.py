@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ctxprobe.commands.options import threads_option
 from ctxprobe.demo import DEMO_DEPTHS, DEMO_LENGTHS, DEMO_SAMPLES
 
 
@@ -15,7 +16,8 @@ from ctxprobe.demo import DEMO_DEPTHS, DEMO_LENGTHS, DEMO_SAMPLES
 @click.option("--samples", default=DEMO_SAMPLES, show_default=True, type=int, help="Samples per cell.")
 @click.option("--quiet", is_flag=True,
               help="No progress bar, and no line saying that cells are added to an earlier demo run.")
-def demo(out_dir, lengths, depths, samples, quiet):
+@threads_option
+def demo(out_dir, lengths, depths, samples, quiet, threads):
     """Run ctxprobe end to end on the built-in model (CPU, no download): a niah sweep stored in
     SQLite, a depth x length heatmap, an HTML report, and the effective context length measured
     against the one the model was built to have. Rerunning resumes from the store.
@@ -25,7 +27,8 @@ def demo(out_dir, lengths, depths, samples, quiet):
     from ctxprobe.demo import DESIGNED_LIMIT, run_demo
     from ctxprobe.sweep.summary import format_length
 
-    r = run_demo(out_dir, lengths=lengths, depths=depths, samples=samples, progress=not quiet)
+    r = run_demo(out_dir, lengths=lengths, depths=depths, samples=samples, progress=not quiet,
+                 threads=threads)
     if r.message and not quiet:
         click.echo(r.message, err=True)
     click.echo(r.summary)

@@ -55,7 +55,8 @@ verify_option = click.option(
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
     help="Native: torch's CPU threads per pass [default: the cores of this process's affinity "
-         "mask that other processes leave free, decided again every few seconds].")
+         "mask that other processes leave free, decided again every few seconds; README, "
+         "'CPU threads'].")
 
 
 MAX_SECONDS = 86400.0   # a day: longer is a typo, and socket timeouts overflow near 1e10 s
