@@ -7,7 +7,8 @@ remembered per pool, then windows in context), `junctions` (the joins between pa
 `cold` includes generating and tokenizing the haystack's sentences (first use of a seed and
 tokenizer in a process); `warm` is a second build with another depth, sentences already
 tokenized; `sample 1` is the next sample of the same seed (a new order of the same sentences,
-so new pairs to check). Peak memory is tracemalloc's peak over a warm build (Python and numpy
+so new pairs to check). `warm CPU s` is the warm build's CPU time: with the tokenizer on one
+thread (as here) that is its wall time on an idle core, however busy the machine is now. Peak memory is tracemalloc's peak over a warm build (Python and numpy
 allocations).
 
     python bench/probes.py                       # bytes + a tiny BPE trained on the spot
@@ -64,9 +65,9 @@ def build(tok, length, mode, depth, seed, haystack, sample=0):
 
 def measure(tok, length, mode, seed, haystack):
     def timed(depth, sample=0):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         build(tok, length, mode, depth, seed, haystack, sample)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     cold = timed(50)                                 # cold for this seed's sentences
     warm = timed(30)
@@ -75,6 +76,13 @@ def measure(tok, length, mode, seed, haystack):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return cold, warm, timed(30, sample=1), peak / 2**20
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:4])
+    except OSError:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main():
@@ -93,17 +101,18 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         bpe = args.tokenizer or train_tiny_bpe(Path(tmp))
         toks = [("byte", load_tokenizer(None)), (f"bpe ({Path(bpe).name})", load_tokenizer(bpe))]
-        print(f"load average {os.getloadavg()[0]:.2f}; haystack {args.haystack or 'procedural'}")
+        print(f"/proc/loadavg {loadavg()}; haystack {args.haystack or 'procedural'}")
         print(f"{'tokenizer':<22} {'length':>10} {'check':<10} {'cold s':>8} {'warm s':>8} "
-              f"{'sample 1 s':>10} {'peak MiB':>9}")
+              f"{'sample 1 s':>10} {'warm CPU s':>10} {'peak MiB':>9}")
         for seed, (name, tok) in enumerate(toks):
             for case, (size, mode) in enumerate(CASES):
                 if size not in wanted:
                     continue
                 # A fresh seed per case, so `cold` really includes tokenizing the sentences.
                 cold, warm, nxt, peak = measure(tok, SIZES[size], mode, seed * 100 + case, args.haystack)
-                print(f"{name:<22} {SIZES[size]:>10,} {mode:<10} {cold:>8.3f} {warm:>8.3f} {nxt:>10.3f} "
-                      f"{peak:>9.1f}", flush=True)
+                print(f"{name:<22} {SIZES[size]:>10,} {mode:<10} {cold[0]:>8.3f} {warm[0]:>8.3f} {nxt[0]:>10.3f} "
+                      f"{warm[1]:>10.3f} {peak:>9.1f}", flush=True)
+        print(f"/proc/loadavg {loadavg()}")
 
 
 if __name__ == "__main__":
