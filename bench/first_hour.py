@@ -125,14 +125,17 @@ def main():
         print(f"| {row['round']} | {row['kind']} | {row['sweep']:.1f} | {row['wall']:.1f} | {row['cpu']:.1f} "
               f"| {row['before']} | {row['after']} |")
     print()
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if b > 0 else "n/a (a zero time)"
+
     for r in range(args.rounds):
         got = {row["kind"]: row for row in rows if row["round"] == r}
         idle, busy = got["idle"], got["busy"]
-        text = (f"Round {r}: busy / idle = {busy['sweep'] / idle['sweep']:.2f}x sweep, "
-                f"{busy['wall'] / idle['wall']:.2f}x process, {busy['cpu'] / idle['cpu']:.2f}x CPU s")
+        text = (f"Round {r}: busy / idle = {ratio(busy['sweep'], idle['sweep'])} sweep, "
+                f"{ratio(busy['wall'], idle['wall'])} process, {ratio(busy['cpu'], idle['cpu'])} CPU s")
         if "idle, --threads 1" in got:
             one = got["idle, --threads 1"]
-            text += f"; busy / idle with one thread = {busy['sweep'] / one['sweep']:.2f}x sweep"
+            text += f"; busy / idle with one thread = {ratio(busy['sweep'], one['sweep'])} sweep"
         print(text + ".")
     print("Goal (issue 20): busy / idle sweep <= 1.5x.")
 
