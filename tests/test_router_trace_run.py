@@ -92,6 +92,16 @@ def test_the_report_finds_the_change(runner, checkpoint, tmp_path):
     assert "L0: e0 100%" in by_bucket["8-15"] and "L1: e0 100%" in by_bucket["8-15"]
     assert "e0" not in by_bucket["32-63"]
 
+    # Several runs on one page: a router section for each run that has traces.
+    plain = runner.invoke(main, ["run", "--model", str(checkpoint), "--probe", "niah", "--lengths", "256",
+                                 "--db", str(db), "--quiet", "--name", "untraced", "--generate-failing", "0"])
+    assert plain.exit_code == 0, plain.output
+    result = runner.invoke(main, ["report", run.name, "untraced", "--db", str(db), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert f'id="router-{run.id}"' in page and page.count('<h2 id="router') == 1
+    assert f"MoE router by position: {run.name}" in page and "between positions 8-15 and 16-31" in page
+
 
 def test_split_by_correct_answers():
     """Two groups pool apart: a cell that scored 1 goes to 'answered correctly'."""

@@ -58,11 +58,9 @@ def falloff_figure(cells, family: str | None, eff: EffectiveLength | None, title
                                fit=fit, title=title or family or "all families"), run_name)
 
 
-def router_figure(reading, *, run_name: str | None = None):
-    """reading: analysis.router.RouterReading -> expert-load entropy and top-1 margin by position."""
-    from ctxprobe.analysis.router import series
-
-    return _named(plots.router_by_position(reading.starts(), series(reading), n_experts=reading.all.n_experts,
+def router_figure(bucket_starts, series, n_experts: int, *, run_name: str | None = None):
+    """Expert-load entropy and top-1 margin by position bucket (analysis/router.py gives the numbers)."""
+    return _named(plots.router_by_position(bucket_starts, series, n_experts=n_experts,
                                            title="MoE router by prompt position"), run_name)
 
 

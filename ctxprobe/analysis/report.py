@@ -7,6 +7,7 @@ model output and may contain HTML. `ctxprobe report` writes the string this retu
 from __future__ import annotations
 
 from ctxprobe.analysis import figures
+from ctxprobe.analysis.router import router_section
 from ctxprobe.analysis.effective_length import (both_readings, describe_with_ci, effective_lengths,
                                                 reads_relative)
 from ctxprobe.analysis.summary import errored, families, usable
@@ -164,22 +165,6 @@ def error_examples(cells, limit: int = 10) -> html.Html:
             for c in bad[:limit]]
     return html.join(html.heading(f"Errored cells ({len(bad)})"),
                      html.table(["family", "length", "depth", "sample", "error"], rows))
-
-
-def router_section(cells, traces: dict, *, run_name: str) -> html.Html:
-    """Router traces (ctxprobe run --router-trace): figure, the biggest change, a row per bucket."""
-    from ctxprobe.analysis import router
-
-    reading = router.router_reading(cells, traces)
-    if reading is None:
-        return html.Html("")
-    headers, rows = router.table_rows(reading)
-    return html.join(html.heading("MoE router by position", anchor="router"),
-                     html.paragraph(router.about(), cls="muted"),
-                     html.paragraph(router.shift_text(reading)),
-                     html.image(figures.router_figure(reading, run_name=run_name),
-                                "MoE router: expert-load entropy and top-1 margin by prompt position"),
-                     html.table(headers, rows))
 
 
 def build_report(run, cells, *, relative: bool = False, threshold: float = 0.85,

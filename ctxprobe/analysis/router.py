@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ctxprobe.analysis import figures
+from ctxprobe.plots import html
 from ctxprobe.router_trace import MARGIN, RouterTrace, bucket_label, bucket_start, pooled
 
 CORRECT, WRONG = "answered correctly", "answered wrongly"
@@ -141,6 +143,21 @@ def shift_text(reading: RouterReading) -> str:
     return (f"The load moves most between positions {bucket_label(s.bucket - 1)} and {bucket_label(s.bucket)} "
             f"(layer {s.layer}: total variation distance {s.distance:.2f} between the two buckets' "
             "expert shares; 0 = the same shares, 1 = no expert in common).")
+
+
+def router_section(cells, traces: dict, *, run_name: str, title: str = "MoE router by position",
+                   anchor: str = "router") -> html.Html:
+    """The report's part for router traces: what they are, the biggest change in words, the figure
+    and a row per bucket; empty when no scored cell has a trace."""
+    reading = router_reading(cells, traces)
+    if reading is None:
+        return html.Html("")
+    headers, rows = table_rows(reading)
+    figure = figures.router_figure(reading.starts(), series(reading), reading.all.n_experts, run_name=run_name)
+    return html.join(html.heading(title, anchor=anchor), html.paragraph(about(), cls="muted"),
+                     html.paragraph(shift_text(reading)),
+                     html.image(figure, "MoE router: expert-load entropy and top-1 margin by prompt position"),
+                     html.table(headers, rows))
 
 
 def about() -> str:

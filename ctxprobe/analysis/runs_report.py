@@ -18,6 +18,7 @@ import numpy as np
 
 from ctxprobe.analysis.compare import compare
 from ctxprobe.analysis.effective_length import describe_with_ci, effective_lengths
+from ctxprobe.analysis.router import router_section
 from ctxprobe.analysis.summary import curve, families, grid, usable
 from ctxprobe.errors import UserError
 from ctxprobe.plots import grid as heatmap_grid
@@ -227,8 +228,10 @@ def select_runs(store, refs, model_patterns, name_patterns) -> list:
 
 
 def build_runs_report(runs, cells_of: dict, *, reference=None, threshold: float = 0.85,
-                      alpha: float = 0.05, min_drop: float = 0.05, show_paths: bool = False) -> str:
-    """The page for `runs` (Run rows), `cells_of` {run id: cells}; reference: one of runs."""
+                      alpha: float = 0.05, min_drop: float = 0.05, show_paths: bool = False,
+                      router_traces_of: dict | None = None) -> str:
+    """The page for `runs` (Run rows), `cells_of` {run id: cells}; reference: one of runs;
+    router_traces_of {run id: Store.router_traces}: a router section per run that has traces."""
     reference = reference or runs[0]
     everything = [c for r in runs for c in usable(cells_of[r.id])]
     body = [html.paragraph(f"{len(runs)} runs; reference: ", html.code(reference.name),
@@ -241,4 +244,8 @@ def build_runs_report(runs, cells_of: dict, *, reference=None, threshold: float 
     body += [html.heading("Latency by length"), latency_section(runs, cells_of),
              html.heading("Paired tests against the reference"),
              paired_section(reference, runs, cells_of, alpha, min_drop)]
+    for r in runs:
+        if (router_traces_of or {}).get(r.id):
+            body.append(router_section(usable(cells_of[r.id]), router_traces_of[r.id], run_name=r.name,
+                                       title=f"MoE router by position: {r.name}", anchor=f"router-{r.id}"))
     return html.page(f"ctxprobe: {len(runs)} runs side by side", *body)

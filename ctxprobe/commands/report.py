@@ -73,7 +73,9 @@ def _several(run_refs, db, output, threshold, model_patterns, name_patterns, ref
         if ref.id not in {r.id for r in runs}:
             runs.insert(0, ref)
         cells_of = {r.id: store.cells(r.id) for r in runs}
-    html = build_runs_report(runs, cells_of, reference=ref, threshold=threshold, show_paths=show_paths)
+        router_traces_of = {r.id: store.router_traces(r.id) for r in runs}
+    html = build_runs_report(runs, cells_of, reference=ref, threshold=threshold, show_paths=show_paths,
+                             router_traces_of=router_traces_of)
     with output_file(output) as f:
         f.write(html)
     click.echo(f"wrote {output} ({len(runs)} runs, {sum(len(c) for c in cells_of.values())} cells; "
