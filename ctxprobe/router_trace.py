@@ -9,9 +9,9 @@ per token:
     margin_LB[l, b]     mean top-1 margin over those tokens: the router's best per-expert score
                         minus its second best (NaN where no token fell)
 
-The margin is read in the score the router ranks experts by, always in [0, 1]: the softmax
-probability over all experts (Mixtral, Qwen3-MoE) or the sigmoid of the logit (Llama 4). A small
-margin means the router barely prefers its first choice.
+The margin is read in the per-expert score each family's router reports (models/router_tap.py),
+always in [0, 1]: the softmax probability over all experts (Mixtral, Qwen3-MoE) or the sigmoid of
+the logit (Llama 4). A small margin means the router barely prefers its first choice.
 
 Plain numpy (no torch): the store, the report and the HTTP-only install read traces too.
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MARGIN = "top-1 minus top-2 router score (softmax probability, or sigmoid for Llama 4)"
+MARGIN = "top-1 minus top-2 router score (the softmax probability over all experts, or the sigmoid where the router uses one)"
 
 
 def bucket_of(position: int) -> int:

@@ -102,6 +102,15 @@ def test_the_report_finds_the_change(runner, checkpoint, tmp_path):
     assert f'id="router-{run.id}"' in page and page.count('<h2 id="router') == 1
     assert f"MoE router by position: {run.name}" in page and "between positions 8-15 and 16-31" in page
 
+    # The run grows without --router-trace: its new cells are named as left out.
+    grown = runner.invoke(main, ["run", "--model", str(checkpoint), "--probe", "niah", "--lengths", "256,320,384",
+                                 "--depths", "0,100", "--db", str(db), "--quiet", "--name", run.name,
+                                 "--generate-failing", "0"])
+    assert grown.exit_code == 0, grown.output
+    result = runner.invoke(main, ["report", run.name, "--db", str(db), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "2 of the 6 scored cells have no trace" in out.read_text()
+
 
 def test_split_by_correct_answers():
     """Two groups pool apart: a cell that scored 1 goes to 'answered correctly'."""

@@ -154,8 +154,11 @@ def router_section(cells, traces: dict, *, run_name: str, title: str = "MoE rout
         return html.Html("")
     headers, rows = table_rows(reading)
     figure = figures.router_figure(reading.starts(), series(reading), reading.all.n_experts, run_name=run_name)
+    scored, traced = sum(c.get("score") is not None for c in cells), sum(reading.cells.values())
+    untraced = (f" {scored - traced} of the {scored} scored cells have no trace (run without --router-trace) "
+                "and are left out." if traced < scored else "")
     return html.join(html.heading(title, anchor=anchor), html.paragraph(about(), cls="muted"),
-                     html.paragraph(shift_text(reading)),
+                     html.paragraph(shift_text(reading) + untraced),
                      html.image(figure, "MoE router: expert-load entropy and top-1 margin by prompt position"),
                      html.table(headers, rows))
 
