@@ -4,6 +4,9 @@
 `KVStore` keeps one layer's K/V in a tier (device, pinned host, disk); `chunked_attention`
 attends a query chunk over a whole store block by block, prefetching the next block;
 `ring_attend` does the same across the ranks of a process group, over `shard`-ed sequences.
+All of them take a value head dim Dv unlike the query/key one, and `sinks=` (a per-head logit in
+the softmax denominator, gpt-oss); a caller that merges partial results itself applies sinks once
+to the merged result with `apply_sinks`.
 """
 
 from .blockwise import attend
@@ -14,8 +17,9 @@ from .merge import merge
 from .reference import attend_reference
 from .ring import ring_attend
 from .shard import gather, shard, shard_positions, shard_ranges, unshard
+from .sinks import apply_sinks
 from .stream import BlockStream
 
-__all__ = ["attend", "attend_reference", "merge", "KVStore", "TIERS", "chunked_attention",
+__all__ = ["attend", "attend_reference", "merge", "apply_sinks", "KVStore", "TIERS", "chunked_attention",
            "BlockStream", "BACKENDS", "available_backends", "ring_attend", "shard", "unshard",
            "gather", "shard_positions", "shard_ranges"]

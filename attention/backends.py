@@ -1,10 +1,13 @@
 """Kernels that return (out, lse) for one (query block, key span) pair.
 
-Every backend implements the same three calls on q [B, Hq, Tq, D], k/v [B, Hkv, Tk, D]:
+Every backend implements the same three calls on q [B, Hq, Tq, Dk], k [B, Hkv, Tk, Dk],
+v [B, Hkv, Tk, Dv]:
     full(q, k, v, scale)          every query sees every key
     diag(q, k, v, scale)          causal, top-left aligned: query i sees keys j <= i
     masked(q, k, v, scale, mask)  mask [Tq, Tk] bool, True = visible
-each -> out [B, Hq, Tq, D] (q's dtype), lse [B, Hq, Tq] float32, -inf and out 0 for empty rows.
+each -> out [B, Hq, Tq, Dv] (q's dtype), lse [B, Hq, Tq] float32, -inf and out 0 for empty rows.
+Fused kernels that need one head dim for q, k and v get Dv != Dk through `same_head_dims`
+(zero padding, exact); the reference math takes any Dv.
 
 Backends: "reference" (float32 math, the oracle), "torch" (PyTorch's fused ops that return the
 log-sum-exp: the CPU flash op; on CUDA cuDNN, flash, memory-efficient, picked by a one-time
@@ -18,6 +21,7 @@ import importlib
 import inspect
 
 import torch
+import torch.nn.functional as F
 
 NEG_INF = float("-inf")
 
@@ -36,7 +40,30 @@ def _math(q, k, v, scale, mask=None):
     p = torch.exp(s - lse.unsqueeze(-1))
     p = torch.nan_to_num(p, nan=0.0)  # rows with no visible key: exp(-inf - -inf)
     out = torch.einsum("bhgqk,bhkd->bhgqd", p, v.float())
-    return out.reshape(B, Hq, Tq, D).to(q.dtype), lse.reshape(B, Hq, Tq)
+    return out.reshape(B, Hq, Tq, v.shape[3]).to(q.dtype), lse.reshape(B, Hq, Tq)
+
+
+def is_leading_columns(v: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether v is k[..., :Dv], a view of the same memory (MLA's values are the latent part of
+    its keys): then k itself can stand for v padded, with no copy."""
+    return (v.shape[:3] == k.shape[:3] and v.shape[3] <= k.shape[3] and v.data_ptr() == k.data_ptr()
+            and v.stride() == k.stride() and v.dtype == k.dtype)
+
+
+def same_head_dims(run, q, k, v, *args):
+    """run(q, k, v, *args) for a kernel that needs one head dim for q, k and v, with Dv != Dk.
+
+    Dv < Dk: v gets Dk - Dv extra columns and the output is cut back to Dv (what fills them never
+    reaches out[..., :Dv], so when v is k's leading columns, k itself is passed). Dv > Dk: q and k
+    get zero columns, which add 0 to every score. Exact either way; costs the padded work."""
+    Dk, Dv = q.shape[3], v.shape[3]
+    if Dk == Dv:
+        return run(q, k, v, *args)
+    if Dv < Dk:
+        wide_v = k if is_leading_columns(v, k) else F.pad(v, (0, Dk - Dv))
+        out, lse = run(q, k, wide_v, *args)
+        return out[..., :Dv], lse
+    return run(F.pad(q, (0, Dv - Dk)), F.pad(k, (0, Dv - Dk)), v, *args)
 
 
 def _diag_mask(Tq, Tk, device):
@@ -68,26 +95,27 @@ def _clear_empty_rows(out, lse, mask):
 
 class TorchCPUKernels:
     """aten::_scaled_dot_product_flash_attention_for_cpu: returns logsumexp [B, H, Tq] float32,
-    handles Hq a multiple of Hkv natively, is_causal top-left; float masks only (same dtype as q)."""
+    handles Hq a multiple of Hkv natively, is_causal top-left; float masks only (same dtype as q);
+    one head dim for q, k and v (torch 2.13), so Dv != Dk goes through same_head_dims."""
 
     name = "torch"
 
     @staticmethod
-    def op(*args, **kwargs):
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(*args, **kwargs)
+    def op(q, k, v, causal, scale, bias=None):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, causal, attn_mask=bias, scale=scale)[:2]
+        return out, lse.float()
 
     def full(self, q, k, v, scale):
-        out, lse = self.op(q, k, v, 0.0, False, scale=scale)
-        return out, lse.float()
+        return same_head_dims(self.op, q, k, v, False, scale)
 
     def diag(self, q, k, v, scale):
-        out, lse = self.op(q, k, v, 0.0, True, scale=scale)
-        return out, lse.float()
+        return same_head_dims(self.op, q, k, v, True, scale)
 
     def masked(self, q, k, v, scale, mask):
         bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, NEG_INF)
-        out, lse = self.op(q, k, v, 0.0, False, attn_mask=bias, scale=scale)
-        return _clear_empty_rows(out, lse.float(), mask)
+        out, lse = same_head_dims(self.op, q, k, v, False, scale, bias)
+        return _clear_empty_rows(out, lse, mask)
 
 
 # ---------------------------------------------------------------- torch on CUDA
@@ -138,18 +166,21 @@ CUDA_OPS = {"cudnn": _cudnn, "flash": _flash, "efficient": _efficient}
 
 
 @functools.lru_cache(maxsize=None)
-def pick_cuda_op(device: str, dtype: torch.dtype, head_dim: int) -> str | None:
+def pick_cuda_op(device: str, dtype: torch.dtype, head_dim: int, v_head_dim: int | None = None) -> str | None:
     """First of cuDNN, flash, memory-efficient that runs and matches the reference on a small
-    self-check for this device/dtype/head dim (None: fall back to reference math). Both calls
-    attend makes are checked: a square causal diagonal, and an unmasked span with more queries
-    than keys, neither a multiple of 64 (grouped queries folded along the query axis)."""
+    self-check for this device/dtype/head dims (None: none does; with Dv != Dk the caller pads to
+    one head dim, else falls back to reference math). Both calls attend makes are checked: a
+    square causal diagonal, and an unmasked span with more queries than keys, neither a multiple
+    of 64 (grouped queries folded along the query axis)."""
+    v_head_dim = head_dim if v_head_dim is None else v_head_dim
     g = torch.Generator(device=device).manual_seed(0)
     scale = head_dim ** -0.5
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     cases = []
     for causal, Tq, Tk in ((True, 96, 96), (False, 200, 136)):
         q = torch.randn(1, 2, Tq, head_dim, device=device, dtype=dtype, generator=g)
-        k, v = (torch.randn(1, 2, Tk, head_dim, device=device, dtype=dtype, generator=g) for _ in range(2))
+        k = torch.randn(1, 2, Tk, head_dim, device=device, dtype=dtype, generator=g)
+        v = torch.randn(1, 2, Tk, v_head_dim, device=device, dtype=dtype, generator=g)
         cases.append((q, k, v, causal, _math(q, k, v, scale, _diag_mask(Tq, Tk, device) if causal else None)))
 
     def passes(fn) -> bool:
@@ -179,6 +210,8 @@ class TorchCUDAKernels:
         self.op_name = op_name  # None: self-checked pick per dtype/head dim
 
     def _run(self, q, k, v, scale, causal):
+        if q.shape[-1] != v.shape[-1]:
+            return self._run_unequal(q, k, v, scale, causal)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         if self.op_name is not None:  # forced: let its error surface
             return self._normalized(CUDA_OPS[self.op_name](q, k, v, scale, causal))
@@ -190,6 +223,18 @@ class TorchCUDAKernels:
             except RuntimeError:
                 continue
         return _math(q, k, v, scale, _diag_mask(q.shape[2], k.shape[2], q.device) if causal else None)
+
+    def _run_unequal(self, q, k, v, scale, causal):
+        """Dv != Dk: the kernel as it is when it takes these dims (forced, or passing the self-check
+        for them; cuDNN and memory-efficient may), else padded to one head dim (same_head_dims)."""
+        native = self.op_name or pick_cuda_op(str(q.device), q.dtype, q.shape[-1], v.shape[-1])
+        if native is not None:
+            try:
+                return self._normalized(CUDA_OPS[native](q.contiguous(), k.contiguous(), v.contiguous(),
+                                                         scale, causal))
+            except RuntimeError:
+                pass
+        return same_head_dims(self._run, q, k, v, scale, causal)
 
     @staticmethod
     def _normalized(result):
@@ -246,7 +291,8 @@ def lse_request(func) -> dict:
 
 class FlashAttnKernels:
     """flash-attn takes [B, T, H, D], handles GQA natively, aligns causal bottom-right and
-    gives lse = +inf for empty rows; the diagonal is passed to it square (square_diag)."""
+    gives lse = +inf for empty rows; the diagonal is passed to it square (square_diag), and
+    Dv != Dk padded to one head dim (same_head_dims)."""
 
     name = "flash_attn"
 
@@ -259,6 +305,10 @@ class FlashAttnKernels:
         self.lse_kwargs = lse_request(self.func)
 
     def _run(self, q, k, v, scale, causal):
+        # FA2 needs one head dim for q, k and v; FA3/FA4 take only some (Dk, Dv) pairs: pad (exact).
+        return same_head_dims(self._run_same_dims, q, k, v, scale, causal)
+
+    def _run_same_dims(self, q, k, v, scale, causal):
         t = lambda x: x.transpose(1, 2).contiguous()  # noqa: E731
         if self.flavour == "fa2":
             res = self.func(t(q), t(k), t(v), 0.0, softmax_scale=scale, causal=causal, **self.lse_kwargs)

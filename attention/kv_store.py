@@ -1,10 +1,11 @@
 """One layer's K/V in a storage tier, kept block-contiguous so that moving a block is one copy.
 
 Tiers: "device" (tensors on the compute device), "host" (CPU memory, pinned when CUDA is
-present), "disk" (one memory-mapped file in a directory the user names). Each block is a
-buffer [2, Hkv, block_size, D] holding K then V for block_size consecutive positions; the
-last block may be partly filled. Optional fp8 (e4m3) storage in the host and disk tiers halves
-the traffic: each block keeps one float32 scale per (K or V, head), scale = amax / 448, and is
+present), "disk" (one memory-mapped file in a directory the user names). Each block is one
+contiguous buffer holding K [Hkv, block_size, Dk] then V [Hkv, block_size, Dv] for block_size
+consecutive positions (flat, since Dv may differ from Dk; `split` views its two parts); the last
+block may be partly filled. Optional fp8 (e4m3) storage in the host and disk tiers halves the
+traffic: each block keeps one float32 scale per (K or V, head), scale = amax / 448, and is
 upcast on the compute device (attention/stream.py).
 """
 
@@ -21,23 +22,27 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite e4m3fn value
 
 
-def quantize_fp8(x_2HTD: torch.Tensor):
-    """[2, H, T, D] -> (fp8 [2, H, T, D], scale [2, H] float32) with x ~= fp8 * scale."""
-    amax = x_2HTD.float().abs().amax(dim=(2, 3))
+def quantize_fp8(x: torch.Tensor):
+    """[..., T, D] -> (fp8 [..., T, D], scale [...] float32) with x ~= fp8 * scale: one scale per
+    leading index (e.g. [H, T, D] -> [H], per head)."""
+    amax = x.float().abs().amax(dim=(-2, -1))
     scale = (amax / FP8_MAX).clamp_min(1e-12)
-    q = (x_2HTD.float() / scale[:, :, None, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    q = (x.float() / scale[..., None, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
     return q, scale
 
 
-def dequantize_fp8(q_2HTD: torch.Tensor, scale_2H: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return (q_2HTD.float() * scale_2H[:, :, None, None].float()).to(dtype)
+def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp8 [..., T, D], scale [...] -> [..., T, D] in dtype."""
+    return (q.float() * scale[..., None, None].float()).to(dtype)
 
 
 class KVStore:
-    """append(k, v) with k/v [Hkv, T, D] or [1, Hkv, T, D]; blocks are read by `attention.BlockStream`."""
+    """append(k, v) with k [Hkv, T, Dk] and v [Hkv, T, Dv] (or with a batch dim of 1); blocks are
+    read by `attention.BlockStream`. head_dim is Dk; v_head_dim is Dv (default: Dk)."""
 
-    def __init__(self, n_kv_heads: int, head_dim: int, *, tier: str = "device", block_size: int = 16384,
-                 dtype: torch.dtype = torch.bfloat16, device=None, path=None, fp8: bool = False):
+    def __init__(self, n_kv_heads: int, head_dim: int, *, v_head_dim: int | None = None, tier: str = "device",
+                 block_size: int = 16384, dtype: torch.dtype = torch.bfloat16, device=None, path=None,
+                 fp8: bool = False):
         if tier not in TIERS:
             raise ValueError(f"unknown KV tier {tier!r}; choose one of {', '.join(TIERS)}")
         if block_size < 1:
@@ -47,13 +52,17 @@ class KVStore:
                              "use tier='host' or fp8=False")
         if tier == "disk" and path is None:
             raise ValueError("the 'disk' KV tier needs path= (a directory for its memory-mapped file)")
-        self.n_kv_heads, self.head_dim, self.block_size = n_kv_heads, head_dim, block_size
+        v_head_dim = head_dim if v_head_dim is None else v_head_dim
+        if head_dim < 1 or v_head_dim < 1:
+            raise ValueError(f"head dims must be positive, got head_dim {head_dim}, v_head_dim {v_head_dim}")
+        self.n_kv_heads, self.head_dim, self.v_head_dim = n_kv_heads, head_dim, v_head_dim
+        self.block_size = block_size
         self.tier, self.dtype, self.fp8 = tier, dtype, fp8
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.storage_dtype = FP8 if fp8 else dtype
         self.pinned = tier == "host" and torch.cuda.is_available()
         self.length = 0
-        self._blocks: list[torch.Tensor | None] = []  # [2, Hkv, block_size, D] storage_dtype; None on disk
+        self._blocks: list[torch.Tensor | None] = []  # flat [block_numel] storage_dtype; None on disk
         self._scales: list[torch.Tensor] = []  # fp8 only: [2, Hkv] float32 per committed block
         self._tail = None  # fp8 only: the unfilled last block in full precision, quantized when full
         self._file = None
@@ -67,13 +76,21 @@ class KVStore:
 
     # ------------------------------------------------------------ layout
     @property
-    def block_shape(self) -> tuple[int, int, int, int]:
-        return (2, self.n_kv_heads, self.block_size, self.head_dim)
+    def block_numel(self) -> int:
+        """Values in one block: K then V, Hkv * block_size * (Dk + Dv)."""
+        return self.n_kv_heads * self.block_size * (self.head_dim + self.v_head_dim)
 
     @property
     def block_bytes(self) -> int:
-        n = 2 * self.n_kv_heads * self.block_size * self.head_dim
-        return n * torch.empty((), dtype=self.storage_dtype).element_size()
+        return self.block_numel * torch.empty((), dtype=self.storage_dtype).element_size()
+
+    def split(self, buffer: torch.Tensor):
+        """A block's flat buffer (stored, staged on a device, any dtype) -> views
+        k [Hkv, block_size, Dk], v [Hkv, block_size, Dv]."""
+        n_k = self.n_kv_heads * self.block_size * self.head_dim
+        k = buffer[:n_k].view(self.n_kv_heads, self.block_size, self.head_dim)
+        v = buffer[n_k:].view(self.n_kv_heads, self.block_size, self.v_head_dim)
+        return k, v
 
     def __len__(self) -> int:
         return self.length
@@ -91,9 +108,9 @@ class KVStore:
     def _new_block(self) -> torch.Tensor:
         """Add a block and return its buffer."""
         if self.tier == "device":
-            block = torch.empty(self.block_shape, dtype=self.storage_dtype, device=self.device)
+            block = torch.empty(self.block_numel, dtype=self.storage_dtype, device=self.device)
         elif self.tier == "host":
-            block = torch.empty(self.block_shape, dtype=self.storage_dtype, pin_memory=self.pinned)
+            block = torch.empty(self.block_numel, dtype=self.storage_dtype, pin_memory=self.pinned)
         else:
             # Disk blocks are mapped only while in use (_block): each mapping holds a file
             # descriptor, and a million-token store of many layers would pass the open-file limit.
@@ -103,30 +120,32 @@ class KVStore:
         return self._block(len(self._blocks) - 1)
 
     def _block(self, i: int) -> torch.Tensor:
-        """Block i's buffer [2, Hkv, block_size, D]: the tensor itself, or a fresh map of its bytes on disk."""
+        """Block i's flat buffer: the tensor itself, or a fresh map of its bytes on disk."""
         if self._blocks[i] is not None:
             return self._blocks[i]
         mm = np.memmap(self._file, dtype=np.uint8, mode="r+", offset=i * self.block_bytes,
                        shape=(self.block_bytes,))
-        return torch.from_numpy(mm).view(self.storage_dtype).view(self.block_shape)
+        return torch.from_numpy(mm).view(self.storage_dtype)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         if k.dim() == 4:
             if k.shape[0] != 1:
                 raise ValueError(f"KVStore holds one sequence; got a batch of {k.shape[0]} in k {tuple(k.shape)}")
             k, v = k[0], v[0]
-        if k.shape != v.shape or k.dim() != 3 or k.shape[0] != self.n_kv_heads or k.shape[2] != self.head_dim:
-            raise ValueError(f"KVStore.append expects k and v of shape [{self.n_kv_heads}, T, {self.head_dim}], "
-                             f"got k {tuple(k.shape)}, v {tuple(v.shape)}")
+        if k.dim() != 3 or v.dim() != 3 or k.shape[1] != v.shape[1] \
+                or (k.shape[0], k.shape[2], v.shape[0], v.shape[2]) != (self.n_kv_heads, self.head_dim,
+                                                                        self.n_kv_heads, self.v_head_dim):
+            raise ValueError(f"KVStore.append expects k [{self.n_kv_heads}, T, {self.head_dim}] and "
+                             f"v [{self.n_kv_heads}, T, {self.v_head_dim}], got k {tuple(k.shape)}, v {tuple(v.shape)}")
         T, done = k.shape[1], 0
         while done < T:
             offset = self.length % self.block_size
             if offset == 0:
                 self._open_block()
             n = min(T - done, self.block_size - offset)
-            dst = self._tail if self.fp8 else self._block(len(self._blocks) - 1)
-            dst[0, :, offset:offset + n].copy_(k[:, done:done + n])
-            dst[1, :, offset:offset + n].copy_(v[:, done:done + n])
+            dst_k, dst_v = self.split(self._tail if self.fp8 else self._block(len(self._blocks) - 1))
+            dst_k[:, offset:offset + n].copy_(k[:, done:done + n])
+            dst_v[:, offset:offset + n].copy_(v[:, done:done + n])
             done += n
             self.length += n
             if self.fp8 and self.length % self.block_size == 0:
@@ -134,19 +153,30 @@ class KVStore:
 
     def _open_block(self):
         if self.fp8:
-            self._tail = torch.zeros(self.block_shape, dtype=self.dtype)
+            self._tail = torch.zeros(self.block_numel, dtype=self.dtype)
         else:
             self._new_block()
 
+    def _quantized_tail(self):
+        """The fp8 tail block -> (flat fp8 buffer, scale [2, Hkv]): K and V quantized apart."""
+        buffer = torch.empty(self.block_numel, dtype=FP8)
+        scales = []
+        for src, dst in zip(self.split(self._tail), self.split(buffer)):
+            q, scale = quantize_fp8(src)
+            dst.copy_(q)
+            scales.append(scale)
+        return buffer, torch.stack(scales)
+
     def _commit_fp8_tail(self):
-        q, scale = quantize_fp8(self._tail)
+        q, scale = self._quantized_tail()
         self._new_block().copy_(q)
         self._scales.append(scale)
         self._tail = None
 
     # ------------------------------------------------------------ reading
-    def raw_block(self, i: int):
-        """(buffer [2, Hkv, block_size, D] in storage dtype, scale [2, Hkv] float32 or None, valid tokens).
+    def block_buffer(self, i: int):
+        """(flat buffer [block_numel] in storage dtype, scale [2, Hkv] float32 or None, valid tokens):
+        the one contiguous buffer to copy for block i.
 
         The buffer is the stored block itself (no copy), except for an unfilled fp8 block,
         which is quantized on the fly from its full-precision staging copy.
@@ -155,10 +185,16 @@ class KVStore:
         if not 0 <= i < self.n_blocks:
             raise IndexError(f"block {i} out of range: the store has {self.n_blocks} blocks")
         if self.fp8 and i == len(self._blocks):
-            q, scale = quantize_fp8(self._tail)
+            q, scale = self._quantized_tail()
             return q, scale, end - start
         scale = self._scales[i] if self.fp8 else None
         return self._block(i), scale, end - start
+
+    def raw_block(self, i: int):
+        """(k [Hkv, block_size, Dk], v [Hkv, block_size, Dv], scale [2, Hkv] float32 or None, valid
+        tokens): views of block i's buffer in storage dtype (see block_buffer)."""
+        buffer, scale, n = self.block_buffer(i)
+        return (*self.split(buffer), scale, n)
 
     def scales(self) -> torch.Tensor | None:
         """[n_blocks, 2, Hkv] float32 scales of every block (fp8 only), for one upload to the device."""
@@ -166,7 +202,7 @@ class KVStore:
             return None
         all_scales = list(self._scales)
         if self._tail is not None:
-            all_scales.append(quantize_fp8(self._tail)[1])
+            all_scales.append(self._quantized_tail()[1])
         return torch.stack(all_scales) if all_scales else torch.empty(0, 2, self.n_kv_heads)
 
     def close(self) -> None:

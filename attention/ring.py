@@ -9,9 +9,11 @@ with its own q_start / k_start, so masks stay exact, and pairs the mask hides en
 skipped. Partial results merge with `merge` (fp32). A KV shard is forwarded only while some
 rank further along the ring still sees part of it, so a chunked-local or windowed layer moves
 only the blocks it needs. A rank may keep its own K/V share in a KVStore (host or disk tier)
-instead of device tensors: `ring_attend(q, kv=store)`, see attention/ring_tiers.py.
+instead of device tensors: `ring_attend(q, kv=store)`, see attention/ring_tiers.py. Sinks join
+each query piece's result once, after the merge over every step (attention/sinks.py).
 
-Shapes: B batch, Hq / Hkv query / key-value heads, T tokens of this rank's shard, D head dim.
+Shapes: B batch, Hq / Hkv query / key-value heads, T tokens of this rank's shard, Dk query/key
+head dim, Dv value head dim.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .masks import visible_pairs
 from .merge import merge
 from .ring_tiers import check_store, own_share_step
 from .shard import LAYOUTS, Range, piece_offsets, shard_ranges
+from .sinks import apply_sinks, check_sinks
 
 _NCCL_READY: set = set()  # process groups that have run a collective
 
@@ -108,12 +111,13 @@ class RingComm:
 
 
 def ring_attend(q, k=None, v=None, *, scale=None, causal=True, chunk_size=None, window=None, layout="zigzag",
-                group=None, seq_len=None, align=1, backend="auto", kv=None):
+                group=None, seq_len=None, align=1, backend="auto", kv=None, sinks=None):
     """Exact attention for this rank's shard of a sequence sharded with `attention.shard`.
 
-    q [B, Hq, T, D], k/v [B, Hkv, T, D]: this rank's shard (queries and keys at the same
-    positions). Returns out [B, Hq, T, D] (q's dtype) and lse [B, Hq, T] float32, equal to
-    `attend` over the whole sequence, sharded the same way (same layout and align).
+    q [B, Hq, T, Dk], k [B, Hkv, T, Dk], v [B, Hkv, T, Dv]: this rank's shard (queries and keys at
+    the same positions). Returns out [B, Hq, T, Dv] (q's dtype) and lse [B, Hq, T] float32, equal
+    to `attend` over the whole sequence, sharded the same way (same layout and align).
+    `sinks` [Hq]: as in `attend`; applied once per query, after every rank's keys are merged.
     `seq_len` (the global length) saves one all-reduce when the caller knows it; `backend` goes
     to `attend`. Without an initialised process group it runs as a world of one.
     `kv`: instead of k and v, a `KVStore` (host or disk tier) holding this rank's k/v shard
@@ -126,23 +130,26 @@ def ring_attend(q, k=None, v=None, *, scale=None, causal=True, chunk_size=None, 
                          "not both and not neither")
     if kv is not None:
         check_store(q, kv)
-        return _ring(q, None, kv, (1, kv.n_kv_heads, kv.head_dim), causal=causal, chunk_size=chunk_size,
-                     window=window, layout=layout, group=group, seq_len=seq_len, align=align,
-                     backend=backend, scale=scale)
-    if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
-        raise ValueError(f"expected q [B, Hq, T, D] and k, v [B, Hkv, T, D]; got q {tuple(q.shape)}, "
-                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+        check_sinks(sinks, q.shape[1])
+        return _ring(q, None, kv, (1, kv.n_kv_heads, kv.head_dim, kv.v_head_dim), causal=causal,
+                     chunk_size=chunk_size, window=window, layout=layout, group=group, seq_len=seq_len,
+                     align=align, backend=backend, scale=scale, sinks=sinks)
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or k.shape[:3] != v.shape[:3] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"expected q [B, Hq, T, Dk], k [B, Hkv, T, Dk] and v [B, Hkv, T, Dv]; got "
+                         f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if k.shape[2] != q.shape[2] or q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"ring_attend needs q and k/v of one shard (same T) and query heads a multiple "
                          f"of kv heads; got q {tuple(q.shape)}, k {tuple(k.shape)}")
-    return _ring(q, (k.contiguous(), v.contiguous()), None, (k.shape[0], k.shape[1], k.shape[3]),
+    check_sinks(sinks, q.shape[1])
+    return _ring(q, (k.contiguous(), v.contiguous()), None, (k.shape[0], k.shape[1], k.shape[3], v.shape[3]),
                  causal=causal, chunk_size=chunk_size, window=window, layout=layout, group=group,
-                 seq_len=seq_len, align=align, backend=backend, scale=scale)
+                 seq_len=seq_len, align=align, backend=backend, scale=scale, sinks=sinks)
 
 
-def _ring(q, kv, store, kv_dims, *, scale, causal, chunk_size, window, layout, group, seq_len, align, backend):
+def _ring(q, kv, store, kv_dims, *, scale, causal, chunk_size, window, layout, group, seq_len, align, backend,
+          sinks):
     """The ring loop. kv: this rank's (k, v) tensors, or None with `store` holding them;
-    kv_dims (B, Hkv, D) size the buffers received."""
+    kv_dims (B, Hkv, Dk, Dv) size the buffers received."""
     if window is not None and window < 1:
         raise ValueError(f"window must be >= 1 (or None), got {window}")
     if chunk_size is not None and chunk_size < 1:
@@ -173,8 +180,8 @@ def _ring(q, kv, store, kv_dims, *, scale, causal, chunk_size, window, layout, g
         recv_shapes = []
         if step + 1 <= last_step[next_origin]:
             n = sum(e - s for s, e in ranges_of[next_origin])
-            B, Hkv, D = kv_dims
-            recv_shapes = [(B, Hkv, n, D)] * 2
+            B, Hkv, Dk, Dv = kv_dims
+            recv_shapes = [(B, Hkv, n, Dk), (B, Hkv, n, Dv)]
         incoming = comm.send_recv(send, recv_shapes, like)
         if step <= last_step[origin]:
             k_ranges, k_offsets = ranges_of[origin], piece_offsets(ranges_of[origin])
@@ -187,20 +194,24 @@ def _ring(q, kv, store, kv_dims, *, scale, causal, chunk_size, window, layout, g
                 acc[i] = (out, lse) if acc[i] is None else merge(*acc[i], out, lse)
         comm.wait()
         kv = tuple(incoming) if incoming else kv
-    return _assemble(acc, mine, q)
+    return _assemble(acc, mine, q, kv_dims[3], sinks)
 
 
-def _assemble(acc, ranges: list[Range], q: torch.Tensor):
-    B, Hq, _, D = q.shape
+def _assemble(acc, ranges: list[Range], q: torch.Tensor, Dv: int, sinks):
+    """Per-piece (out, lse) -> this rank's out [B, Hq, T, Dv], lse [B, Hq, T]; sinks applied here,
+    once, to each piece's result merged over every step."""
+    B, Hq, T, _ = q.shape
     outs, lses = [], []
     for part, (s, e) in zip(acc, ranges):
         if part is None:  # no key visible to any query of this piece
-            part = (q.new_zeros(B, Hq, e - s, D),
+            part = (q.new_zeros(B, Hq, e - s, Dv),
                     torch.full((B, Hq, e - s), float("-inf"), dtype=torch.float32, device=q.device))
+        if sinks is not None:
+            part = apply_sinks(part[0].float(), part[1], sinks)
         outs.append(part[0])
         lses.append(part[1])
     if not outs:
-        return q.new_zeros(q.shape), torch.full(q.shape[:3], float("-inf"), device=q.device)
+        return q.new_zeros(B, Hq, T, Dv), torch.full(q.shape[:3], float("-inf"), device=q.device)
     if len(outs) == 1:
         return outs[0].to(q.dtype), lses[0].float()
     return torch.cat([o.to(q.dtype) for o in outs], dim=2), torch.cat([x.float() for x in lses], dim=2)

@@ -19,7 +19,8 @@ thousands of tokens; and the share received for step 1 is assembled whole on the
 the tensor path (steps >= 1 are unchanged: received shares stay device-resident). Every rank's
 store must use the same block_size, since the receiver sizes its buffers from it.
 
-Shapes: Hq / Hkv query / key-value heads, T tokens of this rank's shard, D head dim (batch 1).
+Shapes: Hq / Hkv query / key-value heads, T tokens of this rank's shard, Dk query/key head dim,
+Dv value head dim (batch 1).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def check_store(q: torch.Tensor, store: KVStore) -> None:
         raise ValueError(f"ring_attend with kv=store expects q [1, Hq, T, D] (a store holds one sequence), "
                          f"got q {tuple(q.shape)}")
     if q.shape[1] % store.n_kv_heads or q.shape[3] != store.head_dim:
-        raise ValueError(f"q {tuple(q.shape)} does not fit a store of {store.n_kv_heads} KV heads of dim "
-                         f"{store.head_dim}: need Hq a multiple of {store.n_kv_heads} and D = {store.head_dim}")
+        raise ValueError(f"q {tuple(q.shape)} does not fit a store of {store.n_kv_heads} KV heads of key dim "
+                         f"{store.head_dim}: need Hq a multiple of {store.n_kv_heads} and Dk = {store.head_dim}")
     if len(store) != q.shape[2]:
         raise ValueError(f"the KV store holds {len(store)} tokens but q holds {q.shape[2]}: append this "
                          f"rank's whole k/v shard to the store (same positions as q) before ring_attend")
@@ -61,11 +62,12 @@ def own_share_step(q, store: KVStore, comm, ranges_of: list[list[Range]], last_s
                    *, scale, mask: dict, backend: str):
     """Step 0 of the ring from a store: merges this rank's queries against its own share into
     `acc` (one (out, lse) or None per query piece) and returns the previous rank's share as
-    device tensors (k, v [1, Hkv, n, D], q's dtype) when this rank needs it at step 1, else None."""
+    device tensors (k [1, Hkv, n, Dk], v [1, Hkv, n, Dv], q's dtype) when this rank needs it at
+    step 1, else None."""
     W, rank = comm.world_size, comm.rank
     mine, prev = ranges_of[rank], (rank - 1) % W
     q_offsets = piece_offsets(mine)
-    bs, Hkv, D = store.block_size, store.n_kv_heads, store.head_dim
+    bs, Hkv, Dk, Dv = store.block_size, store.n_kv_heads, store.head_dim, store.v_head_dim
 
     def pairs(start: int, n: int):
         """(query piece, local offset, absolute key start, length) for every visible pair of a block."""
@@ -77,7 +79,7 @@ def own_share_step(q, store: KVStore, comm, ranges_of: list[list[Range]], last_s
     if W > 1 and last_step[prev] >= 1:
         n_prev = sum(e - s for s, e in ranges_of[prev])
         recv_sizes = [min(bs, n_prev - at) for at in range(0, n_prev, bs)]
-        incoming = tuple(q.new_empty(1, Hkv, n_prev, D) for _ in range(2))
+        incoming = (q.new_empty(1, Hkv, n_prev, Dk), q.new_empty(1, Hkv, n_prev, Dv))
 
     blocks = iter(BlockStream(store, range(store.n_blocks), q.device))
     for t in range(max(store.n_blocks, len(recv_sizes))):
@@ -85,7 +87,7 @@ def own_share_step(q, store: KVStore, comm, ranges_of: list[list[Range]], last_s
         send = []
         if block is not None and sending:
             send = [block[1].to(q.dtype).contiguous(), block[2].to(q.dtype).contiguous()]
-        shapes = [(1, Hkv, recv_sizes[t], D)] * 2 if t < len(recv_sizes) else []
+        shapes = [(1, Hkv, recv_sizes[t], Dk), (1, Hkv, recv_sizes[t], Dv)] if t < len(recv_sizes) else []
         received = comm.send_recv(send, shapes, q)
         if block is not None:
             start, k, v = block

@@ -7,7 +7,7 @@ memory; disk blocks (and an unfilled fp8 block) go through two pinned bounce buf
 fp8 blocks are copied as fp8 and upcast on the compute stream. On CPU, or for the device tier,
 iteration is synchronous and copies nothing it does not have to.
 
-Yields (start, k [1, Hkv, n, D], v [1, Hkv, n, D]) in the store's dtype. The tensors may be
+Yields (start, k [1, Hkv, n, Dk], v [1, Hkv, n, Dv]) in the store's dtype. The tensors may be
 views of a staging buffer: use them before asking for the next block.
 """
 
@@ -25,11 +25,12 @@ class BlockStream:
         self.device = torch.device(device) if device is not None else store.device
 
     def _upcast(self, raw, scale, n):
-        """raw [2, Hkv, block_size, D] on the compute device -> k, v [1, Hkv, n, D] in store.dtype."""
-        raw = raw[:, :, :n]
+        """raw: a block's flat buffer on the compute device -> k [1, Hkv, n, Dk], v [1, Hkv, n, Dv]
+        in store.dtype (views of raw unless fp8)."""
+        k, v = (part[:, :n] for part in self.store.split(raw))
         if scale is not None:
-            raw = dequantize_fp8(raw, scale, self.store.dtype)
-        return raw[0:1], raw[1:2]
+            k, v = dequantize_fp8(k, scale[0], self.store.dtype), dequantize_fp8(v, scale[1], self.store.dtype)
+        return k.unsqueeze(0), v.unsqueeze(0)
 
     def __iter__(self):
         streamed = self.device.type == "cuda" and self.store.tier != "device"
@@ -37,7 +38,7 @@ class BlockStream:
 
     def _iter_sync(self):
         for i in self.block_ids:
-            raw, scale, n = self.store.raw_block(i)
+            raw, scale, n = self.store.block_buffer(i)
             raw = raw.to(self.device)  # no-op when the block already lives there
             scale = scale.to(self.device) if scale is not None else None
             k, v = self._upcast(raw, scale, n)
@@ -51,7 +52,7 @@ class BlockStream:
         scales = scales.to(device) if scales is not None else None  # one small upload, before streaming
         compute = torch.cuda.current_stream(device)
         side = torch.cuda.Stream(device=device)
-        staging = [torch.empty(store.block_shape, dtype=store.storage_dtype, device=device) for _ in range(2)]
+        staging = [torch.empty(store.block_numel, dtype=store.storage_dtype, device=device) for _ in range(2)]
         # The allocator hands out staging memory ordered on the compute stream only: memory freed
         # there may still be read by queued kernels, so the side stream must not write before them.
         side.wait_stream(compute)
@@ -64,11 +65,11 @@ class BlockStream:
 
         def issue(j: int, slot: int):
             i = self.block_ids[j]
-            raw, _, n = store.raw_block(i)
+            raw, _, n = store.block_buffer(i)
             src = raw
             if not raw.is_pinned():  # disk (memory map) or an on-the-fly fp8 tail: stage in pinned memory
                 if bounce[slot] is None:
-                    bounce[slot] = torch.empty(store.block_shape, dtype=store.storage_dtype, pin_memory=True)
+                    bounce[slot] = torch.empty(store.block_numel, dtype=store.storage_dtype, pin_memory=True)
                 if copy_issued[slot]:
                     copied[slot].synchronize()  # the previous copy out of this bounce buffer is done
                 bounce[slot].copy_(raw)

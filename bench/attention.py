@@ -1,8 +1,9 @@
 """Attention checks and throughput: every backend against the reference, resident against
 streamed KV, long contexts from host and disk. One script for CPU (--small) and a CUDA card.
 
-    (a) every backend on this device against the float32 reference (masks, GQA, head dims);
-        low precision passes when its error is at most 2x that of plain torch math in the same
+    (a) every backend on this device against the float32 reference (masks, GQA, head dims,
+        a value head dim unlike the query/key one as DeepSeek-V3's, sinks as gpt-oss's); low
+        precision passes when its error is at most 2x that of plain torch math in the same
         dtype, plus 1e-5 (flash-attn's own test rule)
     (b) causal attention of a Scout-shaped layer (40 query heads, 8 KV heads, head dim 128):
         TFLOP/s with KV resident (each kernel; best = resident) and streamed from host memory
@@ -78,44 +79,54 @@ def rand(shape, dtype, device, seed):
 
 # ---------------------------------------------------------------- (a) correctness
 
+# (query/key head dim, value head dim, query heads per KV head, sinks): the plain shapes, then
+# DeepSeek-V3's (Dqk 192 = 128 nope + 64 rope, Dv 128; absorbed: 576 = 512 latent + 64, Dv 512)
+# and gpt-oss's (64, 8 query heads per KV head, sinks).
+SHAPES_A = [(64, 64, 1, False), (64, 64, 5, False), (128, 128, 1, False), (128, 128, 5, False),
+            (192, 128, 4, False), (576, 512, 4, False), (64, 64, 8, True)]
+
+
 def check_a(device, dtype, T):
     masks = {"causal": dict(causal=True), "chunked": dict(chunk_size=T // 3 + 1),
              "window": dict(window=T // 4 + 1), "full": dict(causal=False)}
     backends = [b for b in available_backends(device) if b != "reference"] + ["auto"]
     print(f"(a) backends vs float32 reference on {device.type}, {dtype}, T={T} (queries start mid-sequence)")
-    print(f"    {'backend':16} {'mask':8} {'G':>2} {'D':>4} {'err out':>10} {'err lse':>10} {'limit':>10}  ok")
+    print(f"    {'backend':16} {'mask':8} {'G':>2} {'Dk/Dv':>7} {'sink':>4} {'err out':>10} {'err lse':>10} "
+          f"{'limit':>10}  ok")
     failures = 0
-    for D in (64, 128):
-        for G in (1, 5):
-            q = rand((1, 2 * G, T // 2, D), dtype, device, 1)
-            k, v = rand((1, 2, T, D), dtype, device, 2), rand((1, 2, T, D), dtype, device, 3)
-            for mask, kw in masks.items():
-                kw = dict(kw, q_start=T // 3)
-                ref_out, ref_lse = attend_reference(q.float(), k.float(), v.float(), **kw)
-                if dtype == torch.float32:
-                    limit = 1e-5
-                else:  # the same math in the low-precision dtype sets the bar
-                    low = _math_in_dtype(q, k, v, kw)
-                    limit = 2 * (low.float() - ref_out).abs().max().item() + 1e-5
-                for backend in backends:
-                    try:
-                        out, lse = attend(q, k, v, backend=backend, **kw)
-                        sync(device)
-                        fin = torch.isfinite(ref_lse)
-                        e_out = (out.float() - ref_out).abs().max().item()
-                        e_lse = (lse[fin] - ref_lse[fin]).abs().max().item()
-                        ok = e_out <= limit and bool(torch.equal(torch.isneginf(lse), ~fin))
-                        failures += not ok
-                        print(f"    {backend:16} {mask:8} {G:>2} {D:>4} {e_out:10.2e} {e_lse:10.2e} {limit:10.2e}  "
-                              f"{'ok' if ok else 'FAIL'}")
-                    except Exception as exc:  # noqa: BLE001  (report and go on)
-                        failures += 1
-                        print(f"    {backend:16} {mask:8} {G:>2} {D:>4} FAILED: {type(exc).__name__}: {exc}"[:200])
+    for D, Dv, G, with_sinks in SHAPES_A:
+        q = rand((1, 2 * G, T // 2, D), dtype, device, 1)
+        k, v = rand((1, 2, T, D), dtype, device, 2), rand((1, 2, T, Dv), dtype, device, 3)
+        sinks = rand((2 * G,), torch.float32, device, 4) + math.log(T) if with_sinks else None
+        label = f"{G:>2} {f'{D}/{Dv}':>7} {'yes' if with_sinks else 'no':>4}"
+        for mask, kw in masks.items():
+            kw = dict(kw, q_start=T // 3, sinks=sinks)
+            ref_out, ref_lse = attend_reference(q.float(), k.float(), v.float(), **kw)
+            if dtype == torch.float32:
+                limit = 1e-5
+            else:  # the same math in the low-precision dtype sets the bar
+                low = _math_in_dtype(q, k, v, kw)
+                limit = 2 * (low.float() - ref_out).abs().max().item() + 1e-5
+            for backend in backends:
+                try:
+                    out, lse = attend(q, k, v, backend=backend, **kw)
+                    sync(device)
+                    fin = torch.isfinite(ref_lse)
+                    e_out = (out.float() - ref_out).abs().max().item()
+                    e_lse = (lse[fin] - ref_lse[fin]).abs().max().item()
+                    ok = e_out <= limit and bool(torch.equal(torch.isneginf(lse), ~fin))
+                    failures += not ok
+                    print(f"    {backend:16} {mask:8} {label} {e_out:10.2e} {e_lse:10.2e} {limit:10.2e}  "
+                          f"{'ok' if ok else 'FAIL'}")
+                except Exception as exc:  # noqa: BLE001  (report and go on)
+                    failures += 1
+                    print(f"    {backend:16} {mask:8} {label} FAILED: {type(exc).__name__}: {exc}"[:200])
     print(f"(a) {'all ok' if failures == 0 else f'{failures} FAILED'}")
 
 
 def _math_in_dtype(q, k, v, kw):
-    """Plain torch math with scores and products in q's dtype (softmax in float32)."""
+    """Plain torch math with scores and products in q's dtype (softmax in float32, over the
+    scores and the sink's logit when there are sinks, whose column is then dropped)."""
     from ctxprobe.attention.reference import visible
     Tq, Tk, D = q.shape[2], k.shape[2], q.shape[3]
     q_start = kw.get("q_start", Tk - Tq)
@@ -123,8 +134,11 @@ def _math_in_dtype(q, k, v, kw):
                    kw.get("causal", True), kw.get("chunk_size"), kw.get("window"))
     G = q.shape[1] // k.shape[1]
     kk, vv = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
-    s = (q @ kk.transpose(-1, -2)) * (1 / math.sqrt(D))
-    p = torch.softmax(s.float().masked_fill(~mask, float("-inf")), dim=-1).nan_to_num(0.0).to(q.dtype)
+    s = ((q @ kk.transpose(-1, -2)) * (1 / math.sqrt(D))).float().masked_fill(~mask, float("-inf"))
+    sinks = kw.get("sinks")
+    if sinks is not None:
+        s = torch.cat([s, sinks.float().view(1, -1, 1, 1).expand(*s.shape[:3], 1)], dim=-1)
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)[..., :Tk].to(q.dtype)
     return p @ vv
 
 

@@ -25,11 +25,14 @@ def cuda_backends():
 
 @pytest.mark.parametrize("backend", cuda_backends() or ["torch"])
 @pytest.mark.parametrize("mask", MASKS, ids=str)
-@pytest.mark.parametrize("group,head_dim", [(1, 64), (5, 128)])
-def test_cuda_backend_matches_reference(backend, mask, group, head_dim):
+# (G, Dk, Dv, sinks): plain; DeepSeek-V3's 192/128 and its absorbed 576/512; gpt-oss's sinks
+@pytest.mark.parametrize("group,head_dim,v_dim,sinks", [(1, 64, 64, False), (5, 128, 128, False),
+                                                         (4, 192, 128, False), (4, 576, 512, False),
+                                                         (8, 64, 64, True)])
+def test_cuda_backend_matches_reference(backend, mask, group, head_dim, v_dim, sinks):
     q = rand(1, 2 * group, 200, head_dim, seed=1)
-    k, v = rand(1, 2, 300, head_dim, seed=2), rand(1, 2, 300, head_dim, seed=3)
-    kw = dict(mask, q_start=50)
+    k, v = rand(1, 2, 300, head_dim, seed=2), rand(1, 2, 300, v_dim, seed=3)
+    kw = dict(mask, q_start=50, sinks=rand(2 * group, seed=4, dtype=torch.float32) + 5 if sinks else None)
     ref_out, ref_lse = attend_reference(q.float(), k.float(), v.float(), **kw)
     out, lse = attend(q, k, v, backend=backend, **kw)
     assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32
@@ -40,14 +43,17 @@ def test_cuda_backend_matches_reference(backend, mask, group, head_dim):
 
 
 @pytest.mark.parametrize("tier,fp8", [("device", False), ("host", False), ("disk", False), ("host", True)])
-def test_streamed_blocks_on_cuda_match_reference(tier, fp8, tmp_path):
+@pytest.mark.parametrize("v_dim,with_sinks", [(64, False), (40, True)])
+def test_streamed_blocks_on_cuda_match_reference(tier, fp8, v_dim, with_sinks, tmp_path):
     T = 700
-    k, v = rand(1, 2, T, 64, seed=1, dtype=torch.float32), rand(1, 2, T, 64, seed=2, dtype=torch.float32)
-    store = KVStore(2, 64, tier=tier, block_size=128, dtype=torch.float32, device="cuda", path=tmp_path, fp8=fp8)
+    k, v = rand(1, 2, T, 64, seed=1, dtype=torch.float32), rand(1, 2, T, v_dim, seed=2, dtype=torch.float32)
+    store = KVStore(2, 64, v_head_dim=v_dim, tier=tier, block_size=128, dtype=torch.float32, device="cuda",
+                    path=tmp_path, fp8=fp8)
     store.append(k.cpu(), v.cpu())
     q = rand(1, 8, 300, 64, seed=3, dtype=torch.float32)
-    out, lse = chunked_attention(q, store, q_start=400, backend="torch")
-    ref_out, ref_lse = attend_reference(q, k, v, q_start=400)
+    sinks = rand(8, seed=4, dtype=torch.float32) + 5 if with_sinks else None
+    out, lse = chunked_attention(q, store, q_start=400, backend="torch", sinks=sinks)
+    ref_out, ref_lse = attend_reference(q, k, v, q_start=400, sinks=sinks)
     tol_out, tol_lse = (0.06 * v.abs().max().item(), 0.1) if fp8 else (1e-4, 1e-4)
     assert (out - ref_out).abs().max().item() <= tol_out
     assert (lse - ref_lse).abs().max().item() <= tol_lse

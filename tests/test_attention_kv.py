@@ -1,5 +1,5 @@
 """KV tiers (device, host, disk, fp8), block streaming and chunked_attention against one
-reference call over the whole KV."""
+reference call over the whole KV; also with a value head dim unlike the key one, and sinks."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def rand(*shape, seed=0):
 
 
 def filled_store(tier, tmp_path, k, v, *, block_size=37, fp8=False, pieces=(0, 50, 51)):
-    store = KVStore(k.shape[1], k.shape[3], tier=tier, block_size=block_size, dtype=torch.float32,
-                    path=tmp_path / "kv", fp8=fp8)
+    store = KVStore(k.shape[1], k.shape[3], v_head_dim=v.shape[3], tier=tier, block_size=block_size,
+                    dtype=torch.float32, path=tmp_path / "kv", fp8=fp8)
     bounds = list(pieces) + [k.shape[2]]
     for a, b in zip(bounds, bounds[1:]):  # uneven appends that straddle block edges
         store.append(k[:, :, a:b], v[:, :, a:b])
@@ -46,19 +46,29 @@ MASKS = {
 }
 
 
+# name -> (value head dim, sinks): DeepSeek-V3-like Dv < Dk, Dv > Dk, gpt-oss-like sinks
+VARIANTS = {"plain": (64, False), "dv_smaller": (40, False), "dv_larger": (72, False), "sinks": (64, True),
+            "sinks_dv_smaller": (40, True)}
+
+
 @pytest.mark.parametrize("tier", ["device", "host", "disk"])
 @pytest.mark.parametrize("mask", list(MASKS))
-def test_chunked_matches_one_reference_call(tier, mask, tmp_path, monkeypatch):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_chunked_matches_one_reference_call(tier, mask, variant, tmp_path, monkeypatch):
     monkeypatch.setattr(blockwise, "BLOCK_Q", 16)
     monkeypatch.setattr(blockwise, "MIN_WINDOW_BLOCK", 4)
     T, Hkv, D = 203, 2, 64  # 203 = 5 full blocks of 37 + 18
-    k, v = rand(1, Hkv, T, D, seed=1), rand(1, Hkv, T, D, seed=2)
+    Dv, with_sinks = VARIANTS[variant]
+    k, v = rand(1, Hkv, T, D, seed=1), rand(1, Hkv, T, Dv, seed=2)
     store = filled_store(tier, tmp_path, k, v)
     assert len(store) == T and store.n_blocks == 6
     for group, (q_start, Tq) in [(1, (0, T)), (4, (150, 53)), (5, (100, 20))]:
         q = rand(1, Hkv * group, Tq, D, seed=3)
-        kw = dict(MASKS[mask], q_start=q_start)
+        # Sinks near the rows' lse (a few units), so that counting one twice would show.
+        sinks = rand(Hkv * group, seed=4) + 3 if with_sinks else None
+        kw = dict(MASKS[mask], q_start=q_start, sinks=sinks)
         out, lse = chunked_attention(q, store, **kw)
+        assert out.shape == (1, Hkv * group, Tq, Dv)
         ref_out, ref_lse = attend_reference(q, k, v, **kw)
         empty = torch.isneginf(ref_lse)
         assert torch.equal(torch.isneginf(lse), empty)
@@ -91,8 +101,9 @@ def test_masked_blocks_are_not_streamed(tmp_path):
     assert (out == 0).all() and torch.isneginf(lse).all()
 
 
-def test_stream_yields_blocks_in_order_with_positions(tmp_path):
-    k, v = rand(1, 2, 45, 8), rand(1, 2, 45, 8, seed=1)
+@pytest.mark.parametrize("v_dim", [8, 5])
+def test_stream_yields_blocks_in_order_with_positions(tmp_path, v_dim):
+    k, v = rand(1, 2, 45, 8), rand(1, 2, 45, v_dim, seed=1)
     for tier in ("device", "host", "disk"):
         store = filled_store(tier, tmp_path, k, v, block_size=16, pieces=(0, 7))
         got = list(BlockStream(store, [2, 0]))
@@ -154,12 +165,13 @@ def test_fp8_roundtrip_within_e4m3_rounding():
 
 
 @pytest.mark.parametrize("tier", ["host", "disk"])
-def test_fp8_attention_within_documented_bound(tier, tmp_path):
+@pytest.mark.parametrize("v_dim", [64, 48])
+def test_fp8_attention_within_documented_bound(tier, v_dim, tmp_path):
     T, D = 300, 64
-    k, v = rand(1, 2, T, D, seed=1), rand(1, 2, T, D, seed=2)
+    k, v = rand(1, 2, T, D, seed=1), rand(1, 2, T, v_dim, seed=2)
     store = filled_store(tier, tmp_path, k, v, block_size=64, fp8=True)  # last block unfilled
     assert store.raw_block(0)[0].dtype == torch.float8_e4m3fn
-    assert store.block_bytes == 2 * 2 * 64 * D  # one byte per value
+    assert store.block_bytes == 2 * 64 * (D + v_dim)  # one byte per value
     q = rand(1, 8, T, D, seed=3)
     out, lse = chunked_attention(q, store, q_start=0)
     ref_out, ref_lse = attend_reference(q, k, v)
@@ -181,3 +193,30 @@ def test_store_rejects_bad_input(tmp_path):
         store.append(torch.zeros(3, 4, 8), torch.zeros(3, 4, 8))
     with pytest.raises(ValueError, match="multiple of 2"):
         chunked_attention(torch.zeros(1, 3, 4, 8), store, q_start=0)
+    mla = KVStore(1, 8, v_head_dim=6, tier="host", dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"v \[1, T, 6\]"):
+        mla.append(torch.zeros(1, 4, 8), torch.zeros(1, 4, 8))
+    with pytest.raises(ValueError, match=r"sinks must be a float tensor \[Hq\] = \[2\]"):
+        chunked_attention(torch.zeros(1, 2, 4, 8), store, q_start=0, sinks=torch.zeros(3))
+
+
+@pytest.mark.parametrize("tier", ["device", "host", "disk"])
+@pytest.mark.parametrize("fp8", [False, True])
+def test_a_block_is_one_contiguous_buffer_holding_k_then_v(tier, fp8, tmp_path):
+    """Dv != Dk: the block is still one buffer (one copy to move it), K's values then V's;
+    raw_block's k and v are views into it, not copies."""
+    if fp8 and tier == "device":
+        pytest.skip("fp8 is for the host and disk tiers")
+    k, v = rand(1, 3, 20, 8), rand(1, 3, 20, 5, seed=1)
+    store = filled_store(tier, tmp_path, k, v, block_size=16, fp8=fp8, pieces=(0,))
+    for i in range(store.n_blocks):
+        buffer, _, n = store.block_buffer(i)
+        assert buffer.dim() == 1 and buffer.is_contiguous() and buffer.numel() == 3 * 16 * (8 + 5)
+        kb, vb, _, n2 = store.raw_block(i)
+        assert kb.shape == (3, 16, 8) and vb.shape == (3, 16, 5) and n2 == n
+        assert kb.untyped_storage().data_ptr() == vb.untyped_storage().data_ptr()  # one buffer
+        assert vb.data_ptr() - kb.data_ptr() == 3 * 16 * 8 * kb.element_size()    # V right after K
+        if not fp8:
+            a, b = store.block_range(i)
+            assert torch.equal(kb[:, :n], k[0, :, a:b]) and torch.equal(vb[:, :n], v[0, :, a:b])
+    store.close()

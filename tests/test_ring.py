@@ -13,7 +13,7 @@ import itertools
 import pytest
 import torch
 
-from ctxprobe.attention import attend, shard, shard_positions, shard_ranges, unshard
+from ctxprobe.attention import attend, attend_reference, shard, shard_positions, shard_ranges, unshard
 from ctxprobe.attention.masks import block_visible
 from ctxprobe.attention.reference import visible
 from ctxprobe.attention.ring import last_needed_step, ring_attend
@@ -22,7 +22,8 @@ from processes import finish_rank, spawned_once
 
 TOL = 1e-5
 
-# name -> (T, B, Hq, Hkv, D, mask kwargs, layout). Lengths are not multiples of 2W on purpose.
+# name -> (T, B, Hq, Hkv, D, mask kwargs, layout[, Dv, sinks]). Lengths are not multiples of 2W
+# on purpose. Dv (default D) is the value head dim; sinks: whether a per-head sink logit is used.
 CASES = {
     "causal_zigzag_pow2": (64, 1, 4, 4, 16, dict(causal=True), "zigzag"),
     "causal_zigzag_gqa_odd": (37, 2, 4, 2, 8, dict(causal=True), "zigzag"),
@@ -35,7 +36,22 @@ CASES = {
     "chunked_contiguous": (41, 2, 4, 4, 8, dict(causal=True, chunk_size=8), "contiguous"),
     "tiny_zigzag": (2, 1, 2, 1, 4, dict(causal=True), "zigzag"),  # W >= 3: some ranks hold nothing
     "tiny_full": (3, 1, 2, 1, 4, dict(causal=False), "zigzag"),
+    "dv_smaller_causal_gqa": (37, 2, 4, 2, 12, dict(causal=True), "zigzag", 8, False),
+    "dv_larger_window": (45, 1, 4, 1, 8, dict(causal=True, window=6), "zigzag", 12, False),
+    "sinks_causal_gqa": (37, 1, 4, 2, 8, dict(causal=True), "zigzag", 8, True),
+    "sinks_window_dv": (45, 1, 4, 2, 12, dict(causal=True, window=6), "zigzag", 8, True),  # gpt-oss-like
+    "sinks_chunked_contiguous": (41, 1, 4, 4, 8, dict(causal=True, chunk_size=8), "contiguous", 6, True),
+    "sinks_tiny": (2, 1, 2, 1, 4, dict(causal=True), "zigzag", 4, True),  # ranks without keys: lse = sink
 }
+
+
+def case_tensors(case, seed):
+    """The full q, k, v and sinks (or None) of a case; every rank builds the same ones."""
+    seq_len, batch, hq, hkv, d, _, _, *extra = case
+    dv, with_sinks = extra or (d, False)
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, h, seq_len, dim, generator=g) for h, dim in ((hq, d), (hkv, d), (hkv, dv)))
+    return q, k, v, (torch.randn(hq, generator=g) + 2 if with_sinks else None)
 WORLD_SIZES = (2, 3, 4)
 MODEL_WORLD_SIZES = (2, 3)
 
@@ -119,6 +135,11 @@ def test_without_a_process_group_ring_attend_is_attend():
     ref_out, ref_lse = attend(q, k, v, chunk_size=5)
     torch.testing.assert_close(out, ref_out, atol=TOL, rtol=0)
     torch.testing.assert_close(lse, ref_lse, atol=TOL, rtol=0)
+    sinks = torch.randn(4, generator=g)
+    out, lse = ring_attend(q, k, v[..., :5], chunk_size=5, sinks=sinks)
+    ref_out, ref_lse = attend_reference(q, k, v[..., :5], chunk_size=5, sinks=sinks)
+    torch.testing.assert_close(out, ref_out, atol=TOL, rtol=0)
+    torch.testing.assert_close(lse, ref_lse, atol=TOL, rtol=0)
 
 
 def test_ring_attend_rejects_mismatched_shards():
@@ -126,6 +147,10 @@ def test_ring_attend_rejects_mismatched_shards():
         ring_attend(torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 5, 8), torch.zeros(1, 2, 5, 8))
     with pytest.raises(ValueError, match="attention.shard"):
         ring_attend(torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8), seq_len=9)
+    with pytest.raises(ValueError, match=r"v \[B, Hkv, T, Dv\]"):
+        ring_attend(torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 5, 6))
+    with pytest.raises(ValueError, match=r"sinks must be a float tensor \[Hq\] = \[2\]"):
+        ring_attend(torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 6), sinks=torch.zeros(1))
 
 
 def test_nccl_warm_up_runs_once_per_group_on_the_shards_device(monkeypatch):
@@ -200,12 +225,12 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, model_dir: str 
     ring_mod.dist.batch_isend_irecv = counting_batch
     results = {}
     try:
-        for name, (seq_len, batch, hq, hkv, d, mask, layout) in CASES.items():
-            g = torch.Generator().manual_seed(seq_len)  # every rank builds the same full tensors
-            q, k, v = (torch.randn(batch, h, seq_len, d, generator=g) for h in (hq, hkv, hkv))
-            ref_out, ref_lse = attend(q, k, v, **mask)
+        for name, case in CASES.items():
+            mask, layout = case[5], case[6]
+            q, k, v, sinks = case_tensors(case, seed=case[0])
+            ref_out, ref_lse = attend_reference(q, k, v, sinks=sinks, **mask)
             out, lse = ring_attend(*(shard(t, rank, world_size, layout) for t in (q, k, v)),
-                                   layout=layout, **mask)
+                                   layout=layout, sinks=sinks, **mask)
             results[name] = dict(out=_max_error(out, shard(ref_out, rank, world_size, layout)),
                                  lse=_max_error(lse, shard(ref_lse, rank, world_size, layout)))
         # Shards aligned to the local chunks (zigzag, odd length): exact, and no KV crosses the ring.

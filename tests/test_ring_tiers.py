@@ -14,14 +14,15 @@ import os
 import pytest
 import torch
 
-from ctxprobe.attention import KVStore, attend, ring_attend, shard
+from ctxprobe.attention import KVStore, attend, attend_reference, ring_attend, shard
 from ctxprobe.attention.ring_tiers import local_pieces
 from processes import finish_rank, spawned_once
 
 TOL = 1e-5
 
-# name -> (T, Hq, Hkv, D, mask kwargs, layout, block_size, align). Shard lengths are not
-# multiples of the block size; blocks of 64 hold a whole zigzag shard (both pieces in one block).
+# name -> (T, Hq, Hkv, D, mask kwargs, layout, block_size, align[, Dv, sinks]). Shard lengths are
+# not multiples of the block size; blocks of 64 hold a whole zigzag shard (both pieces in one
+# block). Dv (default D) is the value head dim; sinks: whether a per-head sink logit is used.
 CASES = {
     "causal_gqa": (37, 4, 2, 8, dict(causal=True), "zigzag", 4, 1),
     "causal_one_block": (29, 2, 1, 8, dict(causal=True), "zigzag", 64, 1),
@@ -30,6 +31,9 @@ CASES = {
     "chunked_aligned": (77, 4, 2, 8, dict(causal=True, chunk_size=8), "zigzag", 4, 8),
     "window": (45, 4, 1, 8, dict(causal=True, window=6), "zigzag", 7, 1),
     "contiguous_gqa": (33, 6, 2, 8, dict(causal=True), "contiguous", 4, 1),
+    "dv_smaller_causal_gqa": (37, 4, 2, 12, dict(causal=True), "zigzag", 4, 1, 8, False),
+    "sinks_window_dv_larger": (45, 4, 1, 8, dict(causal=True, window=6), "zigzag", 7, 1, 10, True),
+    "sinks_chunked_aligned": (77, 4, 2, 8, dict(causal=True, chunk_size=8), "zigzag", 4, 8, 8, True),
 }
 TIERS = ("host", "disk")
 WORLD_SIZES = (2, 3)
@@ -43,15 +47,17 @@ def _max_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def _run_case(rank: int, world_size: int, case: tuple, tier: str, tmp: str, counts: dict) -> dict:
-    seq_len, hq, hkv, d, mask, layout, block_size, align = case
+    seq_len, hq, hkv, d, mask, layout, block_size, align, *extra = case
+    dv, with_sinks = extra or (d, False)
     g = torch.Generator().manual_seed(seq_len)  # every rank builds the same full tensors
-    q, k, v = (torch.randn(1, h, seq_len, d, generator=g) for h in (hq, hkv, hkv))
-    ref_out, ref_lse = attend(q, k, v, **mask)
-    store = KVStore(hkv, d, tier=tier, block_size=block_size, dtype=torch.float32, path=tmp)
+    q, k, v = (torch.randn(1, h, seq_len, dim, generator=g) for h, dim in ((hq, d), (hkv, d), (hkv, dv)))
+    sinks = torch.randn(hq, generator=g) + 2 if with_sinks else None
+    ref_out, ref_lse = attend_reference(q, k, v, sinks=sinks, **mask)
+    store = KVStore(hkv, d, v_head_dim=dv, tier=tier, block_size=block_size, dtype=torch.float32, path=tmp)
     store.append(shard(k, rank, world_size, layout, align=align), shard(v, rank, world_size, layout, align=align))
     counts.update(blocks_read=0, transfers=0)
     out, lse = ring_attend(shard(q, rank, world_size, layout, align=align), kv=store, layout=layout,
-                           align=align, **mask)
+                           align=align, sinks=sinks, **mask)
     result = dict(out=_max_error(out, shard(ref_out, rank, world_size, layout, align=align)),
                   lse=_max_error(lse, shard(ref_lse, rank, world_size, layout, align=align)),
                   blocks=store.n_blocks, **counts)
@@ -68,18 +74,18 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world_size, timeout=datetime.timedelta(seconds=60))
     counts = dict(blocks_read=0, transfers=0)
-    real_batch, real_raw_block = ring_mod.dist.batch_isend_irecv, KVStore.raw_block
+    real_batch, real_block_buffer = ring_mod.dist.batch_isend_irecv, KVStore.block_buffer
 
     def counting_batch(ops):
         counts["transfers"] += len(ops)
         return real_batch(ops)
 
-    def counting_raw_block(self, i):
+    def counting_block_buffer(self, i):
         counts["blocks_read"] += 1
-        return real_raw_block(self, i)
+        return real_block_buffer(self, i)
 
     ring_mod.dist.batch_isend_irecv = counting_batch
-    KVStore.raw_block = counting_raw_block
+    KVStore.block_buffer = counting_block_buffer
     results = {}
     try:
         for (name, case), tier in itertools.product(CASES.items(), TIERS):
@@ -140,14 +146,22 @@ def test_without_a_process_group_a_store_streams_each_block_once(tier, tmp_path,
     store = KVStore(2, 8, tier=tier, block_size=5, dtype=torch.float32, path=str(tmp_path))
     store.append(k, v)
     read = []
-    real_raw_block = KVStore.raw_block
-    monkeypatch.setattr(KVStore, "raw_block", lambda self, i: read.append(i) or real_raw_block(self, i))
+    real_block_buffer = KVStore.block_buffer
+    monkeypatch.setattr(KVStore, "block_buffer", lambda self, i: read.append(i) or real_block_buffer(self, i))
     for mask in (dict(causal=True), dict(causal=True, chunk_size=5), dict(causal=True, window=4), dict(causal=False)):
         out, lse = ring_attend(q, kv=store, **mask)
         ref_out, ref_lse = attend(q, k, v, **mask)
         torch.testing.assert_close(out, ref_out, atol=TOL, rtol=0)
         torch.testing.assert_close(lse, ref_lse, atol=TOL, rtol=0)
     assert read == [0, 1, 2, 3, 4] * 4  # one shard attends to all its keys: every block, once per call
+    mla = KVStore(2, 8, v_head_dim=3, tier=tier, block_size=5, dtype=torch.float32, path=str(tmp_path))
+    mla.append(k, v[..., :3])
+    sinks = torch.randn(4, generator=g)
+    out, lse = ring_attend(q, kv=mla, window=4, sinks=sinks)
+    ref_out, ref_lse = attend_reference(q, k, v[..., :3], window=4, sinks=sinks)
+    torch.testing.assert_close(out, ref_out, atol=TOL, rtol=0)
+    torch.testing.assert_close(lse, ref_lse, atol=TOL, rtol=0)
+    mla.close()
     store.close()
 
 

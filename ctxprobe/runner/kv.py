@@ -72,9 +72,8 @@ class LayerKV:
             lo, hi = max(b0, keep_from - old_offset), b1
             if lo >= hi:
                 continue
-            raw, _, _ = old.raw_block(i)
-            kv = raw[:, :, lo - b0:hi - b0].to(self.dtype)
-            self.store.append(kv[0:1], kv[1:2])
+            k, v, _, _ = old.raw_block(i)
+            self.store.append(k[:, lo - b0:hi - b0].to(self.dtype), v[:, lo - b0:hi - b0].to(self.dtype))
         old.close()
 
     def attend(self, q_1HTD: torch.Tensor, q_start: int):
