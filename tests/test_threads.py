@@ -166,6 +166,11 @@ def test_without_proc_the_load_average_decides(tmp_path, monkeypatch):
     monkeypatch.setattr(T.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
     assert T.busy_elsewhere(tmp_path / "nothing") == 1.5
     assert T.OthersUse(tmp_path / "nothing").since_last() is None
+    proc = fake_proc(tmp_path / "odd", runnable=0)
+    (proc / "stat").write_text("intr 12 0 0\n")             # not the all-CPU line first
+    with pytest.raises(ValueError, match="all-CPU line"):
+        T.cpu_ticks(proc)
+    assert T.OthersUse(proc).since_last() is None
 
 
 def test_the_real_proc_reads():

@@ -31,8 +31,7 @@ from pathlib import Path
 DECIDE_EVERY = 5.0     # seconds between decisions
 _SAMPLES = 5           # reads of the runnable count per decision, _GAP seconds apart
 _GAP = 0.002
-
-
+PROC = Path("/proc")
 WAIT_POLICY = "PASSIVE"   # OpenMP workers sleep, not spin, when they run out of work
 
 
@@ -50,9 +49,6 @@ def cores_available() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
-
-
-PROC = Path("/proc")
 
 
 def _runnable_here(proc: Path = PROC) -> int:
@@ -85,8 +81,9 @@ def cpu_ticks(proc: Path = PROC) -> tuple[int, int]:
     first line less idle and iowait (guest time is inside user time), and /proc/self/stat's
     utime + stime."""
     fields = (proc / "stat").read_text().splitlines()[0].split()
-    assert fields[0] == "cpu", fields[0]
-    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in (fields[1:9] + ["0"] * 8)[:8])
+    if fields[0] != "cpu":
+        raise ValueError(f"/proc/stat starts with {fields[0]!r}, not the all-CPU line")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in (fields[1:9] + ["0"] * 8)[:8])
     mine = (proc / "self" / "stat").read_text().rsplit(")", 1)[1].split()
     return user + nice + system + irq + softirq + steal, int(mine[11]) + int(mine[12])
 
@@ -111,7 +108,7 @@ class OthersUse:
         span, or where /proc cannot say)."""
         try:
             busy, mine = cpu_ticks(self.proc)
-        except (OSError, ValueError, IndexError, AssertionError):
+        except (OSError, ValueError, IndexError):
             return None
         now = self.clock()
         last = self._last
