@@ -202,6 +202,8 @@ def test_the_native_backend_loads_torch_with_passive_waits(chosen, spins):
     assert done.returncode == 0, done.stderr[-2000:]
     shown = dict(line.strip().split(" = ", 1) for line in done.stderr.splitlines()
                  if line.strip().startswith(("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")))
+    if "GOMP_SPINCOUNT" not in shown:
+        pytest.skip("this torch's OpenMP runtime is not libgomp (no GOMP_SPINCOUNT to read)")
     assert shown["OMP_WAIT_POLICY"] == f"'{chosen or 'PASSIVE'}'"
     if spins is not None:
         assert shown["GOMP_SPINCOUNT"] == f"'{spins}'"
