@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ctxprobe.grid import parse_depths, parse_lengths  # noqa: E402
-from ctxprobe.planner import plan_cells, shared_prefix_tokens, work_order  # noqa: E402
+from ctxprobe.sweep.cells import plan_cells, shared_prefix_tokens, work_order  # noqa: E402
 
 _HIT = re.compile(r"(\d+) prefix-match hit")
 

@@ -22,7 +22,7 @@ from fake_openai import FakeOpenAI, answers_for  # noqa: E402
 from ctxprobe.backends.http import HttpBackend  # noqa: E402
 from ctxprobe.grid import parse_size  # noqa: E402
 from ctxprobe.store import Store  # noqa: E402
-from ctxprobe.sweep import SweepSpec, open_run, run_sweep  # noqa: E402
+from ctxprobe.sweep import Grid, open_run, run_sweep  # noqa: E402
 
 
 def bench_commits(n: int, folder: Path) -> float:
@@ -46,7 +46,7 @@ def bench_http(cells: int, length: int, folder: Path) -> dict[str, float]:
         for label, concurrency in (("first", 8), ("c1", 1), ("c8", 8)):
             backend = HttpBackend(fake.url, concurrency=concurrency, environ={})
             with Store(folder / f"http-{label}.db") as store:
-                spec = SweepSpec(**grid)
+                spec = Grid(**grid)
                 run = open_run(store, backend, spec, model_spec="openai:" + fake.url)
                 stats = run_sweep(store, run, backend, spec, progress=False)
                 assert stats.errored == 0 and stats.finished == 4 * samples

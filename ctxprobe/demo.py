@@ -49,9 +49,8 @@ def run_demo(out_dir: str | Path = ".", *, lengths: str = DEMO_LENGTHS, depths: 
     from ctxprobe.backends import open_backend
     from ctxprobe.backends.memory import MemoryBudgets
     from ctxprobe.errors import UserError
-    from ctxprobe.grid import parse_depths, parse_lengths
     from ctxprobe.store import Store
-    from ctxprobe.sweep import (SweepSpec, effective_length, find_run, open_run, pending_cells,
+    from ctxprobe.sweep import (Grid, effective_length, find_run, longest_pending, open_run, pending_cells,
                                 run_sweep, summarize)
     from ctxprobe.sweep.invocations import Recording
 
@@ -59,8 +58,7 @@ def run_demo(out_dir: str | Path = ".", *, lengths: str = DEMO_LENGTHS, depths: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     db_path = Path(db) if db is not None else out / "ctxprobe.db"
-    spec = SweepSpec(families=["niah"], lengths=parse_lengths(lengths), depths=parse_depths(depths),
-                     samples=samples, seed=0)
+    spec = Grid.parse("niah", lengths, depths, samples=samples, seed=0)
     with Store(db_path) as store:
         # With budgets (here: what is free) the weights load only for cells still to run, so a
         # finished demo reruns without loading the model, as `ctxprobe run` does.
@@ -75,7 +73,7 @@ def run_demo(out_dir: str | Path = ".", *, lengths: str = DEMO_LENGTHS, depths: 
                                 "with other settings; pass another --out or delete that file") from None
             pending = pending_cells(store, stored, spec)
             if pending:   # the plan (and where the weights went) is part of the run's provenance
-                backend.prepare(spec, pending)
+                backend.prepare(*longest_pending(spec, pending, backend.tokenizer))
             run = open_run(store, backend, spec, model_spec="builtin", name=RUN_NAME, command=command)
             recording = Recording(store, run, command=command, pending=len(pending))
             stats = run_sweep(store, run, backend, spec, progress=progress)

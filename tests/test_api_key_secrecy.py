@@ -9,7 +9,7 @@ from fake_openai import FakeOpenAI, answers_for
 from ctxprobe.backends.http import HttpBackend
 from ctxprobe.cli import main
 from ctxprobe.store import Store
-from ctxprobe.sweep import SweepSpec, open_run, run_sweep
+from ctxprobe.sweep import Grid, open_run, run_sweep
 
 KEY = "sk-ctxprobe-test-3f9a1c77e2b04d5e"
 FRAGMENT = KEY[:20]  # no recorded text may hold even this much of the key
@@ -131,7 +131,7 @@ def test_redaction_never_changes_the_score(tmp_path):
     with FakeOpenAI(answers) as fake:
         backend = HttpBackend(fake.url, retry_base=0.01, environ={"UUID_KEY": key}, api_key_env="UUID_KEY")
         with Store(tmp_path / "r.db") as store:
-            spec = SweepSpec(**grid)
+            spec = Grid(**grid)
             run = open_run(store, backend, spec, model_spec=f"openai:{fake.url}")
             run_sweep(store, run, backend, spec, progress=False)
             cells = store.cells(run.id)

@@ -31,9 +31,7 @@ ALLOWED_CYCLES: set[frozenset[str]] = {
 }
 
 # Single edges that break a layering rule below (models/ a leaf, RANKS), cycles or not.
-ALLOWED_EDGES: set[tuple[str, str]] = {
-    ("ctxprobe.backends.native", "ctxprobe.planner"),
-}
+ALLOWED_EDGES: set[tuple[str, str]] = set()
 
 # models/ may use these and nothing else of ctxprobe (besides itself).
 MODELS_MAY_IMPORT = ("ctxprobe.errors", "ctxprobe.units", "ctxprobe.attention", "ctxprobe.probes")
@@ -48,7 +46,7 @@ RANKS = {
     "ctxprobe.models": 1, "ctxprobe.builtin": 1,
     "ctxprobe.runner": 2, "ctxprobe.store": 2, "ctxprobe.scoring": 2, "ctxprobe.analysis": 2,
     "ctxprobe.backends": 3,
-    "ctxprobe.sweep": 4, "ctxprobe.planner": 4,
+    "ctxprobe.sweep": 4,
     "ctxprobe.api": 5, "ctxprobe.demo": 5,
     "ctxprobe.commands": 6, "ctxprobe.cli": 6, "ctxprobe.__main__": 6,
 }

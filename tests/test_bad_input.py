@@ -86,12 +86,12 @@ def test_a_grid_too_large_is_refused_with_its_cell_count_before_it_is_built(tmp_
 def test_grid_limits_in_the_api():
     from ctxprobe.errors import UserError
     from ctxprobe.grid import MAX_CELLS, check_grid, parse_lengths
-    from ctxprobe.sweep import SweepSpec
+    from ctxprobe.sweep import Grid
 
     assert check_grid(["niah", "kv"], [1024] * 3, [0, 50], 7) == 2 * 1 * 2 * 7
     assert check_grid(["niah"], [1024], [50], MAX_CELLS) == MAX_CELLS
     with pytest.raises(UserError, match="1,000,001 cells"):
-        SweepSpec(families=["niah"], lengths=[1024], depths=[50.0], samples=MAX_CELLS + 1)
+        Grid(families=["niah"], lengths=[1024], depths=[50.0], samples=MAX_CELLS + 1)
     with pytest.raises(UserError, match="69,08[0-9],[0-9]{3} steps"):   # few lengths, but 69M steps
         parse_lengths("1..1000:x1.0000001")
     with pytest.raises(UserError, match="more than 1,073,741,824 tokens"):

@@ -11,7 +11,7 @@ from ctxprobe.backends.http import (HttpBackend, JsonClient, RequestFailed, Retr
                                     parse_retry_after)
 from ctxprobe.errors import UserError
 from ctxprobe.store import Store
-from ctxprobe.sweep import SweepSpec, open_run, run_sweep
+from ctxprobe.sweep import Grid, open_run, run_sweep
 
 GRID = dict(families=["niah"], lengths=[512, 576], depths=[0.0, 100.0], samples=2)
 
@@ -24,7 +24,7 @@ def backend_for(fake, **kw):
 
 def sweep(tmp_path, backend, name="r"):
     with Store(tmp_path / f"{name}.db") as store:
-        spec = SweepSpec(**GRID)
+        spec = Grid(**GRID)
         run = open_run(store, backend, spec, model_spec=f"openai:{backend.base_url}")
         stats = run_sweep(store, run, backend, spec, progress=False)
         return stats, store.cells(run.id)

@@ -24,7 +24,7 @@ from fake_openai import FakeOpenAI, answers_for
 
 from ctxprobe.backends.http import HttpBackend
 from ctxprobe.store import Store
-from ctxprobe.sweep import SweepSpec, open_run, run_sweep
+from ctxprobe.sweep import Grid, open_run, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-faults-2b7e151628aed2a6abf71588"
@@ -98,7 +98,7 @@ def test_each_fault(tmp_path, row):
         backend = HttpBackend(fake.url, **kw)
         db = tmp_path / "run" / "r.db"
         db.parent.mkdir()
-        spec = SweepSpec(**GRID)
+        spec = Grid(**GRID)
         started = time.monotonic()
         with Store(db) as store:
             run = open_run(store, backend, spec, model_spec=f"openai:{fake.url}")

@@ -71,10 +71,10 @@ def test_literal_lookup_with_the_python_api_and_family_knobs(tmp_path):
     """mrcr with one instance of the request is its literal control; near misses do not give
     nolima a literal path."""
     from ctxprobe.backends import open_backend
-    from ctxprobe.sweep import SweepSpec, open_run, run_sweep
+    from ctxprobe.sweep import Grid, open_run, run_sweep
 
-    spec = SweepSpec(families=["mrcr", "nolima"], lengths=[1500], depths=[10, 50, 90], samples=2,
-                     family_params={"mrcr": {"needles": 1}, "nolima": {"near_misses": 2}})
+    spec = Grid(families=["mrcr", "nolima"], lengths=[1500], depths=[10, 50, 90], samples=2,
+                params={"mrcr": {"needles": 1}, "nolima": {"near_misses": 2}})
     with LiteralServer() as server, Store(tmp_path / "r.db") as store:
         backend = open_backend("openai:" + server.url)
         run = open_run(store, backend, spec, model_spec="openai:" + server.url)

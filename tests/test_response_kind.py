@@ -32,7 +32,7 @@ def demo_like_run(tmp_path_factory):
 
 def test_a_failing_cell_stores_the_real_generation_beside_the_labelled_guess(demo_like_run):
     from ctxprobe.backends import open_backend
-    from ctxprobe.planner import Cell, build_probes
+    from ctxprobe.sweep.cells import Cell, build_probes
     from ctxprobe.runner import generate
 
     _, cells = demo_like_run

@@ -15,10 +15,15 @@ from ctxprobe.cli import main
 from ctxprobe.errors import UserError
 from ctxprobe.runner.planner import plan_for_checkpoint
 from ctxprobe.store import Store
-from ctxprobe.sweep import SweepSpec
+from ctxprobe.sweep import Grid, longest_pending
 
 GRID = ["--probe", "niah,kv", "--lengths", "256,640", "--depths", "0,50", "--device", "cpu", "--quiet"]
-SPEC = SweepSpec(families=["niah", "kv"], lengths=[256, 640], depths=[0.0, 50.0])
+SPEC = Grid(families=["niah", "kv"], lengths=[256, 640], depths=[0.0, 50.0])
+
+
+def longest_extent(backend):
+    """The backend's extent for the longest cell of SPEC."""
+    return backend.extent(*longest_pending(SPEC, SPEC.cells(), backend.tokenizer))
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +54,7 @@ def digest(path):
 
 def disk_budget(checkpoint, offload_dir):
     """A host budget the longest cell fits only with the disk tier: refused without offload_dir."""
-    extent = NativeBackend(checkpoint, device="cpu", memory=MemoryBudgets()).sweep_extent(SPEC)
+    extent = longest_extent(NativeBackend(checkpoint, device="cpu", memory=MemoryBudgets()))
     plan = lambda **kw: plan_for_checkpoint(checkpoint, extent.prefill_tokens, device="cpu",  # noqa: E731
                                             extra_tokens=extent.extra_tokens, **kw)
     for budget in range(plan().host_bytes, 0, -1024):
@@ -122,8 +127,8 @@ def test_budgets_are_provenance_so_a_rerun_under_others_resumes(checkpoint, unbu
 def test_the_plan_covers_the_longest_cell_with_its_template_and_branches(checkpoint):
     backend = NativeBackend(checkpoint, device="cpu", memory=MemoryBudgets())
     assert backend.model is None         # nothing loaded before the plan
-    extent = backend.sweep_extent(SPEC)
-    from ctxprobe.planner import build_probes
+    extent = longest_extent(backend)
+    from ctxprobe.sweep.cells import build_probes
 
     longest = [p for _, p in build_probes([c for c in SPEC.cells() if c.length == 640], seed=0,
                                           tokenizer=backend.tokenizer)]
@@ -132,7 +137,7 @@ def test_the_plan_covers_the_longest_cell_with_its_template_and_branches(checkpo
         assert len(context) <= extent.prefill_tokens
         assert len(context) + len(question) + len(answer) - 1 <= extent.prefill_tokens + extent.extra_tokens
     assert not extent.keep_kv            # every probe here has a gold answer: no generation
-    backend.prepare(SPEC)
+    backend.prepare(*longest_pending(SPEC, SPEC.cells(), backend.tokenizer))
     assert backend.model is not None and backend.settings["weights"] == "resident"
 
 
@@ -170,7 +175,7 @@ def test_torchrun_ranks_plan_their_share_and_stream_kv_from_disk(checkpoint, unb
     from processes import free_port
 
     _, reference = unbudgeted
-    extent = NativeBackend(checkpoint, device="cpu", memory=MemoryBudgets()).sweep_extent(SPEC)
+    extent = longest_extent(NativeBackend(checkpoint, device="cpu", memory=MemoryBudgets()))
     share = -(-extent.prefill_tokens // 2)
     offload = tmp_path / "offload"
     plan = lambda budget: plan_for_checkpoint(checkpoint, share, device="cpu", host_memory=budget,  # noqa: E731

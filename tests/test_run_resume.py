@@ -99,11 +99,11 @@ def test_two_shards_starting_together_on_one_database_share_the_run(tmp_path, mo
     # in a traceback (sqlite3.IntegrityError on the unique name) instead of joining the run.
     from types import SimpleNamespace
 
-    from ctxprobe.sweep import SweepSpec, open_run
+    from ctxprobe.sweep import Grid, open_run
 
     backend = SimpleNamespace(identity={"kind": "fake"}, settings={}, model_fingerprint="m",
                               tokenizer=SimpleNamespace(fingerprint="t"))
-    spec = SweepSpec(families=["niah"], lengths=[512], depths=[50.0])
+    spec = Grid(families=["niah"], lengths=[512], depths=[50.0])
     db = tmp_path / "r.db"
     with Store(db) as first, Store(db) as second:
         mine = open_run(first, backend, spec, model_spec="m", name="shared")

@@ -15,10 +15,15 @@ from ctxprobe.backends.memory import MemoryBudgets, RunPlanner
 from ctxprobe.backends.native import NativeBackend
 from ctxprobe.cli import main
 from ctxprobe.store import Store
-from ctxprobe.sweep import SweepSpec
+from ctxprobe.sweep import Grid, longest_pending
 
 GRID = ["--probe", "niah", "--lengths", "256,640", "--depths", "0,50", "--device", "cpu", "--quiet"]
-SPEC = SweepSpec(families=["niah"], lengths=[256, 640], depths=[0.0, 50.0])
+SPEC = Grid(families=["niah"], lengths=[256, 640], depths=[0.0, 50.0])
+
+
+def longest_extent(backend, cells=None):
+    """The backend's extent for the longest of `cells` (default: every cell of SPEC)."""
+    return backend.extent(*longest_pending(SPEC, SPEC.cells() if cells is None else cells, backend.tokenizer))
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +118,9 @@ def test_a_half_finished_run_loads_once_and_plans_for_its_longest_pending_cell(
     backend = NativeBackend(checkpoint, device="cpu", memory=MemoryBudgets())
     pending = [c for c in SPEC.cells() if c.length == missing]
     assert spies["loads"] == 1
-    assert spies["plans"] == [backend.sweep_extent(SPEC, pending).prefill_tokens]
+    assert spies["plans"] == [longest_extent(backend, pending).prefill_tokens]
     if missing == 256:   # shorter than the sweep's longest cell, which is stored
-        assert spies["plans"][0] < backend.sweep_extent(SPEC).prefill_tokens
+        assert spies["plans"][0] < longest_extent(backend).prefill_tokens
     cells = cells_by_key(db)
     assert cells.keys() == reference.keys()
     for key, cell in cells.items():
@@ -213,6 +218,6 @@ def test_torchrun_ranks_load_only_for_pending_cells(checkpoint, finished, tmp_pa
     assert "2 cell(s) done now" in done.stdout and "2 already stored" in done.stdout
     pending = [c for c in SPEC.cells() if c.length == 256]
     backend = NativeBackend(checkpoint, device="cpu", memory=MemoryBudgets())
-    length = backend.sweep_extent(SPEC, pending).prefill_tokens
+    length = longest_extent(backend, pending).prefill_tokens
     assert sorted(notes) == [[0, "load", None], [0, "plan", length], [1, "load", None], [1, "plan", length]]
     assert cells_by_key(db).keys() == finished[2].keys()

@@ -12,7 +12,7 @@ from fake_openai import answers_for
 from serving_server import Reply, ServingServer
 
 from ctxprobe.cli import main
-from ctxprobe.planner import shared_prefix_tokens
+from ctxprobe.sweep.cells import shared_prefix_tokens
 from ctxprobe.store import Store
 
 LENGTHS = [512, 1024]

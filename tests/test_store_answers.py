@@ -15,7 +15,7 @@ from ctxprobe.analysis.compare import compare
 from ctxprobe.analysis.report import build_report, failing_examples
 from ctxprobe.backends.base import CellResult
 from ctxprobe.cli import main
-from ctxprobe.planner import Cell
+from ctxprobe.sweep.cells import Cell
 from ctxprobe.store import CELL_KEYS, Store
 from ctxprobe.store.migrations import LATEST, current_version, migrate
 from ctxprobe.sweep import score_cell

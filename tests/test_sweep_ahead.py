@@ -13,7 +13,7 @@ from ctxprobe.backends.base import CellResult
 from ctxprobe.cli import main
 from ctxprobe.commands.options import VERIFY_MODES
 from ctxprobe.store import Store
-from ctxprobe.sweep import SweepSpec, run_sweep
+from ctxprobe.sweep import Grid, run_sweep
 from ctxprobe.sweep.building import built_ahead
 from ctxprobe.probes import exactness, load_tokenizer
 
@@ -44,7 +44,7 @@ def test_next_probes_are_built_while_the_first_request_is_in_flight(tmp_path, mo
     # 4 batches (one per length) of 2 cells. With one request in flight and two more queued,
     # building ahead reaches 6 probes before the first answer; building in the sweep's own
     # thread stopped at 4 (two batches) until that answer came back.
-    spec = SweepSpec(families=["niah"], lengths=[600, 700, 800, 900], depths=[0, 100], samples=1)
+    spec = Grid(families=["niah"], lengths=[600, 700, 800, 900], depths=[0, 100], samples=1)
     backend = GatedBackend(built, enough=6)
     with Store(tmp_path / "a.db") as store:
         run = store.create_run(name="ahead", model_spec="gated", model_fingerprint="gated", backend={},

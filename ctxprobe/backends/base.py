@@ -1,5 +1,6 @@
 """What every backend gives the sweep: a tokenizer for exact-length probes, provenance for the
-run row, and `run_group`, which answers a group of probes that share one context."""
+run row, `prepare` for the longest cell, and `run_group`, which answers a group of probes that
+share one context."""
 
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ class Backend(Protocol):
     settings: dict            # stored in the run row: never a secret
     identity: dict            # the settings that make two runs' cells comparable
     concurrency: int          # how many groups the sweep may hand over at once
+
+    def prepare(self, length: int, samples) -> None:
+        """Before the first group: get ready for cells of up to `length` tokens (the native runner
+        plans its memory and loads its weights; a server does nothing). `samples` iterates probes
+        that show the tokens a cell adds around its length (ctxprobe.sweep.longest_pending)."""
 
     def run_group(self, probes: list) -> list[CellResult]:
         """Answer probes that share one context (same context_ids), in order."""

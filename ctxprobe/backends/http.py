@@ -469,6 +469,9 @@ class HttpBackend:
 
     # -- answering -----------------------------------------------------------------------
 
+    def prepare(self, length: int, samples) -> None:
+        """Nothing to plan: the server manages its own memory (and `samples` stay unbuilt)."""
+
     def run_group(self, probes: list) -> list[CellResult]:
         return [self.ask(p) for p in probes]
 

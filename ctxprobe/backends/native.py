@@ -9,9 +9,10 @@ With a chat template (and unless turned off), the probe's instruction, haystack 
 are the user message and the assistant turn opens with the answer prefix. The probe's length
 counts its own tokens; the template's tokens come on top and show in `prompt_tokens`.
 
-With memory budgets (`ctxprobe run --gpu-memory/--host-memory/--offload-dir`), `prepare(spec, cells)`
-plans for the longest cell still to run before any weight is read (ctxprobe/backends/memory.py), loads
-the weights in the tier that plan chose, and every pass runs by the plan for its own length.
+With memory budgets (`ctxprobe run --gpu-memory/--host-memory/--offload-dir`), `prepare(length,
+samples)` plans for the longest cell still to run (the sweep finds it) before any weight is read
+(ctxprobe/backends/memory.py), loads the weights in the tier that plan chose, and every pass runs
+by the plan for its own length.
 """
 
 from __future__ import annotations
@@ -163,39 +164,21 @@ class NativeBackend:
 
     # -- planning and loading ------------------------------------------------------------
 
-    def prepare(self, spec, cells: list | None = None) -> None:
-        """Plan for the longest of `cells` (default: every cell of the sweep; `ctxprobe run` passes
-        those not stored yet), then load the weights where that plan puts them. Nothing is loaded
-        without cells; UserError, with nothing loaded, when the longest cannot fit the budgets."""
+    def prepare(self, length: int, samples) -> None:
+        """Plan for a sweep whose longest cell is `length` tokens (`samples`: probes showing the
+        tokens a cell adds around its length, ctxprobe.sweep.longest_pending), then load the weights
+        where that plan puts them. UserError, with nothing loaded, when it cannot fit the budgets."""
         if self.planner is None or self.model is not None:
             return
-        extent = self.sweep_extent(spec, cells)
-        if extent is not None:
-            self._load_for(extent)
+        self._load_for(self.extent(length, samples))
 
-    def sweep_extent(self, spec, cells: list | None = None) -> Extent | None:
-        """The longest of `cells` (default: every cell of `spec`, a SweepSpec) as prefill + extra
-        tokens; None without cells.
-
-        A probe's length counts its question, and its needles, question and answer are the same at
-        every length (they are seeded by family, seed and sample), so the longest cell is the
-        longest length plus the most template tokens and answer tokens that one probe per family
-        and sample shows at the shortest of those lengths, where probes are cheap to build. Counting
-        the question in the prefill and again in the branch keeps the plan on the safe side.
-        """
-        from ctxprobe.planner import build_probes
-
-        cells = spec.cells() if cells is None else cells
-        if not cells:
-            return None
-        shortest = min(c.length for c in cells)
-        samples: dict[tuple, object] = {}
-        for c in cells:
-            if c.length == shortest:
-                samples.setdefault((c.family, c.sample), c)
+    def extent(self, length: int, samples) -> Extent:
+        """The longest pass of a sweep whose longest cell is `length` tokens, as prefill + extra
+        tokens: the most chat-template tokens and question + answer tokens that any of `samples`
+        (probes, each of one family and sample) shows come on top. Counting the question in the
+        prefill and again in the branch keeps the plan on the safe side."""
         template_tokens, branch_tokens, generated = 0, 0, False
-        for _, probe in build_probes(list(samples.values()), seed=spec.seed, tokenizer=self.tokenizer,
-                                     haystack=spec.haystack, family_params=spec.family_params):
+        for probe in samples:
             context, question = self.render(probe)
             template_tokens = max(template_tokens, len(context) + len(question) - len(probe.token_array))
             if getattr(probe, "answer_text", None):
@@ -203,8 +186,7 @@ class NativeBackend:
                 branch_tokens = max(branch_tokens, len(question) + len(answer) - 1)
             else:
                 generated = True
-        longest = max(c.length for c in cells)
-        return Extent(prefill_tokens=longest + template_tokens,
+        return Extent(prefill_tokens=length + template_tokens,
                       extra_tokens=max(branch_tokens, self.max_new_tokens if generated else 0),
                       keep_kv=generated and self.max_new_tokens > 1)
 

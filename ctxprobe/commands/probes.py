@@ -18,16 +18,6 @@ def _probes_api():
     return probes
 
 
-def _parse_params(pairs) -> dict:
-    out = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            raise UserError(f"bad --param {pair!r}: write NAME=VALUE, e.g. --param value_kind=uuid")
-        out[name.strip()] = value.strip()
-    return out
-
-
 def probe_options(f):
     """Options shared by `show` and `export`."""
     for option in reversed([
@@ -117,10 +107,12 @@ def show(family, length, depth, sample, window, seed, tokenizer_path, haystack, 
 
     Example: ctxprobe probes show multikey --length 8k --depth 25 --param value_kind=uuid
     """
+    from ctxprobe.sweep.params import parse_pairs
+
     api = _probes_api()
     p = api.make_probe(family, parse_size(length), depth, seed=seed, sample=sample,
                        tokenizer=api.load_tokenizer(tokenizer_path), haystack=haystack,
-                       verify=verify, **_parse_params(params))
+                       verify=verify, **parse_pairs(params))
     text, ctx_start = p.prompt, len(p.instruction)
     ctx_end = ctx_start + len(p.context)
     keep = [(0, ctx_start + window), (ctx_end - window, len(text))]
@@ -181,12 +173,14 @@ def export(family, lengths, depths, samples, output, seed, tokenizer_path, hayst
 
     Example: ctxprobe probes export niah --lengths 1k..8k:x2 --depths 0..100:5 --samples 2 -o niah.jsonl
     """
+    from ctxprobe.sweep.params import parse_pairs
+
     api = _probes_api()
     families = [f.strip() for f in family.split(",") if f.strip()]
     if not families:
         raise UserError(f"no family in {family!r}; name one or more, e.g. niah,kv "
                         "(see `ctxprobe probes list`)")
-    extra = _parse_params(params)
+    extra = parse_pairs(params)
     for name in families:   # unknown families and parameters fail before any probe is built
         api.families.get_family(name).check_params(extra)
     if samples < 1:

@@ -133,11 +133,8 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
     from ctxprobe.backends import open_backend
     from ctxprobe.backends.memory import MemoryBudgets
     from ctxprobe.backends.spec import check_router_trace, check_spec
-    from ctxprobe.grid import parse_depths, parse_lengths
-    from ctxprobe.planner import parse_shard
     from ctxprobe.store import Store
-    from ctxprobe.commands.params import family_params
-    from ctxprobe.sweep import SweepSpec, check_families, open_run, run_sweep, summarize
+    from ctxprobe.sweep import Grid, open_run, run_sweep, summarize
     from ctxprobe.sweep.invocations import Recording
 
     memory = MemoryBudgets(gpu_memory, host_memory, offload_dir)
@@ -147,12 +144,8 @@ def run_command(ctx, model_spec, probes, lengths, depths, samples, seed, db, nam
                             max_new_tokens, haystack, shard, chat_template, device, dtype, memory, quiet)
     if router_trace:   # a server is refused before a store is opened or the server called
         check_router_trace(model_spec)
-    families = [f.strip() for f in probes.split(",") if f.strip()]
-    check_families(families)
-    spec = SweepSpec(families=families,
-                     lengths=parse_lengths(lengths), depths=parse_depths(depths),
-                     samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard),
-                     verify=verify, family_params=family_params(params, families))
+    spec = Grid.parse(probes, lengths, depths, samples=samples, seed=seed, haystack=haystack,
+                      params=params, shard=shard, verify=verify)
     check_spec(model_spec, api_key_env=api_key_env)  # a secret in a flag: refused before any store
     if dry_run or price_in is not None or price_out is not None:
         return _dry_run(ctx, spec, model_spec=model_spec, db=db, name=name, memory=memory,
@@ -256,9 +249,10 @@ def _pending(store, backend, spec, model_spec, name) -> list:
 
 def _prepare(backend, spec, pending: list) -> None:
     """Native: plan for the longest pending cell and load the weights; a finished run loads nothing."""
-    prepare = getattr(backend, "prepare", None)   # the native backend's; servers need none
-    if prepare is not None and pending:
-        prepare(spec, pending)
+    from ctxprobe.sweep import longest_pending
+
+    if pending:
+        backend.prepare(*longest_pending(spec, pending, backend.tokenizer))
 
 
 def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed, db, name, max_new_tokens,
@@ -268,25 +262,18 @@ def _run_sharded(ctx, world, model_spec, probes, lengths, depths, samples, seed,
     from contextlib import ExitStack
 
     from ctxprobe.backends import open_backend
-    from ctxprobe.grid import parse_depths, parse_lengths
-    from ctxprobe.planner import parse_shard
     from ctxprobe.runner import distributed
     from ctxprobe.store import Store
-    from ctxprobe.commands.params import family_params
-    from ctxprobe.sweep import SweepSpec, check_families, open_run, run_sweep, summarize
+    from ctxprobe.sweep import Grid, open_run, run_sweep, summarize
     from ctxprobe.sweep.invocations import Recording
 
     store = run = backend = spec = todo = recording = None
     with ExitStack() as stack:
         def open_all():
             nonlocal store, backend, spec, todo
-            spec = SweepSpec(families=[f.strip() for f in probes.split(",") if f.strip()],
-                             lengths=parse_lengths(lengths), depths=parse_depths(depths),
-                             samples=samples, seed=seed, haystack=haystack, shard=parse_shard(shard),
-                             verify=ctx.params.get("verify"),
-                             family_params=family_params(ctx.params.get("params") or (),
-                                                         [f.strip() for f in probes.split(",") if f.strip()]))
-            check_families(spec.families)
+            spec = Grid.parse(probes, lengths, depths, samples=samples, seed=seed, haystack=haystack,
+                              params=ctx.params.get("params") or (), shard=shard,
+                              verify=ctx.params.get("verify"))
             if model_spec.startswith("openai:"):
                 raise UserError("torchrun shards the native runner's prefill; an openai: server needs "
                                 "no torchrun: run `ctxprobe run` as one process")

@@ -7,16 +7,16 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator
 
-from ctxprobe.planner import build_probes, group_by_context, work_order
+from ctxprobe.sweep.cells import build_probes, group_by_context, work_order
 
 _END = object()
 
 
-def probe_groups(todo: list, spec, tokenizer) -> Iterator[list[tuple]]:
+def probe_groups(todo: list, grid, tokenizer) -> Iterator[list[tuple]]:
     """Lists of (cell, probe) whose probes share one context, batch by batch in work order."""
     for batch in work_order(todo):
-        built = list(build_probes(batch, seed=spec.seed, tokenizer=tokenizer, haystack=spec.haystack,
-                                  family_params=spec.family_params, verify=spec.verify))
+        built = list(build_probes(batch, seed=grid.seed, tokenizer=tokenizer, haystack=grid.haystack,
+                                  family_params=grid.params, verify=grid.verify))
         cell_of = {id(p): c for c, p in built}
         for group in group_by_context([p for _, p in built]):
             yield [(cell_of[id(p)], p) for p in group]

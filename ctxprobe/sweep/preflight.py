@@ -56,14 +56,14 @@ def check_price(value: float | None, flag: str) -> None:
         raise UserError(f"{flag} must be a price per million tokens, 0 or more, got {value}")
 
 
-def preflight(backend, spec, todo: list, *, already_stored: int, price_in: float | None = None,
+def preflight(backend, grid, todo: list, *, already_stored: int, price_in: float | None = None,
               price_out: float | None = None) -> Preflight:
-    """Count the prompt and output tokens of the cells `todo` of `spec` on `backend`."""
+    """Count the prompt and output tokens of the cells `todo` of `grid` on `backend`."""
     from ctxprobe.sweep.building import probe_groups
 
     total = longest = cells = 0
     render = getattr(backend, "render", None)   # native: the prompt as its chat template wraps it
-    for group in probe_groups(todo, spec, backend.tokenizer):
+    for group in probe_groups(todo, grid, backend.tokenizer):
         for _, probe in group:
             if render is not None:
                 context, question = render(probe)
@@ -79,19 +79,19 @@ def preflight(backend, spec, todo: list, *, already_stored: int, price_in: float
                      price_in=price_in, price_out=price_out)
 
 
-def dry_run_todo(db, backend, spec, *, model_spec: str, name: str | None) -> tuple[list, int]:
+def dry_run_todo(db, backend, grid, *, model_spec: str, name: str | None) -> tuple[list, int]:
     """(cells a real run would answer now, cells already stored), read without writing: from the
     run a real invocation would resume, when the database and that run exist."""
     from pathlib import Path
 
-    from ctxprobe.planner import pending
     from ctxprobe.store import Store
+    from ctxprobe.sweep.cells import pending
     from ctxprobe.sweep.run import default_run_name, run_settings
 
-    cells = spec.cells()
+    cells = grid.cells()
     if not Path(db).is_file():
         return cells, 0
-    name = name or default_run_name(model_spec, backend, run_settings(spec, backend))
+    name = name or default_run_name(model_spec, backend, run_settings(grid, backend))
     with Store(db, readonly=True) as store:
         run = store.find_run(name)
         done = store.done_keys(run.id) if run is not None else set()

@@ -8,39 +8,17 @@ import json
 import sqlite3
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ctxprobe import __version__
 from ctxprobe.backends.base import CellResult
 from ctxprobe.errors import UserError
-from ctxprobe.grid import check_grid, check_seed
-from ctxprobe.planner import Cell, pending, plan_cells, shard
 from ctxprobe.scoring import lenient_score, strict_score
 from ctxprobe.store import Run, Store
 from ctxprobe.sweep.building import built_ahead, probe_groups
-
-
-@dataclass
-class SweepSpec:
-    families: list[str]
-    lengths: list[int]
-    depths: list[float]
-    samples: int = 1
-    seed: int = 0
-    haystack: str | None = None
-    family_params: dict = field(default_factory=dict)  # {family: {param: value}}
-    shard: tuple[int, int] = (0, 1)                    # (index, count)
-    verify: str | None = None   # how probes prove exactness (probes/exactness.py); not identity
-
-    def __post_init__(self):
-        # Refused here, before a store or a backend is opened: a grid too large to plan, and a
-        # seed the store cannot hold (counted, never built).
-        check_grid(self.families, self.lengths, self.depths, self.samples)
-        self.seed = check_seed(self.seed)
-
-    def cells(self) -> list[Cell]:
-        return shard(plan_cells(self.families, self.lengths, self.depths, self.samples), *self.shard)
+from ctxprobe.sweep.cells import Cell, Grid, build_probes, check_families, pending
 
 
 @dataclass
@@ -53,9 +31,9 @@ class SweepStats:
     seconds: float = 0.0
 
 
-def run_settings(spec: SweepSpec, backend) -> dict:
+def run_settings(grid: Grid, backend) -> dict:
     """What two invocations must share for one to resume the other's run (the grid may grow)."""
-    return {"seed": spec.seed, "haystack": spec.haystack, "family_params": spec.family_params,
+    return {"seed": grid.seed, "haystack": grid.haystack, "family_params": grid.params,
             "backend": backend.identity, "tokenizer": backend.tokenizer.fingerprint}
 
 
@@ -67,17 +45,17 @@ def default_run_name(model_spec: str, backend, settings: dict) -> str:
     return f"{label[-40:]}-{digest.hexdigest()[:8]}"
 
 
-def open_run(store: Store, backend, spec: SweepSpec, *, model_spec: str, name: str | None = None,
+def open_run(store: Store, backend, grid: Grid, *, model_spec: str, name: str | None = None,
              command: str = "") -> Run:
     """The run to fill: an existing one with the same model and settings (resume), or a new one.
 
     The server URL is not part of a run's identity, so a sweep survives a server restarted on
     another port (pass the same --name); the served model's identity is.
     """
-    run = find_run(store, backend, spec, model_spec=model_spec, name=name)
+    run = find_run(store, backend, grid, model_spec=model_spec, name=name)
     if run is not None:
         return run
-    settings = run_settings(spec, backend)
+    settings = run_settings(grid, backend)
     name = name or default_run_name(model_spec, backend, settings)
     try:
         return store.create_run(name=name, model_spec=model_spec,
@@ -86,16 +64,16 @@ def open_run(store: Store, backend, spec: SweepSpec, *, model_spec: str, name: s
                                 tokenizer_fingerprint=backend.tokenizer.fingerprint,
                                 version=__version__, command=command, settings=settings)
     except sqlite3.IntegrityError:  # another process (a parallel --shard) created it just now
-        run = find_run(store, backend, spec, model_spec=model_spec, name=name)
+        run = find_run(store, backend, grid, model_spec=model_spec, name=name)
         assert run is not None
         return run
 
 
-def find_run(store: Store, backend, spec: SweepSpec, *, model_spec: str,
+def find_run(store: Store, backend, grid: Grid, *, model_spec: str,
              name: str | None = None) -> Run | None:
     """The stored run that this invocation resumes, or None when there is none yet; writes nothing.
     UserError when a run of that name was made with another model or other settings."""
-    settings = run_settings(spec, backend)
+    settings = run_settings(grid, backend)
     name = name or default_run_name(model_spec, backend, settings)
     run = store.find_run(name)
     if run is None:
@@ -110,11 +88,32 @@ def find_run(store: Store, backend, spec: SweepSpec, *, model_spec: str,
     return run
 
 
-def pending_cells(store: Store, run: Run | None, spec: SweepSpec) -> list[Cell]:
-    """The cells of `spec` that `run` has not stored without error (all of them without a run):
+def pending_cells(store: Store, run: Run | None, grid: Grid) -> list[Cell]:
+    """The cells of `grid` that `run` has not stored without error (all of them without a run):
     what a sweep will answer, known before a backend loads anything."""
-    cells = spec.cells()
+    cells = grid.cells()
     return cells if run is None else pending(cells, store.done_keys(run.id))
+
+
+def longest_pending(grid: Grid, cells: list[Cell], tokenizer) -> tuple[int, Iterator] | None:
+    """(the longest length among `cells`, sample probes) for a backend to plan its memory by
+    (Backend.prepare); None without cells.
+
+    A probe's needles, question and answer are the same at every length (they are seeded by
+    family, seed and sample), so one probe per family and sample at the shortest of the lengths,
+    where probes are cheap to build, shows the most tokens any cell adds around its length. The
+    probes are built as the backend reads them: a backend that plans nothing builds none.
+    """
+    if not cells:
+        return None
+    shortest = min(c.length for c in cells)
+    samples: dict[tuple, Cell] = {}
+    for c in cells:
+        if c.length == shortest:
+            samples.setdefault((c.family, c.sample), c)
+    built = build_probes(list(samples.values()), seed=grid.seed, tokenizer=tokenizer,
+                         haystack=grid.haystack, family_params=grid.params)
+    return max(c.length for c in cells), (probe for _, probe in built)
 
 
 def score_cell(cell: Cell, probe, result: CellResult, seed: int) -> dict:
@@ -144,29 +143,20 @@ def score_cell(cell: Cell, probe, result: CellResult, seed: int) -> dict:
     return row
 
 
-def check_families(families: list[str]) -> None:
-    from ctxprobe.probes import FAMILIES
-
-    unknown = [f for f in families if f not in FAMILIES]
-    if unknown:
-        raise UserError(f"unknown probe family {unknown[0]!r}: choose from "
-                        f"{', '.join(sorted(FAMILIES))}")
-
-
-def run_sweep(store: Store | None, run: Run | None, backend, spec: SweepSpec, *, progress: bool = True,
+def run_sweep(store: Store | None, run: Run | None, backend, grid: Grid, *, progress: bool = True,
               world=None) -> SweepStats:
-    """Answer every cell of `spec` not yet stored for `run`; each cell commits as it finishes.
+    """Answer every cell of `grid` not yet stored for `run`; each cell commits as it finishes.
 
     Under torchrun (`world`, a ctxprobe.runner.distributed.World): rank 0 reads the store and
     sends every rank the pending cells; all ranks then build the same probes and run the same
     passes in the same order (each pass is sharded across them); only rank 0 writes the store
     and shows progress. Other ranks pass store=None and run=None.
     """
-    check_families(spec.families)
+    check_families(grid.families)
     main_rank = world is None or world.is_main
-    cells = spec.cells()
+    cells = grid.cells()
     stats = SweepStats(planned=len(cells))
-    todo = pending_cells(store, run, spec) if main_rank else None
+    todo = pending_cells(store, run, grid) if main_rank else None
     if world is not None:
         todo = world.broadcast(todo)
     stats.skipped = len(cells) - len(todo)
@@ -194,7 +184,7 @@ def run_sweep(store: Store | None, run: Run | None, backend, spec: SweepSpec, *,
                 raise
             results = [CellResult(error=f"{type(e).__name__}: {e}") for _ in items]
         for (cell, probe), result in zip(items, results):
-            row = score_cell(cell, probe, result, spec.seed)
+            row = score_cell(cell, probe, result, grid.seed)
             if redact is not None:  # scored on the raw text above; stored without the API key
                 row["response"] = redact(row["response"])
                 row["error"] = row["error"] and redact(row["error"])
@@ -214,7 +204,7 @@ def run_sweep(store: Store | None, run: Run | None, backend, spec: SweepSpec, *,
     # Under torchrun one pass at a time: a failed pass must leave no other pass of this rank
     # waiting in a collective, or the rank could not exit.
     most_in_flight = 2 * backend.concurrency if world is None else 1
-    groups = probe_groups(todo, spec, backend.tokenizer)
+    groups = probe_groups(todo, grid, backend.tokenizer)
     if world is None:  # the next probes are built while requests are in flight
         groups = built_ahead(groups, ahead=most_in_flight)
     try:

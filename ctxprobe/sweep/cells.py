@@ -1,5 +1,5 @@
-"""From a grid to work: cells, the shard this machine runs, the cells still to do, and groups
-of probes that share a context so the runner prefills it once.
+"""From a grid to work: the grid itself, its cells, the shard this machine runs, the cells still
+to do, and groups of probes that share a context so the runner prefills it once.
 
 A cell is (family, length, depth, sample). Cells are listed in one canonical order, so
 `--shard i/n` takes the same cells on every machine that runs the same grid.
@@ -7,10 +7,77 @@ A cell is (family, length, depth, sample). Cells are listed in one canonical ord
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from ctxprobe.errors import UserError
+from ctxprobe.grid import check_grid, check_seed, parse_depths, parse_lengths
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What a sweep asks: probe families x lengths x depths x samples, from one seed.
+
+    `Grid.parse` reads the CLI's spellings ("niah,kv", "1k..8k:x2", "0..100:11",
+    "multikey.value_kind=uuid"); the constructor takes the parsed values.
+    """
+
+    families: tuple[str, ...]
+    lengths: tuple[int, ...]
+    depths: tuple[float, ...] = (50,)
+    samples: int = 1
+    seed: int = 0
+    haystack: str | None = None    # 'noise', a .txt file or a directory of them; None: seeded prose
+    params: Mapping[str, Mapping] = field(default_factory=dict)   # {family: {param: typed value}}
+    shard: tuple[int, int] = (0, 1)                                # (index, count)
+    verify: str | None = None   # how probes prove exactness (probes/exactness.py); not identity
+
+    def __post_init__(self):
+        set_ = object.__setattr__   # frozen: normalise once, here
+        set_(self, "families", tuple(self.families))
+        set_(self, "lengths", tuple(self.lengths))
+        set_(self, "depths", tuple(self.depths))
+        set_(self, "params", {family: dict(values) for family, values in self.params.items()})
+        set_(self, "shard", tuple(self.shard))
+        # Refused here, before a store or a backend is opened: a grid too large to plan, and a
+        # seed the store cannot hold (counted, never built).
+        check_grid(self.families, self.lengths, self.depths, self.samples)
+        set_(self, "seed", check_seed(self.seed))
+
+    @classmethod
+    def parse(cls, probes: str | Sequence[str], lengths: str | Sequence[int],
+              depths: str | Sequence[float] = "50", *, samples: int = 1, seed: int = 0,
+              haystack: str | None = None, params: Iterable[str] | Mapping = (),
+              shard: str | tuple[int, int] | None = None, verify: str | None = None) -> Grid:
+        """A grid from the CLI's spellings (a value that is not a string is taken as parsed):
+        probes "niah,kv"; lengths "1k,4k" or "1k..1M:x2"; depths "0,50,100" or "0..100:11";
+        params "FAMILY.NAME=VALUE" pairs (or {family: {name: value}}); shard "i/n".
+        UserError, naming the input and the fix, on the first bad one."""
+        from ctxprobe.sweep.params import family_params
+
+        families = [f.strip() for f in probes.split(",") if f.strip()] if isinstance(probes, str) \
+            else list(probes)
+        check_families(families)
+        lengths = parse_lengths(lengths) if isinstance(lengths, str) else list(lengths)
+        depths = parse_depths(depths) if isinstance(depths, str) else list(depths)
+        shard = shard if isinstance(shard, tuple) else parse_shard(shard)
+        return cls(families=families, lengths=lengths, depths=depths, samples=samples, seed=seed,
+                   haystack=haystack, params=family_params(params, families), shard=shard,
+                   verify=verify)
+
+    def cells(self) -> list[Cell]:
+        """This shard's cells, in canonical order."""
+        return shard(plan_cells(list(self.families), list(self.lengths), list(self.depths), self.samples),
+                     *self.shard)
+
+
+def check_families(families) -> None:
+    from ctxprobe.probes import FAMILIES
+
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise UserError(f"unknown probe family {unknown[0]!r}: choose from "
+                        f"{', '.join(sorted(FAMILIES))}")
 
 
 @dataclass(frozen=True, order=True)

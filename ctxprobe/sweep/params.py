@@ -1,4 +1,4 @@
-"""`run --param`: probe-family parameters for a sweep, parsed as `probes show/export --param` are.
+"""Probe-family parameters for a sweep (`run --param`), parsed as `probes show/export --param` are.
 
 `FAMILY.NAME=VALUE` sets one family's parameter; `NAME=VALUE` sets it for every family of the
 sweep that has it. Values are checked and typed by the family (probes/families.py); a value equal
@@ -7,16 +7,33 @@ to the family's default is dropped, so spelling out a default does not make anot
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ctxprobe.errors import UserError
 
 
+def parse_pairs(pairs) -> dict:
+    """('NAME=VALUE', ...) -> {NAME: 'VALUE'} (the last of a repeated name wins)."""
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"bad --param {pair!r}: write NAME=VALUE, e.g. --param value_kind=uuid")
+        out[name.strip()] = value.strip()
+    return out
+
+
 def family_params(pairs, families: list[str]) -> dict:
-    """('multikey.value_kind=uuid', 'hops=6', ...) -> {family: {name: typed value}} for `families`."""
-    from ctxprobe.commands.probes import _parse_params   # the NAME=VALUE parser of `probes show/export`
+    """('multikey.value_kind=uuid', 'hops=6', ...) -> {family: {name: typed value}} for `families`.
+    `pairs` may also be {family: {name: value}} (values typed or strings)."""
     from ctxprobe.probes import FAMILIES
 
+    if isinstance(pairs, Mapping):
+        named = {f"{family}.{name}": value for family, values in pairs.items() for name, value in values.items()}
+    else:
+        named = parse_pairs(pairs)
     given: dict[str, dict] = {}
-    for key, value in _parse_params(pairs).items():
+    for key, value in named.items():
         target, dot, name = key.rpartition(".")
         if dot and target not in families:
             raise UserError(f"--param {key}={value}: {target!r} is not among the --probe families "

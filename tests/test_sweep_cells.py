@@ -1,12 +1,13 @@
 """The sweep planner: canonical cells, disjoint shards that cover the grid, resume skipping,
 work batches and context groups."""
 
+import re
 from types import SimpleNamespace
 
 import pytest
 
 from ctxprobe.errors import UserError
-from ctxprobe.planner import (Cell, group_by_context, parse_shard, pending, plan_cells, shard,
+from ctxprobe.sweep.cells import (Cell, group_by_context, parse_shard, pending, plan_cells, shard,
                               work_order)
 
 
@@ -72,3 +73,56 @@ def test_summary_of_a_family_whose_every_cell_errored_gives_no_reading():
         assert effective_length(failed) is None
     assert "niah: effective length (score >= 85%): no reading" in text
     assert "kv: effective length (score >= 85%): below the shortest length tested (512)" in text
+
+
+def test_grid_parse_reads_the_cli_spellings_into_the_grid_the_constructor_makes():
+    from ctxprobe.sweep import Grid
+
+    grid = Grid.parse("niah, multikey", "512..2k:x2", "0..100:3", samples=2, seed=7,
+                      params=["multikey.value_kind=uuid", "distractors=2"], shard="1/2")
+    assert grid == Grid(families=("niah", "multikey"), lengths=(512, 1024, 2048), depths=(0, 50, 100),
+                        samples=2, seed=7, shard=(1, 2),
+                        params={"multikey": {"value_kind": "uuid", "distractors": 2}})
+    assert grid.cells() == shard(plan_cells(["niah", "multikey"], [512, 1024, 2048], [0, 50, 100], 2), 1, 2)
+    # parsed values pass through; a typed mapping is checked and typed as the strings are
+    assert Grid.parse(["niah"], [512], [0.0], params={"niah": {"near_misses": "2"}}) == \
+        Grid(("niah",), (512,), (0.0,), params={"niah": {"near_misses": 2}})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(probes="niah,nope", lengths="1k"), "unknown probe family 'nope'"),
+    (dict(probes="niah", lengths="1q"), "bad length '1q'"),
+    (dict(probes="niah", lengths="1k", depths="120"), "outside 0 to 100"),
+    (dict(probes="niah", lengths="1k", shard="2/2"), "bad --shard"),
+    (dict(probes="niah", lengths="1k", params=["kv.x=1"]), "'kv' is not among the --probe families"),
+    (dict(probes="niah", lengths="1k", seed=-1), "--seed -1 is out of range"),
+])
+def test_grid_parse_refuses_bad_input_by_name(kwargs, message):
+    from ctxprobe.sweep import Grid
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        Grid.parse(**kwargs)
+
+
+def test_longest_pending_builds_its_samples_only_when_read_one_per_family_and_sample():
+    from ctxprobe.probes import load_tokenizer
+    from ctxprobe.sweep import Grid, longest_pending
+
+    class Counting:
+        def __init__(self):
+            self.inner, self.calls = load_tokenizer(None), 0
+
+        def __getattr__(self, name):
+            self.calls += 1
+            return getattr(self.inner, name)
+
+    grid = Grid(families=("niah", "kv"), lengths=(600, 300, 900), depths=(0, 100), samples=2)
+    tokenizer = Counting()
+    assert longest_pending(grid, [], tokenizer) is None
+    pending = [c for c in grid.cells() if c.length != 300]
+    length, samples = longest_pending(grid, pending, tokenizer)
+    assert length == 900 and tokenizer.calls == 0      # nothing built yet (a server reads none)
+    probes = list(samples)
+    assert tokenizer.calls > 0
+    assert sorted((p.family, p.sample, len(p.token_array)) for p in probes) == [
+        ("kv", 0, 600), ("kv", 1, 600), ("niah", 0, 600), ("niah", 1, 600)]
