@@ -1,7 +1,5 @@
 """ctxprobe: where does a language model's context really stop working?"""
 
-__version__ = "0.1.0"
-
 from pathlib import Path as _Path
 
 # attention/, probes/ and plots/ sit beside this folder in a source checkout and are installed
@@ -14,14 +12,23 @@ if not (_root / "ctxprobe" / "attention").exists() and (_root / "pyproject.toml"
     __path__.append(str(_root))  # noqa: F821 (a package's __path__)
 
 from ctxprobe.errors import UserError  # noqa: E402
+from ctxprobe.version import __version__  # noqa: E402
 
-__all__ = ["UserError", "__version__", "load_model"]
+__all__ = ["Grid", "Interrupted", "NativeOptions", "RunConfig", "RunResult", "ServerOptions", "UserError",
+           "__version__", "load_model", "run"]
+
+# The Python API (ctxprobe/api.py), imported on first use so that `import ctxprobe` (and the CLI,
+# and an HTTP run) never loads torch.
+_API = {"run", "RunConfig", "RunResult", "Grid", "NativeOptions", "ServerOptions", "Interrupted"}
 
 
 def __getattr__(name):
-    # `ctxprobe.load_model` imported on first use, so `import ctxprobe` (and the CLI) stays light.
     if name == "load_model":
         from ctxprobe.runner.load import load_model
 
         return load_model
+    if name in _API:
+        from ctxprobe import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'ctxprobe' has no attribute {name!r}")

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from ctxprobe import __version__
+from ctxprobe.version import __version__
 
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130

@@ -44,45 +44,32 @@ def run_demo(out_dir: str | Path = ".", *, lengths: str = DEMO_LENGTHS, depths: 
              progress: bool = True, threads: int | None = None) -> DemoResult:
     """threads: torch's CPU threads per pass (None: chosen from the free cores,
     ctxprobe/backends/threads.py)."""
+    from ctxprobe import api, plots
     from ctxprobe.analysis.figures import heatmap_figure
     from ctxprobe.analysis.report import build_report
-    from ctxprobe.backends import open_backend
-    from ctxprobe.backends.memory import MemoryBudgets
     from ctxprobe.errors import UserError
     from ctxprobe.store import Store
-    from ctxprobe.sweep import (Grid, effective_length, find_run, longest_pending, open_run, pending_cells,
-                                run_sweep, summarize)
-    from ctxprobe.sweep.invocations import Recording
+    from ctxprobe.sweep import Grid, OtherSettings, effective_length, summarize
 
-    from ctxprobe import plots
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     db_path = Path(db) if db is not None else out / "ctxprobe.db"
-    spec = Grid.parse("niah", lengths, depths, samples=samples, seed=0)
-    with Store(db_path) as store:
-        # With budgets (here: what is free) the weights load only for cells still to run, so a
-        # finished demo reruns without loading the model, as `ctxprobe run` does.
-        backend = open_backend("builtin", generate_failing=GENERATE_FAILING, memory=MemoryBudgets(),
-                               threads=threads)
-        command = f"ctxprobe demo --lengths {lengths} --depths {depths} --samples {samples}"
-        try:
-            try:
-                stored = find_run(store, backend, spec, model_spec="builtin", name=RUN_NAME)
-            except UserError:  # a demo run of another ctxprobe version; demo has no --name
-                raise UserError(f"{db_path} holds a demo run made by another ctxprobe version or "
-                                "with other settings; pass another --out or delete that file") from None
-            pending = pending_cells(store, stored, spec)
-            if pending:   # the plan (and where the weights went) is part of the run's provenance
-                backend.prepare(*longest_pending(spec, pending, backend.tokenizer))
-            run = open_run(store, backend, spec, model_spec="builtin", name=RUN_NAME, command=command)
-            recording = Recording(store, run, command=command, pending=len(pending))
-            stats = run_sweep(store, run, backend, spec, progress=progress)
-            recording.end(stats)
-        finally:
-            backend.close()
+    grid = Grid.parse("niah", lengths, depths, samples=samples, seed=0)
+    # Budgets left to what is free: the weights load only for cells still to run, so a finished
+    # demo reruns without loading the model, as `ctxprobe run` does.
+    config = api.RunConfig("builtin", grid, db=str(db_path), name=RUN_NAME,
+                           native=api.NativeOptions(generate_failing=GENERATE_FAILING, threads=threads))
+    command = f"ctxprobe demo --lengths {lengths} --depths {depths} --samples {samples}"
+    try:
+        r = api.run(config, progress=progress, command=command)
+    except OtherSettings:  # a demo run of another ctxprobe version; demo has no --name
+        raise UserError(f"{db_path} holds a demo run made by another ctxprobe version or "
+                        "with other settings; pass another --out or delete that file") from None
+    with Store(db_path, readonly=True) as store:
+        run = store.get_run(r.name)
         invocations = store.invocations(run.id)
-        cells = [c for c in store.cells(run.id)
-                 if c["length"] in spec.lengths and c["depth"] in spec.depths and c["sample"] < samples]
+    cells = [c for c in r.cells
+             if c["length"] in grid.lengths and c["depth"] in grid.depths and c["sample"] < samples]
     heatmap = plots.save(heatmap_figure(cells, "niah", title="built-in model, niah: greedy-exact by depth and length",
                                         run_name=run.name, effective=effective_length(cells),
                                         designed=DESIGNED_LIMIT),
@@ -90,6 +77,6 @@ def run_demo(out_dir: str | Path = ".", *, lengths: str = DEMO_LENGTHS, depths: 
     report = out / "demo-report.html"
     report.write_text(build_report(run, cells, invocations=invocations), encoding="utf-8")
     return DemoResult(run_name=run.name, summary=summarize(cells), effective_length=effective_length(cells),
-                      expected_length=expected_effective_length(spec.lengths), db=db_path,
-                      heatmap=heatmap, report=report, seconds=stats.seconds, cells_done=stats.finished,
-                      message=recording.message)
+                      expected_length=expected_effective_length(grid.lengths), db=db_path,
+                      heatmap=heatmap, report=report, seconds=r.stats.seconds, cells_done=r.stats.finished,
+                      message=r.message)

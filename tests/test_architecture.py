@@ -38,11 +38,12 @@ MODELS_MAY_IMPORT = ("ctxprobe.errors", "ctxprobe.units", "ctxprobe.attention", 
 
 # Layers, lowest first: a module imports only modules of its own rank or lower. The longest
 # matching prefix decides. The root package is left out: it is the façade, whose lazy
-# __getattr__ re-exports names from above by design (and `from ctxprobe import __version__`).
+# __getattr__ re-exports names from above by design (run, RunConfig, Grid, load_model).
 RANKS = {
     "ctxprobe.attention": 0, "ctxprobe.probes": 0, "ctxprobe.plots": 0,
     "ctxprobe.errors": 0, "ctxprobe.units": 0, "ctxprobe.grid": 0, "ctxprobe.hardware": 0,
     "ctxprobe.output_file": 0, "ctxprobe.pass_progress": 0, "ctxprobe.router_trace": 0,
+    "ctxprobe.version": 0,
     "ctxprobe.models": 1, "ctxprobe.builtin": 1,
     "ctxprobe.runner": 2, "ctxprobe.store": 2, "ctxprobe.scoring": 2, "ctxprobe.analysis": 2,
     "ctxprobe.backends": 3,

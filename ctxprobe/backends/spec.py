@@ -32,35 +32,33 @@ def check_router_trace(spec: str) -> None:
                         "openai: server's routing cannot be seen: drop --router-trace, or pass a checkpoint")
 
 
-def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
-                 served_model: str | None = None, api: str = "chat",
-                 api_key_env: str | None = None, tokenizer: str | None = None,
-                 timeout: float = 120.0, retries: int = 5, retry_base: float = 0.5,
-                 max_response_bytes: int = 1 << 20, chat_template: bool = True,
-                 device: str | None = None, dtype: str | None = None, memory=None,
-                 threads: int | None = None,
-                 generate_failing: int = 0, stream: bool = False, reasoning_budget: int = 0,
-                 list_models: bool = True, router_trace: bool = False):
-    """memory: a ctxprobe.backends.memory.MemoryBudgets for the native runner (None: no plan before
-    loading; each pass plans from the free memory). A server manages its own memory.
-    threads: the native runner's torch threads (None: picked before each pass from the free cores,
-    ctxprobe/backends/threads.py).
-    generate_failing, router_trace: native only; see NativeBackend.
-    stream, reasoning_budget, list_models: openai: only; see HttpBackend."""
-    if router_trace:
+def open_backend(spec: str, *, max_new_tokens: int = 32, native=None, server=None,
+                 list_models: bool = True):
+    """The backend a --model spec names.
+
+    native: NativeOptions (ctxprobe/backends/options.py) for a checkpoint; None: the backend's own
+    defaults (weights loaded at once, each pass planned from the free memory then, no generation
+    for failing cells). With NativeOptions the weights load only once `prepare` has planned the
+    sweep's longest cell under its budgets. server: ServerOptions for openai:URL (None: defaults).
+    list_models=False (a dry run that names the served model): no request to the server but
+    /tokenize."""
+    from ctxprobe.backends.options import ServerOptions
+
+    if native is not None and native.router_trace:
         check_router_trace(spec)
     if spec.startswith("openai:"):
-        if memory is not None and memory.given():
+        if native is not None and native.budgets_given():
             raise UserError("--gpu-memory, --host-memory and --offload-dir plan the native runner's "
                             "memory; an openai: server manages its own: drop them")
         from ctxprobe.backends.http import HttpBackend
 
-        return HttpBackend(spec[len("openai:"):], served_model=served_model, api=api,
-                           api_key_env=api_key_env, tokenizer_path=tokenizer,
-                           max_new_tokens=max_new_tokens, concurrency=concurrency,
-                           timeout=timeout, retries=retries, retry_base=retry_base,
-                           max_response_bytes=max_response_bytes, stream=stream,
-                           reasoning_budget=reasoning_budget, list_models=list_models)
+        server = server or ServerOptions()
+        return HttpBackend(spec[len("openai:"):], served_model=server.served_model, api=server.api,
+                           api_key_env=server.api_key_env, tokenizer_path=server.tokenizer,
+                           max_new_tokens=max_new_tokens, concurrency=server.concurrency,
+                           timeout=server.timeout, retries=server.retries,
+                           max_response_bytes=server.max_response_bytes, stream=server.stream,
+                           reasoning_budget=server.reasoning_budget, list_models=list_models)
     path = Path(spec)
     if spec == "builtin" and not path.exists():
         from ctxprobe.builtin import MODEL_DIR
@@ -75,9 +73,12 @@ def open_backend(spec: str, *, max_new_tokens: int = 32, concurrency: int = 4,
         passive_waits()    # before torch loads libgomp, which reads it once
         from ctxprobe.backends.native import NativeBackend
 
-        return NativeBackend(str(path), chat_template=chat_template, max_new_tokens=max_new_tokens,
-                             device=device, dtype=dtype, memory=memory, threads=threads,
-                             generate_failing=generate_failing, router_trace=router_trace)
+        if native is None:
+            return NativeBackend(str(path), max_new_tokens=max_new_tokens)
+        return NativeBackend(str(path), chat_template=native.chat_template, max_new_tokens=max_new_tokens,
+                             device=native.device, dtype=native.dtype, memory=native.memory(),
+                             threads=native.threads, generate_failing=native.generate_failing,
+                             router_trace=native.router_trace)
     if path.is_dir():
         raise UserError(f"model directory {spec} has no config.json; pass an HF-format checkpoint "
                         "directory or openai:BASE_URL")

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ctxprobe.commands.options import memory_options, warn_about_budgets
+from ctxprobe.commands.options import device_option, dtype_option, memory_options, warn_about_budgets
 
 
 def _config(path, preset):
@@ -64,9 +64,8 @@ def _plans(shape, lengths, preset, weights, **budgets):
               help="A random-weight shape instead of a checkpoint: tiny, scout-4l, scout-48l.")
 @click.option("--length", "lengths", default="4k", show_default=True,
               help="Prompt lengths in tokens, comma-separated (128k = 131072, 1M = 1048576).")
-@click.option("--device", default=None, help="cuda or cpu (default: cuda when available).")
-@click.option("--dtype", default=None,
-              help="float32 / bfloat16 (default: the checkpoint's; bfloat16 for scout presets).")
+@device_option
+@dtype_option
 @memory_options
 @click.option("--chunk", default=None, help="Tokens per prefill step (default: the planner's choice).")
 @click.option("--weights", "weights", default=None, type=click.Choice(TIER_ORDER),

@@ -9,7 +9,7 @@ import click
 
 from ctxprobe.analysis.baseline import read_baseline, write_baseline
 from ctxprobe.analysis.compare import METRICS, Comparison, compare as compare_cells
-from ctxprobe.commands.report import db_option
+from ctxprobe.commands.options import db_option
 from ctxprobe.store import Store
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ctxprobe.analysis.effective_length import EffectiveLength, describe_with_ci, effective_length
 from ctxprobe.analysis.summary import usable, values_by_length
-from ctxprobe.commands.report import db_option
+from ctxprobe.commands.options import db_option
 from ctxprobe.errors import UserError
 from ctxprobe.store import Store
 

@@ -6,14 +6,14 @@ import json
 
 import click
 
-from ctxprobe.commands.options import memory_options, warn_about_budgets
+from ctxprobe.commands.options import dtype_option, memory_options, warn_about_budgets
 from ctxprobe.units import parse_tokens
 
 
 @click.command("inspect")
 @click.argument("path", type=click.Path())
 @click.option("--length", default=None, help="Context length in tokens (4k = 4096) to size memory for.")
-@click.option("--dtype", default=None, help="Weight/KV dtype to size for (default: the checkpoint's).")
+@dtype_option
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
 @memory_options
 def inspect(path, length, dtype, as_json, gpu_memory, host_memory, offload_dir):

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import click
 
+from ctxprobe.commands.options import db_option
 from ctxprobe.output_file import output_file
-from ctxprobe.store import DEFAULT_PATH, Store
-
-
-def db_option(f):
-    return click.option("--db", "db", default=DEFAULT_PATH, show_default=True,
-                        type=click.Path(dir_okay=False), help="Results database.")(f)
+from ctxprobe.store import Store
 
 
 @click.command()

@@ -5,7 +5,7 @@ invocation with nothing left to run writes nothing (a finished run's database st
 
 from __future__ import annotations
 
-from ctxprobe import __version__
+from ctxprobe.version import __version__
 from ctxprobe.store import Run, Store
 
 

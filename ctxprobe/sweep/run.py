@@ -12,13 +12,17 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from ctxprobe import __version__
+from ctxprobe.version import __version__
 from ctxprobe.backends.base import CellResult
 from ctxprobe.errors import UserError
 from ctxprobe.scoring import lenient_score, strict_score
 from ctxprobe.store import Run, Store
 from ctxprobe.sweep.building import built_ahead, probe_groups
 from ctxprobe.sweep.cells import Cell, Grid, build_probes, check_families, pending
+
+
+class OtherSettings(UserError):
+    """A stored run of the asked name was made with another model or other settings."""
 
 
 @dataclass
@@ -83,7 +87,7 @@ def find_run(store: Store, backend, grid: Grid, *, model_spec: str,
                         if settings.get(k) != run.settings.get(k))
         if run.model_fingerprint != backend.model_fingerprint:
             differ.insert(0, "model")
-        raise UserError(f"run {name!r} in {store.path} was made with other settings "
+        raise OtherSettings(f"run {name!r} in {store.path} was made with other settings "
                         f"({', '.join(differ)} differ); pass another --name to start a new run")
     return run
 
