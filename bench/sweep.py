@@ -20,7 +20,7 @@ sys.path[:0] = [str(_ROOT), str(_ROOT / "tests")]
 from fake_openai import FakeOpenAI, answers_for  # noqa: E402
 
 from ctxprobe.backends.http import HttpBackend  # noqa: E402
-from ctxprobe.grid import parse_size  # noqa: E402
+from ctxprobe.units import parse_tokens  # noqa: E402
 from ctxprobe.store import Store  # noqa: E402
 from ctxprobe.sweep import Grid, open_run, run_sweep  # noqa: E402
 
@@ -60,7 +60,7 @@ def main():
     ap.add_argument("--cells", type=int, default=64)
     ap.add_argument("--length", default="4k")
     args = ap.parse_args()
-    length = parse_size(args.length)
+    length = parse_tokens(args.length, "--length")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         print(f"store: {bench_commits(args.commits, folder):,.0f} cell commits/s "

@@ -20,9 +20,8 @@ import numbers
 import re
 
 from ctxprobe.errors import UserError
+from ctxprobe.units import parse_tokens
 
-_UNITS = {"": 1, "k": 1024, "K": 1024, "m": 1 << 20, "M": 1 << 20}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
 LENGTH_FORMS = "a list like 1k,2k,4k or 1000,3000, or a geometric range like 1k..1M:x2"
 DEPTH_FORMS = "a list like 0,50,100 or a linear range like 0..100:11 (percent, 0 to 100)"
 MAX_CELLS = 1_000_000
@@ -30,15 +29,8 @@ MAX_LENGTH = 1 << 30
 MAX_SEED = 2**63 - 1   # the largest SQLite INTEGER
 
 
-def parse_size(text: str) -> int:
-    """'4k' -> 4096, '1M' -> 1048576, '1500' -> 1500; ValueError otherwise."""
-    m = _SIZE.match(text)
-    if not m:
-        raise UserError(f"bad length {text!r}: expected {LENGTH_FORMS}")
-    value = float(m.group(1)) * _UNITS[m.group(2)]
-    if value != int(value) or value < 1:
-        raise UserError(f"bad length {text!r}: must be a whole number of tokens >= 1")
-    return int(value)
+def _length(text: str) -> int:
+    return parse_tokens(text, None, expected=LENGTH_FORMS)
 
 
 def _dedupe(values):
@@ -63,7 +55,7 @@ def parse_lengths(spec: str) -> list[int]:
         m = re.fullmatch(r"(.+?)\.\.(.+?):x(\d+(?:\.\d+)?)", spec)
         if not m:
             raise UserError(f"bad lengths {spec!r}: expected {LENGTH_FORMS}")
-        lo, hi, factor = parse_size(m.group(1)), parse_size(m.group(2)), float(m.group(3))
+        lo, hi, factor = _length(m.group(1)), _length(m.group(2)), float(m.group(3))
         if factor <= 1 or hi < lo:
             raise UserError(f"bad lengths {spec!r}: need start <= end and a factor > 1 "
                             f"({LENGTH_FORMS})")
@@ -85,7 +77,7 @@ def parse_lengths(spec: str) -> list[int]:
         return _dedupe(out)
     if not spec:
         raise UserError(f"empty lengths: expected {LENGTH_FORMS}")
-    return _dedupe(_at_most_max_length(parse_size(part), spec) for part in spec.split(","))
+    return _dedupe(_at_most_max_length(_length(part), spec) for part in spec.split(","))
 
 
 def _depth(text: str, spec: str) -> float:

@@ -1,7 +1,10 @@
 """Sizes in and out: memory budgets and token counts read from the user, bytes and counts printed.
 
 Bytes: binary units unless written with a decimal B ('80GiB' = '80G' = 80 x 2^30, '80GB' = 80 x 10^9).
-Tokens: k = 1024, M = 1048576, as lengths everywhere in ctxprobe.
+Tokens: k = 1024, M = 1048576, as RULER counts; parse_tokens is the one reader of a token count
+(--length, --chunk, each value of --lengths). Printed, a length is labelled as people read it
+('4K', '1.5K': ctxprobe.plots.labels); `{:,}` prints an exact token count only where the number
+itself matters (a memory plan, a bench line, `inspect`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from ctxprobe.errors import UserError
 
 GiB = 1 << 30
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_TOKEN_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20}
+TOKEN_FORMS = "a number of tokens like 4096, 4k or 1M (k = 1024, M = 1048576)"
 
 
 def parse_bytes(text, what: str = "--gpu-memory") -> int:
@@ -26,18 +31,22 @@ def parse_bytes(text, what: str = "--gpu-memory") -> int:
     return int(float(num) * scale)
 
 
-def parse_tokens(text, what: str = "--length") -> int:
-    """'128k' (131072), '1M' (1048576), '4096' -> tokens (k = 1024, M = 1048576, as ctxprobe.grid)."""
+def parse_tokens(text, what: str | None = "--length", *, expected: str = TOKEN_FORMS) -> int:
+    """'128k' (131072), '1M' (1048576), '1.5k' (1536), '4096' -> tokens; an int passes as it is.
+    UserError, prefixed with `what` (the flag) when given, unless it is a whole number >= 1;
+    `expected` says what to write instead of text it cannot read."""
+    prefix = f"{what}: " if what else ""
     if isinstance(text, int):
         if text < 1:
-            raise UserError(f"{what}: a prompt needs at least one token, got {text}")
+            raise UserError(f"{prefix}a prompt needs at least one token, got {text}")
         return text
-    from ctxprobe.grid import parse_size
-
-    try:
-        return parse_size(str(text))
-    except ValueError as e:
-        raise UserError(f"{what}: {e}") from None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", str(text))
+    if not m:
+        raise UserError(f"{prefix}bad length {text!r}: expected {expected}")
+    value = float(m.group(1)) * _TOKEN_UNITS[m.group(2).lower()]
+    if value != int(value) or value < 1:
+        raise UserError(f"{prefix}bad length {text!r}: must be a whole number of tokens >= 1")
+    return int(value)
 
 
 def fmt_bytes(n: float) -> str:

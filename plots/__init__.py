@@ -1,17 +1,40 @@
 """What the user sees: heatmaps, fall-off curves, regression deltas, history, HTML reports.
 
 Pure matplotlib over plain numbers (no ctxprobe imports): callers aggregate, these draw.
-`save(fig, "x.png" | "x.svg")` writes a figure.
+`save(fig, "x.png" | "x.svg")` writes a figure. Names are imported on first use, so that
+`ctxprobe.plots.labels` (length labels for text output) never loads matplotlib.
 """
 
-from .delta import delta_heatmap
-from .falloff import Marker, falloff
-from .grid import grid
-from .heatmap import heatmap
-from .history import history
-from .logprob import logprob_heatmap
-from .router import router_by_position
-from .style import length_label, save, to_bytes
+import sys
+from importlib import import_module
+from types import ModuleType
 
-__all__ = ["Marker", "delta_heatmap", "falloff", "grid", "heatmap", "history", "length_label",
-           "logprob_heatmap", "router_by_position", "save", "to_bytes"]
+# name -> the module of this package that defines it
+_NAMES = {"Marker": "falloff", "delta_heatmap": "delta", "falloff": "falloff", "grid": "grid",
+          "heatmap": "heatmap", "history": "history", "length_label": "labels",
+          "logprob_heatmap": "logprob", "router_by_position": "router", "save": "style",
+          "to_bytes": "style"}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name):
+    if name not in _NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_NAMES[name]}", __name__), name)
+    globals()[name] = value   # the next look-up finds it here
+    return value
+
+
+class _Package(ModuleType):
+    """Four drawing functions share their module's name (heatmap.py defines heatmap). Importing
+    such a module sets the package attribute of that name to the module; here the function keeps
+    the name (`plots.heatmap(...)`), and the module stays reachable by its import path."""
+
+    def __setattr__(self, name, value):
+        if name in _NAMES and isinstance(value, ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

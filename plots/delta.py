@@ -12,7 +12,8 @@ from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter
 
-from .style import DELTA_CMAP, length_label, new_figure, plain, text_color
+from .labels import length_label
+from .style import DELTA_CMAP, new_figure, plain, text_color
 
 
 def delta_heatmap(rows, lengths, delta_RL, significant_RL, regressed_RL=None, n_RL=None, *,

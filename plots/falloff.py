@@ -11,7 +11,8 @@ from typing import NamedTuple
 import numpy as np
 from matplotlib.ticker import FixedLocator, NullLocator
 
-from .style import approx_length_label, length_label, new_figure, plain
+from .labels import approx_length_label, length_label
+from .style import new_figure, plain
 
 MARKER_COLORS = ("#1565c0", "#6a1b9a", "#00838f", "#ad1457")
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.colors import Normalize
 
-from .style import SCORE_CMAP, length_label, new_figure, plain, text_color
+from .labels import approx_length_label, length_label
+from .style import SCORE_CMAP, new_figure, plain, text_color
 
 
 def heatmap(lengths, depths, score_DL, n_DL, *, title=None, ax=None, colorbar=True, marks=()):
@@ -45,8 +46,6 @@ def length_column(length: float, lengths) -> float:
 
 def _draw_marks(ax, lengths, marks) -> None:
     from matplotlib import patheffects
-
-    from .style import approx_length_label
 
     handles = []
     for marker, style in zip(marks, MARK_STYLES * 4):

@@ -12,7 +12,8 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.ticker import FuncFormatter, NullLocator
 
-from .style import length_label, new_figure, plain
+from .labels import length_label
+from .style import new_figure, plain
 
 
 def history(run_labels, effective, lengths, score_RL, *, title=None, bounds=None):

@@ -16,7 +16,8 @@ import math
 
 import numpy as np
 
-from .style import length_label, new_figure, plain
+from .labels import length_label
+from .style import new_figure, plain
 
 SERIES_STYLES = (("#2166ac", "-", "o"), ("#b35806", "--", "s"), ("#616161", ":", "^"))
 

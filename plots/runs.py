@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.ticker import FixedLocator, NullLocator
 
-from .style import length_label, new_figure, plain
+from .labels import length_label
+from .style import new_figure, plain
 
 # Distinct at a glance and in greyscale order; a 9th run reuses the first colour with dashes.
 RUN_COLORS = ("#1565c0", "#c62828", "#2e7d32", "#6a1b9a", "#ef6c00", "#00838f", "#5d4037", "#ad1457")

@@ -1,4 +1,5 @@
-"""What every ctxprobe figure shares: colour scales, length labels, cell annotation, saving.
+"""What every ctxprobe figure shares: colour scales, cell annotation, saving (length labels:
+labels.py).
 
 Figures are built with `matplotlib.figure.Figure` directly (never pyplot), so nothing here
 touches the global backend or keeps figures alive; PNG is rendered by Agg, SVG by the SVG
@@ -30,41 +31,6 @@ LOGPROB_FLOOR = -30.0
 LOGPROB_NORM = SymLogNorm(linthresh=1.0, linscale=1.0, vmin=LOGPROB_FLOOR, vmax=0.0, clip=True)
 
 FORMATS = (".png", ".svg")
-
-
-def length_label(length: float) -> str:
-    """Tick label for a length in tokens: powers of two in binary units (4096 -> '4K',
-    1048576 -> '1M'), round decimal lengths in decimal units (128000 -> '128K'), others in
-    binary units with one decimal (1536 -> '1.5K'); a fitted, non-integer-looking length gets
-    three significant figures (25489 -> '24.9K')."""
-    if float(length) == int(length) and length > 0:
-        n = int(length)
-        for base, unit in ((1 << 20, "M"), (1 << 10, "K")):
-            if n % base == 0 and (n // base) & (n // base - 1) == 0:
-                return f"{n // base}{unit}"
-        for base, unit in ((10**6, "M"), (10**3, "K")):
-            if n >= base and (10 * n) % base == 0:
-                return _tenths(n, base) + unit
-        for base, unit in ((1 << 20, "M"), (1 << 10, "K")):
-            if n >= base and (10 * n) % base == 0:
-                return _tenths(n, base) + unit
-        if n < 1024:
-            return str(n)
-    return approx_length_label(length)
-
-
-def approx_length_label(length: float) -> str:
-    """A measured or fitted length in binary units, three significant figures: '5.86K'."""
-    for base, unit in ((1 << 20, "M"), (1 << 10, "K"), (1, "")):
-        if length >= base or base == 1:
-            value = length / base
-            digits = 0 if value >= 100 else 1 if value >= 10 else 2
-            return f"{value:.{digits}f}{unit}"
-    raise AssertionError("unreachable")
-
-
-def _tenths(n: int, base: int) -> str:
-    return f"{n // base}" if n % base == 0 else f"{n / base:.1f}"
 
 
 def plain(text) -> str:

@@ -14,7 +14,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
-from . import cwe, kv, mrcr, niah, nolima, vartrack
+from . import cwe, kv_retrieval, mrcr, niah, nolima, vartrack
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -82,7 +82,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            late=_NEAR),
     Family("multivalue", "one key with several values; all values must be recalled", niah.multivalue),
     Family("multiquery", "several needles with different keys; all keys are asked", niah.multiquery),
-    Family("kv", "a JSON object of UUID key-value pairs; the value of one key is asked", kv.kv),
+    Family("kv", "a JSON object of UUID key-value pairs; the value of one key is asked", kv_retrieval.kv),
     Family("vartrack", "chains of variable assignments; list every variable holding a value",
            vartrack.vartrack),
     Family("cwe", "common-words extraction: the most frequent words of a long word list", cwe.cwe),

@@ -3,7 +3,7 @@
 import pytest
 
 from ctxprobe.errors import UserError
-from ctxprobe.grid import parse_depths, parse_lengths, parse_size
+from ctxprobe.grid import parse_depths, parse_lengths
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -49,4 +49,7 @@ def test_bad_depths(spec):
 
 
 def test_size_suffixes_count_like_ruler():
-    assert parse_size("1k") == 1024 and parse_size("2m") == 2 * 1048576 and parse_size("7") == 7
+    from ctxprobe.units import parse_tokens
+
+    assert parse_tokens("1k") == 1024 and parse_tokens("2m") == 2 * 1048576 and parse_tokens("7") == 7
+    assert parse_lengths("1.5k,2M") == [1536, 2 << 20]

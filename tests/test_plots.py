@@ -44,6 +44,27 @@ def test_length_labels(length, label):
     assert plots.length_label(length) == label
 
 
+def test_text_output_labels_lengths_as_figures_do_without_loading_matplotlib():
+    """The end-of-run summary and the figures label a length one way (1000 -> '1K', which the
+    summary used to print as '1000'); the summary's labels never load matplotlib."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from ctxprobe.sweep import summarize; "
+            "print(summarize([dict(family='niah', length=n, depth=50.0, sample=0, score=1.0, error=None) "
+            "for n in (1000, 1536, 4096)])); print('matplotlib' in sys.modules)")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(root), "PATH": ""})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1].split() == ["depth"] + [plots.length_label(n) for n in (1000, 1536, 4096)] \
+        == ["depth", "1K", "1.5K", "4K"]
+    assert "effective length (score >= 85%): 4K" in done.stdout
+    assert lines[-1] == "False"
+
+
 def test_heatmap_one_annotated_cell_per_grid_point():
     score = np.linspace(0, 1, len(DEPTHS) * len(LENGTHS)).reshape(len(DEPTHS), len(LENGTHS))
     score[1, 4] = np.nan  # a grid point with no data

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_probes_bpe import bpe  # noqa: F401  (the session BPE fixture, both split patterns)
 
-from ctxprobe.probes import kv as kv_mod
+from ctxprobe.probes import kv_retrieval as kv_mod
 from ctxprobe.probes import kv_pairs as P
 from ctxprobe.probes import load_tokenizer, make_probe
 from ctxprobe.probes.tokenizers import WrappedTokenizer

@@ -28,3 +28,16 @@ def test_bytes_print_in_binary_units_with_one_decimal(n, text):
 
 def test_counts_print_with_two_decimals():
     assert [human_count(n) for n in (999, 17_000, 8_030_261_248, 2_500_000)] == ["999", "17.00K", "8.03B", "2.50M"]
+
+
+def test_one_reader_of_token_counts_for_flags_and_grid_lengths():
+    from ctxprobe.grid import parse_lengths
+
+    assert parse_tokens("1.5k") == 1536 and parse_tokens(" 4K ") == 4096 and parse_tokens("2m") == 2 << 20
+    with pytest.raises(UserError, match=r"^--chunk: bad length '1kk': expected a number of tokens like 4096"):
+        parse_tokens("1kk", "--chunk")
+    with pytest.raises(UserError, match=r"^bad length '0.3k': must be a whole number of tokens >= 1"):
+        parse_tokens("0.3k", None)
+    with pytest.raises(UserError, match=r"^bad length '1kk': expected a list like"):  # --lengths alike
+        parse_lengths("1k,1kk")
+    assert parse_lengths("1.5k..3k:x2") == [parse_tokens("1.5k"), parse_tokens("3k")]

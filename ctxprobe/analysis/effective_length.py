@@ -130,7 +130,7 @@ def _bracketed(lengths, values, value: float, ci: tuple[float, float]) -> tuple[
 
 def describe_length(value: float | None, tested: tuple[int, int]) -> str:
     """A fitted length for a table: '23.1K', or '>1M' / '<1K' outside the tested range."""
-    from ctxprobe.plots.style import approx_length_label, length_label  # matplotlib only when printing
+    from ctxprobe.plots.labels import approx_length_label, length_label
 
     if value is None:
         return "-"

@@ -12,7 +12,7 @@ from ctxprobe.analysis.effective_length import (both_readings, describe_with_ci,
                                                 reads_relative)
 from ctxprobe.analysis.summary import errored, families, usable
 from ctxprobe.plots import html
-from ctxprobe.plots.style import length_label
+from ctxprobe.plots.labels import length_label
 
 EXAMPLES_PER_FAMILY = 8
 

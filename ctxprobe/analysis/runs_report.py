@@ -24,7 +24,7 @@ from ctxprobe.errors import UserError
 from ctxprobe.plots import grid as heatmap_grid
 from ctxprobe.plots import html
 from ctxprobe.plots.runs import by_length_runs, falloff_runs
-from ctxprobe.plots.style import length_label
+from ctxprobe.plots.labels import length_label
 
 _PATH = re.compile(r"^(/|~|\.{1,2}/|[A-Za-z]:[\\/])")
 

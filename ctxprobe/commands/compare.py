@@ -34,7 +34,7 @@ def load_cells(ref: str, db: str) -> tuple[str, list[dict]]:
 
 
 def format_table(result: Comparison) -> str:
-    from ctxprobe.plots.style import length_label  # matplotlib loads only when a command runs
+    from ctxprobe.plots.labels import length_label
 
     score = result.metric == "score"
     value = (lambda v: f"{100 * v:.1f}%") if score else (lambda v: f"{v:.3f}")
@@ -93,7 +93,8 @@ def compare(ctx, run_a, run_b, db, alpha, min_drop, metric, plot_path):
     if left_out_a + result.unpaired_b:
         click.echo(f"({left_out_a} cells of A and {result.unpaired_b} of B had no partner "
                    "with the same seed and probe and were left out)")
-    from ctxprobe.plots.style import length_label, save
+    from ctxprobe.plots.labels import length_label
+    from ctxprobe.plots.style import save
 
     if plot_path and not result.cells:
         click.echo(f"no pairs to plot: {plot_path} not written")

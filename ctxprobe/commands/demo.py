@@ -25,7 +25,7 @@ def demo(out_dir, lengths, depths, samples, quiet, threads):
     Example: ctxprobe demo --out demo/
     """
     from ctxprobe.demo import DESIGNED_LIMIT, run_demo
-    from ctxprobe.sweep.summary import format_length
+    from ctxprobe.plots.labels import length_label
 
     r = run_demo(out_dir, lengths=lengths, depths=depths, samples=samples, progress=not quiet,
                  threads=threads)
@@ -39,7 +39,7 @@ def demo(out_dir, lengths, depths, samples, quiet, threads):
         verdict = "as designed"
     else:
         verdict = "NOT as designed: please report this as a bug"
-    measured = format_length(r.effective_length) if r.effective_length else "none"
+    measured = length_label(r.effective_length) if r.effective_length else "none"
     click.echo(f"built-in model: designed limit {DESIGNED_LIMIT:,} tokens; measured effective length "
                f"{measured} ({verdict})")
     click.echo(f"{r.cells_done} cell(s) run in {r.seconds:.1f} s; wrote {r.db}, {r.heatmap}, {r.report}")

@@ -50,7 +50,7 @@ def collect(store: Store, *, model: str | None, family: str | None, relative: bo
 
 
 def format_table(points: list[RunPoint]) -> str:
-    from ctxprobe.plots.style import length_label
+    from ctxprobe.plots.labels import length_label
 
     lengths = sorted({x for p in points for x in p.score_by_length})
     header = ["run", "created", "model", "cells", "threshold rule", "L50 (fit)"] + [length_label(x) for x in lengths]

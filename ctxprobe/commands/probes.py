@@ -9,7 +9,8 @@ import click
 
 from ctxprobe.commands.options import builtin_tokenizer, verify_option
 from ctxprobe.errors import UserError
-from ctxprobe.grid import parse_depths, parse_lengths, parse_size
+from ctxprobe.grid import parse_depths, parse_lengths
+from ctxprobe.units import parse_tokens
 
 
 def _probes_api():
@@ -110,7 +111,7 @@ def show(family, length, depth, sample, window, seed, tokenizer_path, haystack, 
     from ctxprobe.sweep.params import parse_pairs
 
     api = _probes_api()
-    p = api.make_probe(family, parse_size(length), depth, seed=seed, sample=sample,
+    p = api.make_probe(family, parse_tokens(length, "--length"), depth, seed=seed, sample=sample,
                        tokenizer=api.load_tokenizer(tokenizer_path), haystack=haystack,
                        verify=verify, **parse_pairs(params))
     text, ctx_start = p.prompt, len(p.instruction)

@@ -7,14 +7,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from ctxprobe.plots.labels import length_label
+
 THRESHOLD = 0.85
-
-
-def format_length(n: int) -> str:
-    for unit, size in (("M", 1 << 20), ("K", 1 << 10)):
-        if n >= size and n % size == 0:
-            return f"{n // size}{unit}"
-    return str(n)
 
 
 def effective_length(cells: list[dict], threshold: float = THRESHOLD, *,
@@ -34,7 +29,7 @@ def effective_length(cells: list[dict], threshold: float = THRESHOLD, *,
 
 
 def _reading(eff: int | None, shortest: str) -> str:
-    return f"below the shortest length tested ({shortest})" if eff is None else format_length(eff)
+    return f"below the shortest length tested ({shortest})" if eff is None else length_label(eff)
 
 
 def _relative_line(family: str, cells: list[dict], threshold: float, shortest: str) -> str:
@@ -59,7 +54,7 @@ def score_table(cells: list[dict]) -> str:
         if c.get("score") is not None and not c.get("error"):
             sums[c["depth"], c["length"]] += c["score"]
             counts[c["depth"], c["length"]] += 1
-    header = ["depth"] + [format_length(n) for n in lengths]
+    header = ["depth"] + [length_label(n) for n in lengths]
     rows = [header]
     for d in depths:
         row = [f"{d:g}%"]
@@ -79,7 +74,7 @@ def summarize(cells: list[dict], threshold: float = THRESHOLD) -> str:
     for family in sorted({c["family"] for c in cells}):
         mine = [c for c in cells if c["family"] == family]
         eff = effective_length(mine, threshold)
-        shortest = format_length(min(c["length"] for c in mine))
+        shortest = length_label(min(c["length"] for c in mine))
         scored = any(c.get("score") is not None and not c.get("error") for c in mine)
         reading = _reading(eff, shortest) if scored else "no reading: no cell was scored (every cell errored)"
         lines += [f"{family}: score (%) by depth and length", score_table(mine)]
