@@ -46,8 +46,8 @@ def _math(q, k, v, scale, mask=None):
 def is_leading_columns(v: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether v is k[..., :Dv], a view of the same memory (MLA's values are the latent part of
     its keys): then k itself can stand for v padded, with no copy."""
-    return (v.shape[:3] == k.shape[:3] and v.shape[3] <= k.shape[3] and v.data_ptr() == k.data_ptr()
-            and v.stride() == k.stride() and v.dtype == k.dtype)
+    return (v.dim() == k.dim() and v.shape[:-1] == k.shape[:-1] and v.shape[-1] <= k.shape[-1]
+            and v.data_ptr() == k.data_ptr() and v.stride() == k.stride() and v.dtype == k.dtype)
 
 
 def same_head_dims(run, q, k, v, *args):

@@ -4,7 +4,9 @@ Tiers: "device" (tensors on the compute device), "host" (CPU memory, pinned when
 present), "disk" (one memory-mapped file in a directory the user names). Each block is one
 contiguous buffer holding K [Hkv, block_size, Dk] then V [Hkv, block_size, Dv] for block_size
 consecutive positions (flat, since Dv may differ from Dk; `split` views its two parts); the last
-block may be partly filled. Optional fp8 (e4m3) storage in the host and disk tiers halves the
+block may be partly filled. With `values_in_keys` (multi-head latent attention, whose values are
+the latent that leads its keys: K = [latent | rope key], V = latent) a block holds K alone and V
+is the view K[..., :Dv], so a token costs Hkv * Dk values, not Hkv * (Dk + Dv). Optional fp8 (e4m3) storage in the host and disk tiers halves the
 traffic: each block keeps one float32 scale per (K or V, head), scale = amax / 448, and is
 upcast on the compute device (attention/stream.py).
 """
@@ -16,6 +18,8 @@ import tempfile
 
 import numpy as np
 import torch
+
+from .backends import is_leading_columns
 
 TIERS = ("device", "host", "disk")
 FP8 = torch.float8_e4m3fn
@@ -38,11 +42,12 @@ def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> 
 
 class KVStore:
     """append(k, v) with k [Hkv, T, Dk] and v [Hkv, T, Dv] (or with a batch dim of 1); blocks are
-    read by `attention.BlockStream`. head_dim is Dk; v_head_dim is Dv (default: Dk)."""
+    read by `attention.BlockStream`. head_dim is Dk; v_head_dim is Dv (default: Dk).
+    values_in_keys: V is K[..., :Dv] and is not stored apart (append(k) or append(k, k[..., :Dv]))."""
 
     def __init__(self, n_kv_heads: int, head_dim: int, *, v_head_dim: int | None = None, tier: str = "device",
                  block_size: int = 16384, dtype: torch.dtype = torch.bfloat16, device=None, path=None,
-                 fp8: bool = False):
+                 fp8: bool = False, values_in_keys: bool = False):
         if tier not in TIERS:
             raise ValueError(f"unknown KV tier {tier!r}; choose one of {', '.join(TIERS)}")
         if block_size < 1:
@@ -55,6 +60,10 @@ class KVStore:
         v_head_dim = head_dim if v_head_dim is None else v_head_dim
         if head_dim < 1 or v_head_dim < 1:
             raise ValueError(f"head dims must be positive, got head_dim {head_dim}, v_head_dim {v_head_dim}")
+        if values_in_keys and v_head_dim > head_dim:
+            raise ValueError(f"values_in_keys takes V as the first v_head_dim columns of K, so v_head_dim "
+                             f"({v_head_dim}) must be at most head_dim ({head_dim})")
+        self.values_in_keys = values_in_keys
         self.n_kv_heads, self.head_dim, self.v_head_dim = n_kv_heads, head_dim, v_head_dim
         self.block_size = block_size
         self.tier, self.dtype, self.fp8 = tier, dtype, fp8
@@ -77,8 +86,8 @@ class KVStore:
     # ------------------------------------------------------------ layout
     @property
     def block_numel(self) -> int:
-        """Values in one block: K then V, Hkv * block_size * (Dk + Dv)."""
-        return self.n_kv_heads * self.block_size * (self.head_dim + self.v_head_dim)
+        """Values in one block: K then V, Hkv * block_size * (Dk + Dv); K alone with values_in_keys."""
+        return self.n_kv_heads * self.block_size * (self.head_dim + (0 if self.values_in_keys else self.v_head_dim))
 
     @property
     def block_bytes(self) -> int:
@@ -86,11 +95,12 @@ class KVStore:
 
     def split(self, buffer: torch.Tensor):
         """A block's flat buffer (stored, staged on a device, any dtype) -> views
-        k [Hkv, block_size, Dk], v [Hkv, block_size, Dv]."""
+        k [Hkv, block_size, Dk], v [Hkv, block_size, Dv] (with values_in_keys, k[..., :Dv])."""
         n_k = self.n_kv_heads * self.block_size * self.head_dim
         k = buffer[:n_k].view(self.n_kv_heads, self.block_size, self.head_dim)
-        v = buffer[n_k:].view(self.n_kv_heads, self.block_size, self.v_head_dim)
-        return k, v
+        if self.values_in_keys:
+            return k, k[..., :self.v_head_dim]
+        return k, buffer[n_k:].view(self.n_kv_heads, self.block_size, self.v_head_dim)
 
     def __len__(self) -> int:
         return self.length
@@ -127,7 +137,14 @@ class KVStore:
                        shape=(self.block_bytes,))
         return torch.from_numpy(mm).view(self.storage_dtype)
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+    def append(self, k: torch.Tensor, v: torch.Tensor | None = None) -> None:
+        if self.values_in_keys:
+            if v is not None and not is_leading_columns(v, k):
+                raise ValueError("this KVStore has values_in_keys=True: V is read from K's first "
+                                 f"{self.v_head_dim} columns; pass v=None or the view k[..., :{self.v_head_dim}]")
+            v = k[..., :self.v_head_dim]
+        elif v is None:
+            raise ValueError("KVStore.append needs v (only a store with values_in_keys=True reads V from K)")
         if k.dim() == 4:
             if k.shape[0] != 1:
                 raise ValueError(f"KVStore holds one sequence; got a batch of {k.shape[0]} in k {tuple(k.shape)}")
@@ -145,7 +162,8 @@ class KVStore:
             n = min(T - done, self.block_size - offset)
             dst_k, dst_v = self.split(self._tail if self.fp8 else self._block(len(self._blocks) - 1))
             dst_k[:, offset:offset + n].copy_(k[:, done:done + n])
-            dst_v[:, offset:offset + n].copy_(v[:, done:done + n])
+            if not self.values_in_keys:  # else dst_v is a view of what was just copied
+                dst_v[:, offset:offset + n].copy_(v[:, done:done + n])
             done += n
             self.length += n
             if self.fp8 and self.length % self.block_size == 0:
@@ -158,14 +176,16 @@ class KVStore:
             self._new_block()
 
     def _quantized_tail(self):
-        """The fp8 tail block -> (flat fp8 buffer, scale [2, Hkv]): K and V quantized apart."""
+        """The fp8 tail block -> (flat fp8 buffer, scale [2, Hkv]): K and V quantized apart (with
+        values_in_keys, K alone, and V's scale is K's)."""
         buffer = torch.empty(self.block_numel, dtype=FP8)
+        parts = list(zip(self.split(self._tail), self.split(buffer)))
         scales = []
-        for src, dst in zip(self.split(self._tail), self.split(buffer)):
+        for src, dst in parts[:1] if self.values_in_keys else parts:
             q, scale = quantize_fp8(src)
             dst.copy_(q)
             scales.append(scale)
-        return buffer, torch.stack(scales)
+        return buffer, torch.stack(scales * 2 if self.values_in_keys else scales)
 
     def _commit_fp8_tail(self):
         q, scale = self._quantized_tail()

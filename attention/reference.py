@@ -44,7 +44,7 @@ def attend_reference(q, k, v, *, scale=None, causal=True, q_start=None, k_start=
     s = torch.einsum("bhgqd,bhkd->bhgqk", qf, k.float()) * scale
     s = s.masked_fill(~mask, float("-inf"))
     if sinks is not None:  # one more column per head: the sink's logit, whose value is zero
-        sink_col = sinks.float().to(q.device).view(1, Hkv, Hq // Hkv, 1, 1).expand(B, Hkv, Hq // Hkv, Tq, 1)
+        sink_col = sinks.float().to(q.device).reshape(1, Hkv, Hq // Hkv, 1, 1).expand(B, Hkv, Hq // Hkv, Tq, 1)
         s = torch.cat([s, sink_col], dim=-1)
     lse = torch.logsumexp(s, dim=-1)
     p = torch.exp(s - lse.unsqueeze(-1).clamp_min(torch.finfo(torch.float32).min))

@@ -131,7 +131,7 @@ def ring_attend(q, k=None, v=None, *, scale=None, causal=True, chunk_size=None, 
     if kv is not None:
         check_store(q, kv)
         check_sinks(sinks, q.shape[1])
-        return _ring(q, None, kv, (1, kv.n_kv_heads, kv.head_dim, kv.v_head_dim), causal=causal,
+        return _ring(q, None, kv, (1, kv.n_kv_heads, kv.head_dim, kv.v_head_dim, kv.values_in_keys), causal=causal,
                      chunk_size=chunk_size, window=window, layout=layout, group=group, seq_len=seq_len,
                      align=align, backend=backend, scale=scale, sinks=sinks)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or k.shape[:3] != v.shape[:3] or q.shape[3] != k.shape[3]:
@@ -141,7 +141,7 @@ def ring_attend(q, k=None, v=None, *, scale=None, causal=True, chunk_size=None, 
         raise ValueError(f"ring_attend needs q and k/v of one shard (same T) and query heads a multiple "
                          f"of kv heads; got q {tuple(q.shape)}, k {tuple(k.shape)}")
     check_sinks(sinks, q.shape[1])
-    return _ring(q, (k.contiguous(), v.contiguous()), None, (k.shape[0], k.shape[1], k.shape[3], v.shape[3]),
+    return _ring(q, (k.contiguous(), v.contiguous()), None, (k.shape[0], k.shape[1], k.shape[3], v.shape[3], False),
                  causal=causal, chunk_size=chunk_size, window=window, layout=layout, group=group,
                  seq_len=seq_len, align=align, backend=backend, scale=scale, sinks=sinks)
 
@@ -149,7 +149,9 @@ def ring_attend(q, k=None, v=None, *, scale=None, causal=True, chunk_size=None, 
 def _ring(q, kv, store, kv_dims, *, scale, causal, chunk_size, window, layout, group, seq_len, align, backend,
           sinks):
     """The ring loop. kv: this rank's (k, v) tensors, or None with `store` holding them;
-    kv_dims (B, Hkv, Dk, Dv) size the buffers received."""
+    kv_dims (B, Hkv, Dk, Dv, values_in_keys) size the buffers received (values_in_keys: V is
+    K[..., :Dv], so K alone travels; every rank's store has the same setting)."""
+    B, Hkv, Dk, Dv, shared = kv_dims
     if window is not None and window < 1:
         raise ValueError(f"window must be >= 1 (or None), got {window}")
     if chunk_size is not None and chunk_size < 1:
@@ -176,12 +178,11 @@ def _ring(q, kv, store, kv_dims, *, scale, causal, chunk_size, window, layout, g
     for step in range(first_step, W):
         origin, next_origin = (rank - step) % W, (rank - step - 1) % W
         # The KV we hold goes on if the next rank still needs it; we receive the one we need next.
-        send = list(kv) if step + 1 <= last_step[origin] else []
+        send = (list(kv[:1]) if shared else list(kv)) if step + 1 <= last_step[origin] else []
         recv_shapes = []
         if step + 1 <= last_step[next_origin]:
             n = sum(e - s for s, e in ranges_of[next_origin])
-            B, Hkv, Dk, Dv = kv_dims
-            recv_shapes = [(B, Hkv, n, Dk), (B, Hkv, n, Dv)]
+            recv_shapes = [(B, Hkv, n, Dk)] + ([] if shared else [(B, Hkv, n, Dv)])
         incoming = comm.send_recv(send, recv_shapes, like)
         if step <= last_step[origin]:
             k_ranges, k_offsets = ranges_of[origin], piece_offsets(ranges_of[origin])
@@ -193,8 +194,9 @@ def _ring(q, kv, store, kv_dims, *, scale, causal, chunk_size, window, layout, g
                 # The first part stays in q's dtype; merges accumulate in float32.
                 acc[i] = (out, lse) if acc[i] is None else merge(*acc[i], out, lse)
         comm.wait()
-        kv = tuple(incoming) if incoming else kv
-    return _assemble(acc, mine, q, kv_dims[3], sinks)
+        if incoming:
+            kv = (incoming[0], incoming[0][..., :Dv]) if shared else tuple(incoming)
+    return _assemble(acc, mine, q, Dv, sinks)
 
 
 def _assemble(acc, ranges: list[Range], q: torch.Tensor, Dv: int, sinks):

@@ -11,6 +11,9 @@ zigzag pieces is split at the piece boundary, each part with its absolute k_star
 rank needs the share (world of one; chunked-local layers on aligned shards) it never leaves its
 tier whole.
 
+With `values_in_keys` (V is K's leading columns, multi-head latent attention) only K travels,
+here and at every later step, and V is its view on arrival.
+
 When the next rank needs the share, it is sent block by block, from the staged block that is
 also being computed on: one P2P batch per block (this rank's block t out, the previous rank's
 block t in), so the device holds two staging blocks of the own share instead of all of it. The
@@ -68,6 +71,7 @@ def own_share_step(q, store: KVStore, comm, ranges_of: list[list[Range]], last_s
     mine, prev = ranges_of[rank], (rank - 1) % W
     q_offsets = piece_offsets(mine)
     bs, Hkv, Dk, Dv = store.block_size, store.n_kv_heads, store.head_dim, store.v_head_dim
+    shared = store.values_in_keys  # V is K[..., :Dv]: K alone travels
 
     def pairs(start: int, n: int):
         """(query piece, local offset, absolute key start, length) for every visible pair of a block."""
@@ -79,15 +83,17 @@ def own_share_step(q, store: KVStore, comm, ranges_of: list[list[Range]], last_s
     if W > 1 and last_step[prev] >= 1:
         n_prev = sum(e - s for s, e in ranges_of[prev])
         recv_sizes = [min(bs, n_prev - at) for at in range(0, n_prev, bs)]
-        incoming = (q.new_empty(1, Hkv, n_prev, Dk), q.new_empty(1, Hkv, n_prev, Dv))
+        incoming = (q.new_empty(1, Hkv, n_prev, Dk),) + (() if shared else (q.new_empty(1, Hkv, n_prev, Dv),))
 
     blocks = iter(BlockStream(store, range(store.n_blocks), q.device))
     for t in range(max(store.n_blocks, len(recv_sizes))):
         block = next(blocks) if t < store.n_blocks else None  # (local start, k, v [1, Hkv, n, D])
         send = []
         if block is not None and sending:
-            send = [block[1].to(q.dtype).contiguous(), block[2].to(q.dtype).contiguous()]
-        shapes = [(1, Hkv, recv_sizes[t], Dk), (1, Hkv, recv_sizes[t], Dv)] if t < len(recv_sizes) else []
+            send = [block[1].to(q.dtype).contiguous()] + ([] if shared else [block[2].to(q.dtype).contiguous()])
+        shapes = []
+        if t < len(recv_sizes):
+            shapes = [(1, Hkv, recv_sizes[t], Dk)] + ([] if shared else [(1, Hkv, recv_sizes[t], Dv)])
         received = comm.send_recv(send, shapes, q)
         if block is not None:
             start, k, v = block
@@ -100,4 +106,6 @@ def own_share_step(q, store: KVStore, comm, ranges_of: list[list[Range]], last_s
         comm.wait()  # before the next block: the staged block may be reused once we ask for it
         for buffer, part in zip(incoming or (), received):
             buffer.narrow(2, t * bs, part.shape[2]).copy_(part)
+    if incoming is not None and shared:
+        incoming = (incoming[0], incoming[0][..., :Dv])
     return incoming

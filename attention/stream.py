@@ -29,7 +29,9 @@ class BlockStream:
         in store.dtype (views of raw unless fp8)."""
         k, v = (part[:, :n] for part in self.store.split(raw))
         if scale is not None:
-            k, v = dequantize_fp8(k, scale[0], self.store.dtype), dequantize_fp8(v, scale[1], self.store.dtype)
+            k = dequantize_fp8(k, scale[0], self.store.dtype)
+            # values_in_keys: V stays a view of K (kernels then need no copy of it, see same_head_dims)
+            v = k[..., :v.shape[-1]] if self.store.values_in_keys else dequantize_fp8(v, scale[1], self.store.dtype)
         return k.unsqueeze(0), v.unsqueeze(0)
 
     def __iter__(self):

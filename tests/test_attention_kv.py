@@ -220,3 +220,38 @@ def test_a_block_is_one_contiguous_buffer_holding_k_then_v(tier, fp8, tmp_path):
             a, b = store.block_range(i)
             assert torch.equal(kb[:, :n], k[0, :, a:b]) and torch.equal(vb[:, :n], v[0, :, a:b])
     store.close()
+
+
+@pytest.mark.parametrize("tier,fp8", [("device", False), ("host", False), ("disk", False), ("host", True),
+                                      ("disk", True)])
+def test_values_in_keys_store_keeps_k_alone(tier, fp8, tmp_path):
+    """Multi-head latent attention: V is the latent that leads K ([latent | rope key]). The store
+    keeps K alone (Hkv * Dk values a token, not Hkv * (Dk + Dv)), yields V as K's view, and attention
+    over it equals the reference over (K, K[..., :Dv])."""
+    T, Dk, Dv = 150, 24, 16
+    k = rand(1, 1, T, Dk, seed=1)
+    store = KVStore(1, Dk, v_head_dim=Dv, tier=tier, block_size=32, dtype=torch.float32, path=tmp_path / "kv",
+                    fp8=fp8, values_in_keys=True)
+    store.append(k[:, :, :70])                       # v omitted
+    store.append(k[:, :, 70:], k[:, :, 70:, :Dv])    # or given as K's view
+    assert store.block_bytes == 32 * Dk * (1 if fp8 else 4)
+    for _, kb, vb in BlockStream(store, range(store.n_blocks)):
+        assert vb.data_ptr() == kb.data_ptr() and vb.shape[-1] == Dv
+    q = rand(1, 8, 60, Dk, seed=2)
+    sinks = rand(8, seed=3) + 3
+    out, lse = chunked_attention(q, store, q_start=90, window=50, sinks=sinks)
+    ref_out, ref_lse = attend_reference(q, k, k[..., :Dv], q_start=90, window=50, sinks=sinks)
+    tol_out, tol_lse = (FP8_OUT_REL * k.abs().max().item(), FP8_LSE) if fp8 else (TOL, TOL)
+    assert (out - ref_out).abs().max().item() <= tol_out and (lse - ref_lse).abs().max().item() <= tol_lse
+    store.close()
+
+
+def test_values_in_keys_rejects_what_it_cannot_hold():
+    with pytest.raises(ValueError, match="v_head_dim \\(30\\) must be at most head_dim \\(24\\)"):
+        KVStore(1, 24, v_head_dim=30, values_in_keys=True)
+    store = KVStore(1, 24, v_head_dim=16, tier="host", dtype=torch.float32, values_in_keys=True)
+    k = rand(1, 5, 24)
+    with pytest.raises(ValueError, match=r"pass v=None or the view k\[\.\.\., :16\]"):
+        store.append(k, k[..., :16].clone())
+    with pytest.raises(ValueError, match="needs v"):
+        KVStore(1, 24, tier="host", dtype=torch.float32).append(k)

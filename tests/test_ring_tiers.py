@@ -20,9 +20,10 @@ from processes import finish_rank, spawned_once
 
 TOL = 1e-5
 
-# name -> (T, Hq, Hkv, D, mask kwargs, layout, block_size, align[, Dv, sinks]). Shard lengths are
-# not multiples of the block size; blocks of 64 hold a whole zigzag shard (both pieces in one
-# block). Dv (default D) is the value head dim; sinks: whether a per-head sink logit is used.
+# name -> (T, Hq, Hkv, D, mask kwargs, layout, block_size, align[, Dv, sinks[, values_in_keys]]).
+# Shard lengths are not multiples of the block size; blocks of 64 hold a whole zigzag shard (both
+# pieces in one block). Dv (default D) is the value head dim; sinks: whether a per-head sink logit
+# is used; values_in_keys: V is K[..., :Dv] and the store keeps K alone (multi-head latent attention).
 CASES = {
     "causal_gqa": (37, 4, 2, 8, dict(causal=True), "zigzag", 4, 1),
     "causal_one_block": (29, 2, 1, 8, dict(causal=True), "zigzag", 64, 1),
@@ -34,6 +35,7 @@ CASES = {
     "dv_smaller_causal_gqa": (37, 4, 2, 12, dict(causal=True), "zigzag", 4, 1, 8, False),
     "sinks_window_dv_larger": (45, 4, 1, 8, dict(causal=True, window=6), "zigzag", 7, 1, 10, True),
     "sinks_chunked_aligned": (77, 4, 2, 8, dict(causal=True, chunk_size=8), "zigzag", 4, 8, 8, True),
+    "mla_values_in_keys": (37, 4, 1, 12, dict(causal=True), "zigzag", 4, 1, 8, False, True),
 }
 TIERS = ("host", "disk")
 WORLD_SIZES = (2, 3)
@@ -48,13 +50,17 @@ def _max_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 def _run_case(rank: int, world_size: int, case: tuple, tier: str, tmp: str, counts: dict) -> dict:
     seq_len, hq, hkv, d, mask, layout, block_size, align, *extra = case
-    dv, with_sinks = extra or (d, False)
+    dv, with_sinks, values_in_keys = (list(extra) + [False])[:3] if extra else (d, False, False)
     g = torch.Generator().manual_seed(seq_len)  # every rank builds the same full tensors
     q, k, v = (torch.randn(1, h, seq_len, dim, generator=g) for h, dim in ((hq, d), (hkv, d), (hkv, dv)))
+    if values_in_keys:
+        v = k[..., :dv]
     sinks = torch.randn(hq, generator=g) + 2 if with_sinks else None
     ref_out, ref_lse = attend_reference(q, k, v, sinks=sinks, **mask)
-    store = KVStore(hkv, d, v_head_dim=dv, tier=tier, block_size=block_size, dtype=torch.float32, path=tmp)
-    store.append(shard(k, rank, world_size, layout, align=align), shard(v, rank, world_size, layout, align=align))
+    store = KVStore(hkv, d, v_head_dim=dv, tier=tier, block_size=block_size, dtype=torch.float32, path=tmp,
+                    values_in_keys=values_in_keys)
+    k_shard = shard(k, rank, world_size, layout, align=align)
+    store.append(k_shard, None if values_in_keys else shard(v, rank, world_size, layout, align=align))
     counts.update(blocks_read=0, transfers=0)
     out, lse = ring_attend(shard(q, rank, world_size, layout, align=align), kv=store, layout=layout,
                            align=align, sinks=sinks, **mask)
@@ -135,6 +141,19 @@ def test_the_share_travels_block_by_block(world):
         # steps 1..W-2: a whole-share send and receive (k and v each); step W-1: nothing more.
         prev_blocks = world[(rank - 1) % world_size]["causal_gqa/disk"]["blocks"]
         assert got["transfers"] == 2 * got["blocks"] + 2 * prev_blocks + 4 * (world_size - 2), f"rank {rank}: {got}"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("world", WORLD_SIZES, indirect=True)
+def test_values_in_keys_send_the_keys_alone(world):
+    """MLA's store keeps K alone (V is its leading columns): the same causal ring moves one tensor
+    per block and per step instead of two, and each block is still read once."""
+    world_size = len(world)
+    for rank, results in enumerate(world):
+        got = results["mla_values_in_keys/host"]
+        assert got["blocks_read"] == got["blocks"], f"rank {rank}: {got}"
+        prev_blocks = world[(rank - 1) % world_size]["mla_values_in_keys/host"]["blocks"]
+        assert got["transfers"] == got["blocks"] + prev_blocks + 2 * (world_size - 2), f"rank {rank}: {got}"
 
 
 # --- one process ------------------------------------------------------------------------------
