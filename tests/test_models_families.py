@@ -24,7 +24,7 @@ from ctxprobe.models.tiny import PRESETS
 
 MODELS = Path(ctxprobe.models.__file__).parent
 ARCH_OF = {"llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
-           "llama4": "Llama4ForCausalLM"}
+           "llama4": "Llama4ForCausalLM", "gpt_oss": "GptOssForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
 
 
 def hf_config(arch: str) -> dict:
@@ -41,7 +41,7 @@ def string_literals(path: Path) -> list[tuple[int, str]]:
 
 def test_only_family_files_and_the_registry_name_an_architecture_or_family():
     family_files = {Path(f.build.__code__.co_filename).name for f in registry.FAMILIES}
-    assert family_files == {"llama.py", "llama4.py", "mixtral.py", "qwen3_moe.py"}
+    assert family_files == {"llama.py", "llama4.py", "mixtral.py", "qwen3_moe.py", "gpt_oss.py", "deepseek_v3.py"}
     names = set(registry.ARCHITECTURES) | {f.name for f in registry.FAMILIES}
     # tiny.py writes test checkpoints with transformers' classes (it leaves the package in S3f).
     allowed = family_files | {"registry.py", "tiny.py"}
@@ -56,7 +56,7 @@ def test_only_family_files_and_the_registry_name_an_architecture_or_family():
 
 
 def test_registry_lists_each_architecture_once_in_its_family():
-    assert len(registry.ARCHITECTURES) == len(set(registry.ARCHITECTURES)) == 5
+    assert len(registry.ARCHITECTURES) == len(set(registry.ARCHITECTURES)) == 7
     for f in registry.FAMILIES:
         for arch in f.architectures:
             assert registry.family_of(arch) is f
@@ -70,7 +70,7 @@ def test_every_key_map_fills_every_parameter_and_reads_back(arch):
     keys = key_map(cfg)
     rules = compile_keys(keys)
     for name, p in build_empty(cfg).named_parameters():
-        stacked = ".experts.w" in name          # Mixtral's and Qwen3's, filled one expert at a time
+        stacked = ".experts.w" in name          # Mixtral's, Qwen3's and DeepSeek's, filled one expert at a time
         for expert in range(p.shape[0]) if stacked else [None]:
             stored = stored_key(keys, name, expert)
             assert map_key(rules, stored) == (name, expert), (arch, name, expert, stored)
@@ -92,7 +92,7 @@ def _numel(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@pytest.mark.parametrize("family", sorted(ARCH_OF))
+@pytest.mark.parametrize("family", ["llama", "llama4", "mixtral", "qwen3_moe"])
 def test_shape_facts_match_the_built_model(family):
     cfg = from_hf(hf_config(ARCH_OF[family]))
     model = build_empty(cfg)
@@ -138,3 +138,18 @@ def test_value_head_dim_is_read_apart_from_the_key_head_dim():
     shape = shape_of(cfg, model)
     assert (shape.k_head_dim, shape.v_head_dim) == (16, 12)
     assert shape.kv_values_per_token == cfg.n_kv_heads * (16 + 12)
+
+
+def test_shape_facts_of_windows_and_latent_attention():
+    """gpt-oss: windows on alternate layers, K = V heads; DeepSeek-V3: one cached head, K = latent +
+    rope key, V = the latent (inside K), dense first layer."""
+    oss = shape_of(from_hf(hf_config("GptOssForCausalLM")))
+    assert [(lay.kind, lay.span, lay.moe, lay.ffn_width) for lay in oss.layers] == [
+        ("window", 50, True, 64), ("global", None, True, 64), ("window", 50, True, 64)]
+    assert (oss.n_kv_heads, oss.k_head_dim, oss.v_head_dim, oss.value_in_key) == (2, 16, 16, False)
+    assert oss.latent_values_per_token == oss.kv_values_per_token == 64
+    ds = shape_of(from_hf(hf_config("DeepseekV3ForCausalLM")))
+    assert [(lay.kind, lay.moe, lay.ffn_width) for lay in ds.layers] == [
+        ("global", False, 96), ("global", True, 32), ("global", True, 32)]
+    assert (ds.n_kv_heads, ds.k_head_dim, ds.v_head_dim, ds.value_in_key) == (1, 40, 32, True)
+    assert (ds.kv_values_per_token, ds.latent_values_per_token) == (72, 40)

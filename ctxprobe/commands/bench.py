@@ -61,7 +61,8 @@ def _plans(shape, lengths, preset, weights, **budgets):
 @click.command("bench")
 @click.argument("path", required=False, type=click.Path())
 @click.option("--preset", default=None,
-              help="A random-weight shape instead of a checkpoint: tiny, scout-4l, scout-48l.")
+              help="A random-weight shape instead of a checkpoint: tiny, scout-4l, scout-48l, "
+                   "gpt-oss-120b-4l, gpt-oss-120b-36l, deepseek-v3-4l, deepseek-v3-61l.")
 @click.option("--length", "lengths", default="4k", show_default=True,
               help="Prompt lengths in tokens, comma-separated (128k = 131072, 1M = 1048576).")
 @device_option

@@ -39,8 +39,8 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-def _linear(d_in: int, d_out: int) -> nn.Linear:
-    return nn.Linear(d_in, d_out, bias=False)
+def _linear(d_in: int, d_out: int, bias: bool = False) -> nn.Linear:
+    return nn.Linear(d_in, d_out, bias=bias)
 
 
 class MLP(nn.Module):
@@ -186,8 +186,9 @@ class Block(nn.Module):
         D, Dh = cfg.dim, cfg.head_dim
         self.layer, self.n_heads, self.n_kv_heads, self.head_dim = layer, cfg.n_heads, cfg.n_kv_heads, Dh
         self.attn_norm, self.ffn_norm = RMSNorm(D, cfg.norm_eps), RMSNorm(D, cfg.norm_eps)
-        self.wq, self.wk = _linear(D, cfg.n_heads * Dh), _linear(D, cfg.n_kv_heads * Dh)
-        self.wv, self.wo = _linear(D, cfg.n_kv_heads * Dh), _linear(cfg.n_heads * Dh, D)
+        bias = cfg.attention_bias
+        self.wq, self.wk = _linear(D, cfg.n_heads * Dh, bias), _linear(D, cfg.n_kv_heads * Dh, bias)
+        self.wv, self.wo = _linear(D, cfg.n_kv_heads * Dh, bias), _linear(cfg.n_heads * Dh, D, bias)
         self.ffn = ffn
         self.mask = cfg.layer_mask(layer)
         self.scale = Dh ** -0.5

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from ctxprobe.errors import UserError
+from ctxprobe.models.quantized import read_quantization
 from ctxprobe.models.registry import ARCHITECTURES, family_of
 
 
@@ -28,7 +29,9 @@ class ModelConfig:
     ffn_dim: int                    # dense MLP hidden size
     norm_eps: float
     rope_theta: float
-    rope_scaling: dict | None = None          # llama3: factor, low/high_freq_factor, original_max_position_embeddings
+    # llama3: factor, low/high_freq_factor, original_max_position_embeddings; yarn: rope_type "yarn",
+    # factor, original_max_position_embeddings, truncate, optional beta_fast/slow, mscale(_all_dim)
+    rope_scaling: dict | None = None
     tie_embeddings: bool = False
     max_position: int = 0
     # Mixture of experts (0 experts: dense model)
@@ -42,11 +45,16 @@ class ModelConfig:
     chunk_size: int | None = None             # Llama 4 local layers attend inside aligned chunks
     chunked_layers: list[bool] = field(default_factory=list)
     sliding_window: int | None = None
+    window_layers: list[bool] = field(default_factory=list)  # per layer: is sliding_window applied? (default all)
+    attention_bias: bool = False              # q/k/v/o projections carry biases (gpt-oss)
     # Llama 4 extras
     l2_qk_norm: bool = False                  # weightless L2 norm of q, k after RoPE (RoPE layers only)
     attn_temperature: bool = False            # NoPE layers scale q by log1p(floor((pos+1)/floor_scale))*attn_scale+1
     floor_scale: float = 8192.0
     attn_scale: float = 0.1
+    quantization: dict | None = None          # stored weights' quantization, dequantized at load (quantized.py)
+    # A family's own settings that no shared code reads (gpt_oss.Settings, deepseek_v3.Settings).
+    family_settings: object = None
     dtype: str = "float32"                    # the checkpoint's stored dtype
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
@@ -56,7 +64,8 @@ class ModelConfig:
         self.moe_layers = self.moe_layers or [False] * n
         self.rope_layers = self.rope_layers or [True] * n
         self.chunked_layers = self.chunked_layers or [False] * n
-        assert len(self.moe_layers) == len(self.rope_layers) == len(self.chunked_layers) == n
+        self.window_layers = self.window_layers or [True] * n
+        assert len(self.moe_layers) == len(self.rope_layers) == len(self.chunked_layers) == len(self.window_layers) == n
 
     @property
     def family(self) -> str:
@@ -65,7 +74,7 @@ class ModelConfig:
     def layer_mask(self, i: int) -> dict:
         """What attention.attend needs for layer i: causal, chunk_size, window."""
         return dict(causal=True, chunk_size=self.chunk_size if self.chunked_layers[i] else None,
-                    window=self.sliding_window)
+                    window=self.sliding_window if self.window_layers[i] else None)
 
 
 # What each config.json field must hold when present (absent or null: the readers' defaults).
@@ -77,11 +86,13 @@ _WHOLE = {"vocab_size": 1, "hidden_size": 1, "num_hidden_layers": 1, "num_attent
           "intermediate_size_mlp": 1, "num_experts_per_tok": 1, "num_local_experts": 0, "num_experts": 0,
           "max_position_embeddings": 1, "sliding_window": 1, "attention_chunk_size": 1,
           "decoder_sparse_step": 1, "interleave_moe_layer_step": 1, "no_rope_layer_interval": 1,
-          "bos_token_id": 0}
-_POSITIVE = ("rms_norm_eps", "rope_theta", "floor_scale")
+          "bos_token_id": 0, "kv_lora_rank": 1, "q_lora_rank": 1, "qk_rope_head_dim": 1, "qk_nope_head_dim": 0,
+          "v_head_dim": 1, "n_routed_experts": 1, "n_shared_experts": 0, "n_group": 1, "topk_group": 1,
+          "first_k_dense_replace": 0, "num_nextn_predict_layers": 0}
+_POSITIVE = ("rms_norm_eps", "rope_theta", "floor_scale", "routed_scaling_factor", "swiglu_alpha", "swiglu_limit")
 _FINITE = ("attn_scale",)
 _FLAGS = ("tie_word_embeddings", "use_qk_norm", "attn_temperature_tuning", "norm_topk_prob",
-          "use_sliding_window")
+          "use_sliding_window", "attention_bias", "rope_interleave")
 _WHOLE_LISTS = {"mlp_only_layers": 0, "moe_layers": 0, "no_rope_layers": 0, "eos_token_id": 0}
 
 
@@ -152,8 +163,10 @@ def _rope(cfg: dict, default_theta: float, where: str = "config.json") -> tuple[
     kind = params.get("rope_type", params.get("type", "default"))
     if kind in (None, "default"):
         return theta, None
+    if kind == "yarn":
+        return theta, _yarn(params, cfg, where)
     if kind != "llama3":
-        raise UserError(f"config.json: rope type '{kind}' is not supported; supported: default, llama3")
+        raise UserError(f"config.json: rope type '{kind}' is not supported; supported: default, llama3, yarn")
     params.setdefault("original_max_position_embeddings", cfg.get("max_position_embeddings"))
     keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
     missing = [k for k in keys if params.get(k) is None]
@@ -161,6 +174,26 @@ def _rope(cfg: dict, default_theta: float, where: str = "config.json") -> tuple[
         raise UserError(f"config.json: llama3 rope scaling needs {', '.join(missing)}; is the config complete?")
     scaling = {k: _real(params[k], k, where, positive=True) for k in keys}
     return theta, scaling
+
+
+_YARN_OPTIONAL = ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor")
+
+
+def _yarn(params: dict, cfg: dict, where: str) -> dict:
+    """YaRN settings (models/rope.py reads them); factor defaults to max / original positions, as in HF."""
+    old = params.get("original_max_position_embeddings")
+    if old is None:
+        raise UserError(f"{where}: yarn rope scaling needs original_max_position_embeddings; is the config complete?")
+    old = _real(old, "original_max_position_embeddings", where, positive=True)
+    factor = params.get("factor")
+    if factor is None:
+        factor = _whole(cfg.get("max_position_embeddings"), "max_position_embeddings", 1, where) / old
+    scaling = dict(rope_type="yarn", factor=_real(factor, "factor", where, positive=True),
+                   original_max_position_embeddings=old, truncate=bool(params.get("truncate", True)))
+    for k in _YARN_OPTIONAL:
+        if params.get(k) is not None:
+            scaling[k] = _real(params[k], k, where, positive=False)
+    return scaling
 
 
 def _eos(cfg: dict) -> list[int]:
@@ -198,7 +231,8 @@ def from_hf(cfg: dict, where: str = "config.json") -> ModelConfig:
                 max_position=int(text.get("max_position_embeddings") or 0),
                 dtype=str(cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype")
                           or text.get("torch_dtype") or "float32"),
-                bos_token_id=text.get("bos_token_id"), eos_token_ids=_eos(text))
+                bos_token_id=text.get("bos_token_id"), eos_token_ids=_eos(text),
+                quantization=read_quantization(cfg, where))
     return ModelConfig(**{**base, **family.read_config(_Required(text, where), n_layers)})
 
 

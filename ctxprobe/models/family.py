@@ -23,3 +23,6 @@ class Family:
     default_rope_theta: float = 10000.0             # when config.json gives none
     # Architectures whose config.json nests the text model's settings under "text_config".
     nested_text: frozenset[str] = field(default_factory=frozenset)
+    # ModelConfig -> keys that depend on the config (e.g. layers stored past the last one, dropped),
+    # matched before the architecture's key map.
+    config_keys: Callable[[object], Mapping[str, str | None]] | None = None

@@ -33,7 +33,7 @@ def layer_kinds(cfg, shape: ShapeFacts) -> dict[str, int]:
 def describe(path: str | Path, length: int | None = None, dtype=None) -> dict:
     """A dict of facts about a checkpoint dir; memory figures in bytes for `length` tokens."""
     cfg = read_config(path)
-    headers = read_headers(Path(path))
+    headers = read_headers(Path(path), cfg.quantization)
     plan_copies(headers, build_empty(cfg), cfg, key_map(cfg))   # raises on any bad key or shape
     return dict(path=str(path), shards=len(headers), **describe_config(cfg, length=length, dtype=dtype))
 
@@ -55,6 +55,8 @@ def describe_config(cfg, length: int | None = None, dtype=None) -> dict:
         kv_bytes_per_token_layer=kv_layer,
         kv_bytes_per_token_global=kv_layer * n_global,
         kv_bytes_per_token_local=kv_layer * (cfg.n_layers - n_global),
+        # MLA: the latent and rope key alone (V is inside K), what a latent-aware cache holds
+        kv_latent_bytes_per_token=shape.latent_values_per_token * elem * cfg.n_layers,
         weight_bytes=total * elem, largest_layer_weight_bytes=max(layer_bytes, default=0),
     )
     if length is not None:
@@ -83,6 +85,9 @@ def format_facts(f: dict) -> str:
         f"{fmt_bytes(f['kv_bytes_per_token_local'])} on local layers "
         f"({fmt_bytes(f['kv_bytes_per_token_layer'])} per layer)",
     ]
+    if f["kv_latent_bytes_per_token"] < f["kv_bytes_per_token_global"] + f["kv_bytes_per_token_local"]:
+        lines.append(f"  KV per token as a latent (V inside K, multi-head latent attention): "
+                     f"{fmt_bytes(f['kv_latent_bytes_per_token'])}; the KV tiers store K and V apart today")
     if "memory" in f:
         lines.append(f"  memory for {f['length']:,} tokens:")
         lines += [f"    {fmt_bytes(v):>10}  {tier}" for tier, v in f["memory"].items()]

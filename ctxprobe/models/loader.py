@@ -26,9 +26,11 @@ from torch import nn
 from ctxprobe.errors import UserError
 from ctxprobe.models.config import ModelConfig, from_hf
 from ctxprobe.models.keymap import compile_keys, map_key, stacked, stored_key
+from ctxprobe.models.quantized import dequantize, unpack_index
 from ctxprobe.models.registry import family_of
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+           "F8_E4M3": torch.float8_e4m3fn, "U8": torch.uint8}   # the last two only as quantized.py pairs
 
 
 def read_config(path: str | Path) -> ModelConfig:
@@ -52,7 +54,9 @@ def build_empty(cfg: ModelConfig) -> nn.Module:
 
 def key_map(cfg: ModelConfig) -> dict:
     """HF checkpoint key -> our parameter name for cfg's architecture (see keymap.py)."""
-    return family_of(cfg.arch).architectures[cfg.arch]
+    family = family_of(cfg.arch)
+    extra = family.config_keys(cfg) if family.config_keys else {}
+    return {**extra, **family.architectures[cfg.arch]}
 
 
 @dataclass
@@ -86,6 +90,7 @@ class Checkpoint:
     index: dict                     # read_index(root)
     plan: dict                      # {file: {stored key: (our name, expert)}}, see plan_copies
     stamps: dict                    # {file: file_stamp}, taken before the headers were read
+    packed: dict                    # {weight key: quantized.Packed} for a quantized checkpoint
 
 
 def open_checkpoint(path: str | Path, cfg: ModelConfig) -> Checkpoint:
@@ -94,12 +99,16 @@ def open_checkpoint(path: str | Path, cfg: ModelConfig) -> Checkpoint:
     stamps = {str(f): file_stamp(f.stat()) for f in shard_files(root)}   # before the headers are read
     index = read_index(root)
     model = build_empty(cfg)
-    plan = plan_copies(_shapes(index), model, cfg, key_map(cfg))
-    return Checkpoint(root, cfg, model, index, plan, stamps)
+    shapes, packed = unpack_index(index, cfg.quantization)
+    plan = plan_copies(shapes, model, cfg, key_map(cfg))
+    return Checkpoint(root, cfg, model, index, plan, stamps, packed)
 
 
 def stored_tensors(ckpt: Checkpoint) -> list[list[StoredTensor]]:
     """Per block, the stored tensors that make it up (in the copy plan's order)."""
+    if ckpt.packed:
+        raise UserError(f"{ckpt.root}: its weights are quantized ({ckpt.cfg.quantization['method']}) and "
+                        "dequantized at load, so they cannot stream from disk; use --weights resident or host")
     reads = [[] for _ in ckpt.model.blocks]
     for file, copies in ckpt.plan.items():
         start, entries = ckpt.index[file]
@@ -125,10 +134,18 @@ def copy_into(ckpt: Checkpoint, blocks: bool = True) -> nn.Module:
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for key, (name, expert) in copies.items():
                 dest = params[name] if expert is None else params[name][expert]
-                dest.copy_(f.get_tensor(key))
+                if key in ckpt.packed:
+                    dest.copy_(dequantize(ckpt.packed[key], _read_tensor, dest.dtype))
+                else:
+                    dest.copy_(f.get_tensor(key))
     if ckpt.cfg.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
     return model
+
+
+def _read_tensor(file: Path, key: str) -> torch.Tensor:
+    with safe_open(str(file), framework="pt", device="cpu") as f:
+        return f.get_tensor(key)
 
 
 def read_index(root: Path) -> dict[Path, tuple[int, dict[str, tuple]]]:
@@ -137,13 +154,10 @@ def read_index(root: Path) -> dict[Path, tuple[int, dict[str, tuple]]]:
     return {f: _header_entries(f) for f in shard_files(root)}
 
 
-def read_headers(root: Path) -> dict[Path, dict[str, tuple]]:
-    """{shard file: {key: shape}} for every shard, each file's size checked against its header."""
-    return _shapes(read_index(root))
-
-
-def _shapes(index) -> dict[Path, dict[str, tuple]]:
-    return {f: {key: shape for key, (_, shape, _) in entries.items()} for f, (_, entries) in index.items()}
+def read_headers(root: Path, quantization: dict | None = None) -> dict[Path, dict[str, tuple]]:
+    """{shard file: {key: shape}} for every shard, each file's size checked against its header; a
+    quantized pair shows as the weight it dequantizes to (ModelConfig.quantization)."""
+    return unpack_index(read_index(root), quantization)[0]
 
 
 def shard_files(root: Path) -> list[Path]:

@@ -15,6 +15,12 @@ from ctxprobe.errors import UserError
 from ctxprobe.models.blocks import RMSNorm
 
 
+def attention_extras(block) -> dict:
+    """What a block adds to attention.attend beyond its mask: gpt-oss's per-head sink logits."""
+    sinks = getattr(block, "sinks", None)
+    return {} if sinks is None else {"sinks": sinks}
+
+
 class Model(nn.Module):
     def __init__(self, cfg, blocks: list[nn.Module]):
         super().__init__()
@@ -63,7 +69,7 @@ class Model(nn.Module):
                 if weights is not None:
                     weights.enter(layer)
                 q, k, v = block.qkv(x, pos)
-                out, _ = attention.attend(q, k, v, scale=block.scale, **block.mask)
+                out, _ = attention.attend(q, k, v, scale=block.scale, **block.mask, **attention_extras(block))
                 x = block.finish(x, out)
                 if weights is not None:
                     weights.leave(layer)

@@ -1,4 +1,4 @@
-"""Rotary position embeddings: frequencies (default and llama3-scaled) and the two pairings.
+"""Rotary position embeddings: frequencies (default, llama3- and YaRN-scaled) and the two pairings.
 
 Shapes: T tokens, H heads, Dh head dim (even). Angles are computed in float32 from absolute
 positions, as the reference implementations do; the rotation runs in float32 and casts back.
@@ -16,8 +16,8 @@ import torch
 
 
 def inv_freq(head_dim: int, theta: float, scaling: dict | None = None, device=None) -> torch.Tensor:
-    """[Dh/2] float32 inverse frequencies, llama3-scaled when `scaling` is given; cached per device
-    so that a forward pass makes no host-to-device copy for them."""
+    """[Dh/2] float32 inverse frequencies, scaled when `scaling` is given (YaRN when its rope_type is
+    "yarn", else llama3); cached per device so that a forward pass makes no host-to-device copy for them."""
     device = torch.device(device or "cpu")
     key = (head_dim, float(theta), tuple(sorted(scaling.items())) if scaling else None, str(device))
     if key not in _FREQ_CACHE:
@@ -33,6 +33,8 @@ def _inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor
     freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=cpu).float() / head_dim))
     if scaling is None:
         return freq
+    if scaling.get("rope_type") == "yarn":
+        return _yarn_inv_freq(freq, head_dim, theta, scaling)
     factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
     old_len = scaling["original_max_position_embeddings"]
     wavelen = 2 * math.pi / freq
@@ -43,6 +45,41 @@ def _inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor
     blended = (1 - smooth) * slowed / factor + smooth * slowed
     middle = ~(wavelen < old_len / hi) & ~(wavelen > old_len / lo)
     return torch.where(middle, blended, slowed)
+
+
+def _yarn_inv_freq(freq: torch.Tensor, head_dim: int, theta: float, scaling: dict) -> torch.Tensor:
+    """YaRN (arXiv 2309.00071): dims that turn more than beta_fast times over the original context
+    keep their frequency, those turning fewer than beta_slow times are slowed by `factor`, and a
+    linear ramp blends the dims between."""
+    factor, old_len = scaling["factor"], scaling["original_max_position_embeddings"]
+
+    def dim_of(turns: float) -> float:   # the dim index whose wavelength fits `turns` times in old_len
+        return head_dim * math.log(old_len / (turns * 2 * math.pi)) / (2 * math.log(theta))
+
+    lo, hi = dim_of(scaling.get("beta_fast") or 32), dim_of(scaling.get("beta_slow") or 1)
+    if scaling.get("truncate", True):
+        lo, hi = math.floor(lo), math.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, head_dim - 1)
+    hi = hi + 0.001 if lo == hi else hi
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - lo) / (hi - lo)).clamp(0, 1)
+    return freq / factor * ramp + freq * (1 - ramp)
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's magnitude correction 0.1 * mscale * ln(factor) + 1 (1 when not stretched)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def attention_factor(scaling: dict | None) -> float:
+    """What YaRN multiplies the rotated q and k by (so q.k by its square); 1 for other scalings."""
+    if not scaling or scaling.get("rope_type") != "yarn":
+        return 1.0
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    factor, m, m_all = scaling["factor"], scaling.get("mscale"), scaling.get("mscale_all_dim")
+    if m and m_all:
+        return yarn_mscale(factor, m) / yarn_mscale(factor, m_all)
+    return yarn_mscale(factor)
 
 
 def angles(pos_T: torch.Tensor, freq: torch.Tensor) -> torch.Tensor:

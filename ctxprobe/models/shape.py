@@ -1,8 +1,9 @@
 """The shape facts a memory planner and `ctxprobe inspect` need, counted on a meta-device model.
 
 No family is named here: a layer's kind and span come from the config's attention mask, the
-parameter counts and feed-forward widths from the built blocks, the K and V head dims from the
-k and v projections. A new family's facts follow from its builder.
+parameter counts and feed-forward widths from the built blocks, the cached K and V heads and head
+dims from the block (n_kv_heads, head_dim, and v_head_dim or the v projection's width). A new
+family's facts follow from its builder.
 """
 
 from __future__ import annotations
@@ -37,14 +38,22 @@ class ShapeFacts:
     n_heads: int
     n_kv_heads: int
     k_head_dim: int            # Dk: query/key head dim
-    v_head_dim: int            # Dv: value head dim (equal to Dk for today's families)
+    v_head_dim: int            # Dv: value head dim (DeepSeek's MLA: the latent, narrower than K)
     end_params: int            # embedding, final norm and head (a tied head counted once)
     layers: tuple[LayerFacts, ...]
+    value_in_key: bool = False  # V is K's first Dv channels (MLA's latent): K alone holds both
 
     @property
     def kv_values_per_token(self) -> int:
-        """K and V numbers one layer keeps per token: Hkv * (Dk + Dv); times the dtype's bytes."""
+        """K and V numbers one layer keeps per token as the KV tiers store them apart:
+        Hkv * (Dk + Dv); times the dtype's bytes."""
         return self.n_kv_heads * (self.k_head_dim + self.v_head_dim)
+
+    @property
+    def latent_values_per_token(self) -> int:
+        """Numbers per token and layer a cache needs that keeps V inside K when it can (MLA:
+        Hkv * Dk = kv_lora_rank + qk_rope_head_dim); otherwise kv_values_per_token."""
+        return self.n_kv_heads * self.k_head_dim if self.value_in_key else self.kv_values_per_token
 
     @property
     def params_total(self) -> int:
@@ -82,7 +91,9 @@ def shape_of(cfg, model: nn.Module | None = None) -> ShapeFacts:
     first = model.blocks[0]
     tied = cfg.vocab_size * cfg.dim if cfg.tie_embeddings else 0
     layers = tuple(_layer(cfg, i, b) for i, b in enumerate(model.blocks))
-    return ShapeFacts(dim=cfg.dim, vocab=cfg.vocab_size, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
-                      k_head_dim=first.wk.out_features // cfg.n_kv_heads,
-                      v_head_dim=first.wv.out_features // cfg.n_kv_heads,
-                      end_params=_numel(model) - tied - sum(lay.params for lay in layers), layers=layers)
+    Hkv = first.n_kv_heads
+    v_head_dim = getattr(first, "v_head_dim", None) or first.wv.out_features // Hkv
+    return ShapeFacts(dim=cfg.dim, vocab=cfg.vocab_size, n_heads=cfg.n_heads, n_kv_heads=Hkv,
+                      k_head_dim=first.head_dim, v_head_dim=v_head_dim,
+                      end_params=_numel(model) - tied - sum(lay.params for lay in layers), layers=layers,
+                      value_in_key=bool(getattr(first, "value_in_key", False)))

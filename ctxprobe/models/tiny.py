@@ -31,6 +31,19 @@ PRESETS = {
                    attn_temperature_tuning=True, floor_scale=16, attn_scale=0.1, no_rope_layer_interval=4,
                    rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
                                         high_freq_factor=4.0, original_max_position_embeddings=64)),
+    # windows of 50 < prompt on layers 0 and 2, sinks, YaRN stretched past 64 positions
+    "gpt_oss": dict(_BASE, intermediate_size=32, num_hidden_layers=3, num_local_experts=4, num_experts_per_tok=2,
+                    sliding_window=50, swiglu_limit=1.5, max_position_embeddings=256,
+                    rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=4.0, beta_fast=32.0,
+                                         beta_slow=1.0, truncate=False, original_max_position_embeddings=64)),
+    # MLA (R 32, P 8, N 16, V 12), 8 experts in 4 groups (2 kept), layer 0 dense, YaRN with mscale
+    "deepseek_v3": dict(_BASE, num_key_value_heads=4, head_dim=8, intermediate_size=96, moe_intermediate_size=32,
+                        num_hidden_layers=3, n_routed_experts=8, n_group=4, topk_group=2, num_experts_per_tok=2,
+                        n_shared_experts=1, first_k_dense_replace=1, routed_scaling_factor=2.5, kv_lora_rank=32,
+                        max_position_embeddings=256,
+                        q_lora_rank=48, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=12,
+                        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, mscale=1.0,
+                                             mscale_all_dim=0.8, original_max_position_embeddings=64)),
 }
 
 
@@ -39,19 +52,28 @@ def hf_classes(family: str):
 
     return {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM), "mixtral": (tf.MixtralConfig, tf.MixtralForCausalLM),
             "qwen3_moe": (tf.Qwen3MoeConfig, tf.Qwen3MoeForCausalLM),
-            "llama4": (tf.Llama4TextConfig, tf.Llama4ForCausalLM)}[family]
+            "llama4": (tf.Llama4TextConfig, tf.Llama4ForCausalLM),
+            "gpt_oss": (tf.GptOssConfig, tf.GptOssForCausalLM),
+            "deepseek_v3": (tf.DeepseekV3Config, tf.DeepseekV3ForCausalLM)}[family]
 
 
 @torch.no_grad()
 def randomise(model: torch.nn.Module, seed: int) -> None:
-    """Weights ~ N(0, 1/fan_in) (so activations stay O(1)); norm weights ~ 1 + N(0, 0.1)."""
+    """Weights ~ N(0, 1/fan_in) (so activations stay O(1)); norm weights ~ 1 + N(0, 0.1); gpt-oss's
+    sinks ~ N(2, 1) and DeepSeek's expert-choice bias ~ N(0, 0.3), so that each moves the result."""
     g = torch.Generator().manual_seed(seed)
+    in_major = any(f in type(model).__name__.lower() for f in ("llama4", "gptoss"))   # experts [E, in, out]
     for name, p in model.named_parameters():
-        if p.dim() == 1:
+        if name.endswith("sinks"):
+            p.copy_(2.0 + torch.randn(p.shape, generator=g))
+        elif p.dim() == 1:
             p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
         else:
-            fan_in = p.shape[-2] if "experts" in name and "llama4" in type(model).__name__.lower() else p.shape[-1]
+            fan_in = p.shape[-2] if "experts" in name and in_major and "bias" not in name else p.shape[-1]
             p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+    for name, b in model.named_buffers():
+        if name.endswith("e_score_correction_bias"):
+            b.copy_(0.3 * torch.randn(b.shape, generator=g))
 
 
 def _multimodal_config(text_overrides: dict):
@@ -68,7 +90,7 @@ def _multimodal_config(text_overrides: dict):
 def save_tiny(path: str | Path, family: str, *, seed: int = 0, max_shard_size: str = "200KB", **overrides):
     """Build a tiny random model with transformers (eager attention) and save it in several shards.
 
-    family: "llama", "mixtral", "qwen3_moe", "llama4", or "llama4_multimodal" (Llama4ForConditionalGeneration).
+    family: a PRESETS name, or "llama4_multimodal" (Llama4ForConditionalGeneration).
     -> (path, hf model in float32 eval mode)
     """
     if family == "llama4_multimodal":
