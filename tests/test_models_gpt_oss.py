@@ -239,3 +239,11 @@ def test_unknown_layer_type_is_named():
                layer_types=["sliding_attention", "chunked_attention", "full_attention"])
     with pytest.raises(UserError, match="'layer_types' must name sliding_attention, full_attention.*chunked"):
         from_hf(bad)
+
+
+def test_memory_plan_keeps_windows_to_the_sliding_layers():
+    from ctxprobe.runner.planner import ModelShape
+    from ctxprobe.runner.presets import preset_config
+
+    shape = ModelShape.from_config(preset_config("gpt-oss-120b-4l"), 2)
+    assert [(lay.kind, lay.span) for lay in shape.layers] == [("window", 128), ("global", None)] * 2

@@ -101,8 +101,8 @@ class ModelShape:
                 total = active = attn + 3 * D * cfg.ffn_dim
             if cfg.chunked_layers[i] and cfg.chunk_size:
                 kind, span = "chunked", cfg.chunk_size
-            elif getattr(cfg, "sliding_window", None):
-                kind, span = "window", cfg.sliding_window
+            elif cfg.layer_mask(i)["window"]:     # gpt-oss: only the layers its layer_types name
+                kind, span = "window", cfg.layer_mask(i)["window"]
             else:
                 kind, span = "global", None
             layers.append(LayerShape(kind, span, (total + 2 * D) * dtype_bytes, active))
