@@ -67,7 +67,7 @@ def test_config_reads_every_feature(checkpoints):
     assert cfg.family == "deepseek_v3" and cfg.moe_layers == [False, True, True]
     assert (s.q_lora_rank, s.kv_lora_rank, s.qk_rope_head_dim, s.qk_nope_head_dim, s.v_head_dim) == (48, 32, 8, 16, 12)
     assert (s.n_group, s.topk_group, s.routed_scaling_factor, s.n_shared_experts) == (4, 2, 2.5, 1)
-    assert (cfg.n_kv_heads, cfg.head_dim) == (1, 40)      # the cached key: latent 32 + rope 8
+    assert (cfg.n_kv_heads, cfg.head_dim, cfg.v_head_dim) == (1, 40, 32)   # K: latent 32 + rope 8; V: latent
     plain = load_model(checkpoints("plain")[0], device="cpu").config
     assert plain.family_settings.q_lora_rank is None and plain.moe_layers == [False, False, True]
 

@@ -25,7 +25,7 @@ class ModelConfig:
     n_layers: int
     n_heads: int                    # query heads Hq
     n_kv_heads: int                 # key/value heads Hkv
-    head_dim: int
+    head_dim: int                   # Dk of the attention's cached keys (and queries)
     ffn_dim: int                    # dense MLP hidden size
     norm_eps: float
     rope_theta: float
@@ -34,6 +34,7 @@ class ModelConfig:
     rope_scaling: dict | None = None
     tie_embeddings: bool = False
     max_position: int = 0
+    v_head_dim: int | None = None             # Dv of the cached values; None: head_dim (MLA: the latent)
     # Mixture of experts (0 experts: dense model)
     n_experts: int = 0
     top_k: int = 0
@@ -65,6 +66,7 @@ class ModelConfig:
         self.rope_layers = self.rope_layers or [True] * n
         self.chunked_layers = self.chunked_layers or [False] * n
         self.window_layers = self.window_layers or [True] * n
+        self.v_head_dim = self.v_head_dim or self.head_dim
         assert len(self.moe_layers) == len(self.rope_layers) == len(self.chunked_layers) == len(self.window_layers) == n
 
     @property

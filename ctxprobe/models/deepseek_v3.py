@@ -199,6 +199,7 @@ def read_config(cfg, n_layers: int) -> dict:
                 norm_topk_prob=bool(cfg.get("norm_topk_prob", True)),
                 moe_layers=[i >= first_dense for i in range(n_layers)],
                 n_kv_heads=1, head_dim=settings.kv_lora_rank + settings.qk_rope_head_dim,
+                v_head_dim=settings.kv_lora_rank,
                 attention_bias=bool(cfg.get("attention_bias", False)), family_settings=settings)
 
 
