@@ -251,3 +251,21 @@ def test_impossible_routing_is_named():
         from_hf(dict(base, n_group=8, topk_group=2))
     with pytest.raises(UserError, match="routed_scaling_factor"):
         from_hf(dict(base, routed_scaling_factor="2.5"))
+
+
+def test_router_trace_sees_each_prompt_token_once_per_moe_layer(checkpoints):
+    """The MoE layers report (router_tap.py) even though the latent-attention block has its own qkv/finish."""
+    from ctxprobe.models.router_tap import observe_routers
+
+    model = load_model(checkpoints("default")[0], device="cpu")
+    seen = []
+
+    class Watch:
+        def see(self, layer, pos_T, scores_TE, idx_TK):
+            seen.append((layer, pos_T.tolist(), tuple(scores_TE.shape), tuple(idx_TK.shape)))
+            assert 0 <= scores_TE.min() and scores_TE.max() <= 1
+
+    with observe_routers(model, Watch()) as layers:
+        model.logits(prompt(40))
+    assert layers == [1, 2]
+    assert seen == [(layer, list(range(40)), (40, 8), (40, 2)) for layer in (1, 2)]

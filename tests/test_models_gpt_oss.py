@@ -247,3 +247,20 @@ def test_memory_plan_keeps_windows_to_the_sliding_layers():
 
     shape = ModelShape.from_config(preset_config("gpt-oss-120b-4l"), 2)
     assert [(lay.kind, lay.span) for lay in shape.layers] == [("window", 128), ("global", None)] * 2
+
+
+def test_router_trace_sees_each_prompt_token_once_per_layer(checkpoints):
+    from ctxprobe.models.router_tap import observe_routers
+
+    model = load_model(checkpoints("default")[0], device="cpu")
+    seen = []
+
+    class Watch:
+        def see(self, layer, pos_T, scores_TE, idx_TK):
+            seen.append((layer, pos_T.tolist(), tuple(scores_TE.shape), tuple(idx_TK.shape)))
+            assert torch.allclose(scores_TE.sum(-1), torch.ones(len(pos_T)))
+
+    with observe_routers(model, Watch()) as layers:
+        model.logits(prompt(40))
+    assert layers == [0, 1, 2]
+    assert seen == [(layer, list(range(40)), (40, 4), (40, 2)) for layer in (0, 1, 2)]

@@ -125,6 +125,9 @@ class LatentAttentionBlock(nn.Module):
         """-> q [1, H, T, R+P], k [1, 1, T, R+P], v [1, 1, T, R], ready for attention.attend."""
         s, T = self.settings, x_TD.shape[0]
         pos_T = torch.as_tensor(pos_T, device=x_TD.device)
+        tap = getattr(self.ffn, "tap", None)
+        if tap is not None:             # pairs these tokens with their positions for finish (router_tap.py)
+            tap.remember(x_TD, pos_T)
         h = self.attn_norm(x_TD)
         q = self.wq(h) if s.q_lora_rank is None else self.wq_b(self.q_norm(self.wq_a(h)))
         q_nope, q_rope = q.view(T, self.n_heads, -1).transpose(0, 1).split(
@@ -138,6 +141,9 @@ class LatentAttentionBlock(nn.Module):
         return q[None], k[None, None], latent[None, None]
 
     def finish(self, x_TD, attn_1HTR):
+        tap = getattr(self.ffn, "tap", None)
+        if tap is not None:
+            tap.recall(x_TD)
         T = x_TD.shape[0]
         _, w_uv = self._up_projections()
         out = torch.einsum("htr,hvr->thv", attn_1HTR[0].to(x_TD.dtype), w_uv).reshape(T, -1)
@@ -158,6 +164,7 @@ class GroupedSigmoidMoE(nn.Module):
         self.experts = Experts(n_experts, dim, hidden)
         self.shared = MLP(dim, hidden * s.n_shared_experts)
         self.top_k, self.normalise, self.settings = top_k, normalise, s
+        self.tap = None                 # router_tap.RouterTap while a router trace watches
 
     def route(self, x_TD):
         s, E = self.settings, self.score_bias.shape[0]
@@ -167,6 +174,8 @@ class GroupedSigmoidMoE(nn.Module):
         kept_TG = torch.zeros_like(group_TG).scatter_(1, group_TG.topk(s.topk_group, dim=-1).indices, 1.0)
         kept_TE = kept_TG.bool().repeat_interleave(E // s.n_group, dim=1)
         idx_TK = choice_TE.masked_fill(~kept_TE, float("-inf")).topk(self.top_k, dim=-1).indices
+        if self.tap is not None:        # the sigmoid scores (the choice adds the bias and the group limit)
+            self.tap.see(scores_TE, idx_TK)
         w_TK = scores_TE.gather(1, idx_TK)
         if self.normalise:
             w_TK = w_TK / (w_TK.sum(-1, keepdim=True) + 1e-20)

@@ -68,9 +68,13 @@ class BiasedTopKMoE(nn.Module):
         self.router = nn.Linear(dim, n_experts, bias=True)
         self.experts = ClampedExperts(n_experts, dim, hidden, settings.swiglu_alpha, settings.swiglu_limit)
         self.top_k = top_k
+        self.tap = None                 # router_tap.RouterTap while a router trace watches
 
     def route(self, x_TD):
-        top_TK, idx_TK = torch.topk(self.router(x_TD), self.top_k, dim=-1)
+        logits_TE = self.router(x_TD)
+        top_TK, idx_TK = torch.topk(logits_TE, self.top_k, dim=-1)
+        if self.tap is not None:        # softmax over all experts: the same ranking, scores in [0, 1]
+            self.tap.see(torch.softmax(logits_TE.float(), dim=-1), idx_TK)
         return idx_TK, torch.softmax(top_TK.float(), dim=-1)
 
     def forward(self, x_TD):
