@@ -269,3 +269,11 @@ def test_router_trace_sees_each_prompt_token_once_per_moe_layer(checkpoints):
         model.logits(prompt(40))
     assert layers == [1, 2]
     assert seen == [(layer, list(range(40)), (40, 8), (40, 2)) for layer in (1, 2)]
+
+
+def test_streamed_runner_refuses_a_narrower_value_by_name(checkpoints):
+    """Until the runner's KV tiers hold Dv != Dk (then delete this test, runner/prefill.py
+    check_supported and the xfail marks above), it refuses by name rather than fail deep inside."""
+    model = load_model(checkpoints("default")[0], device="cpu")
+    with pytest.raises(UserError, match="DeepseekV3ForCausalLM: the streamed runner .* value head dim"):
+        score(model, [1, 2, 3], [([4], [5])])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ctxprobe.runner.prefill import FiniteWatch, Settings, layer_step, model_device, prefill
+from ctxprobe.runner.prefill import FiniteWatch, Settings, check_supported, layer_step, model_device, prefill
 from ctxprobe.runner.weights import LayerWeights
 
 
@@ -16,6 +16,7 @@ from ctxprobe.runner.weights import LayerWeights
 def generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *,
              settings: Settings | None = None) -> list[int]:
     """Greedy continuation of prompt_ids: up to max_new_tokens ids, stopping after any of stop_ids."""
+    check_supported(model)
     if max_new_tokens <= 0:
         return []
     stop = set(stop_ids or ())

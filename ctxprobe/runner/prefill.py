@@ -143,9 +143,25 @@ def _ids(ids, device) -> torch.Tensor:
 
 
 @torch.no_grad()
+def check_supported(model) -> None:
+    """Refuse, by name, blocks whose attention this loop cannot run yet rather than give wrong logits:
+    gpt-oss's sinks (not passed to attention here) and MLA's values narrower than its keys (the KV
+    tiers hold one head dim). Their plain forward is Model.logits."""
+    for block in model.blocks:
+        if getattr(block, "sinks", None) is not None:
+            need = "attention sinks"
+        elif getattr(block, "v_head_dim", None) not in (None, getattr(block, "head_dim", None)):
+            need = "a value head dim unlike the key's (multi-head latent attention)"
+        else:
+            continue
+        raise UserError(f"{model.config.arch}: the streamed runner (prefill, score, generate, run) does not "
+                        f"support {need} yet; use model.logits(ids) for its plain forward")
+
+
 def prefill(model, ids, *, settings: Settings | None = None, riders=(), keep_kv: bool = False,
             all_logits: bool = False) -> Prefilled:
     """Run the prompt `ids` layer by layer; riders are token lists placed after it, one per branch."""
+    check_supported(model)
     T = len(ids)
     if T == 0:
         raise UserError("the prompt is empty: prefill needs at least one token")
