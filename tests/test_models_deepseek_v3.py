@@ -214,8 +214,8 @@ def test_cache_per_token_is_the_latent_plus_the_rope_key():
 
 # --- the streamed runner ---------------------------------------------------------------------------
 
-NO_DV = pytest.mark.xfail(strict=True, reason="the runner's KV tiers hold one head dim for K and V; MLA's "
-                                              "V (the latent) is narrower than its K (runner S12: Dv != Dk)")
+NO_DV = pytest.mark.xfail(strict=True, reason="the streamed runner refuses MLA until its KV tiers hold V (the "
+                                              "latent) narrower than K (runner S12; runner/prefill.py check_supported)")
 
 
 @NO_DV

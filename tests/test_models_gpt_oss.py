@@ -202,8 +202,8 @@ def test_unsupported_quantization_is_refused_by_name(checkpoints, tmp_path):
 
 # --- the streamed runner ---------------------------------------------------------------------------
 
-NO_SINKS = pytest.mark.xfail(strict=True, reason="the runner's streamed layer loop does not pass block.sinks "
-                                                 "to attention yet (runner rewrite, issue 14 S7)")
+NO_SINKS = pytest.mark.xfail(strict=True, reason="the streamed runner refuses sinks until its layer loop passes "
+                                                 "block.sinks to attention (runner/prefill.py check_supported)")
 
 
 @NO_SINKS
