@@ -205,7 +205,7 @@ def test_cache_per_token_is_the_latent_plus_the_rope_key():
 
     cfg = preset_config("deepseek-v3-61l")
     shape = shape_of(cfg)
-    assert (shape.n_kv_heads, shape.k_head_dim, shape.v_head_dim, shape.value_in_key) == (1, 576, 512, True)
+    assert (shape.n_kv_heads, shape.k_head_dim, shape.v_head_dim, shape.values_in_keys) == (1, 576, 512, True)
     assert shape.latent_values_per_token * 2 * 61 == 70272
     facts = describe_config(cfg, length=1000, dtype="bfloat16")
     assert facts["kv_latent_bytes_per_token"] == 70272

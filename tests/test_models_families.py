@@ -146,10 +146,10 @@ def test_shape_facts_of_windows_and_latent_attention():
     oss = shape_of(from_hf(hf_config("GptOssForCausalLM")))
     assert [(lay.kind, lay.span, lay.moe, lay.ffn_width) for lay in oss.layers] == [
         ("window", 50, True, 64), ("global", None, True, 64), ("window", 50, True, 64)]
-    assert (oss.n_kv_heads, oss.k_head_dim, oss.v_head_dim, oss.value_in_key) == (2, 16, 16, False)
+    assert (oss.n_kv_heads, oss.k_head_dim, oss.v_head_dim, oss.values_in_keys) == (2, 16, 16, False)
     assert oss.latent_values_per_token == oss.kv_values_per_token == 64
     ds = shape_of(from_hf(hf_config("DeepseekV3ForCausalLM")))
     assert [(lay.kind, lay.moe, lay.ffn_width) for lay in ds.layers] == [
         ("global", False, 96), ("global", True, 32), ("global", True, 32)]
-    assert (ds.n_kv_heads, ds.k_head_dim, ds.v_head_dim, ds.value_in_key) == (1, 40, 32, True)
+    assert (ds.n_kv_heads, ds.k_head_dim, ds.v_head_dim, ds.values_in_keys) == (1, 40, 32, True)
     assert (ds.kv_values_per_token, ds.latent_values_per_token) == (72, 40)

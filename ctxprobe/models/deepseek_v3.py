@@ -90,7 +90,7 @@ class LatentAttentionBlock(nn.Module):
         D, H, R, P, bias = cfg.dim, cfg.n_heads, s.kv_lora_rank, s.qk_rope_head_dim, cfg.attention_bias
         self.layer, self.settings, self.n_heads = layer, s, H
         self.n_kv_heads, self.head_dim, self.v_head_dim = 1, R + P, R     # the cache: [c | k_r] and c
-        self.value_in_key = True        # V is K's first R channels (shape.py: a cache may keep K alone)
+        self.values_in_keys = True      # V is K's first R columns: attention.KVStore(values_in_keys=True) keeps K alone
         self.attn_norm, self.ffn_norm = RMSNorm(D, cfg.norm_eps), RMSNorm(D, cfg.norm_eps)
         qk = s.qk_nope_head_dim + P
         if s.q_lora_rank is None:

@@ -87,7 +87,7 @@ def format_facts(f: dict) -> str:
     ]
     if f["kv_latent_bytes_per_token"] < f["kv_bytes_per_token_global"] + f["kv_bytes_per_token_local"]:
         lines.append(f"  KV per token as a latent (V inside K, multi-head latent attention): "
-                     f"{fmt_bytes(f['kv_latent_bytes_per_token'])}; the KV tiers store K and V apart today")
+                     f"{fmt_bytes(f['kv_latent_bytes_per_token'])}; the runner keeps K and V apart today")
     if "memory" in f:
         lines.append(f"  memory for {f['length']:,} tokens:")
         lines += [f"    {fmt_bytes(v):>10}  {tier}" for tier, v in f["memory"].items()]

@@ -41,19 +41,19 @@ class ShapeFacts:
     v_head_dim: int            # Dv: value head dim (DeepSeek's MLA: the latent, narrower than K)
     end_params: int            # embedding, final norm and head (a tied head counted once)
     layers: tuple[LayerFacts, ...]
-    value_in_key: bool = False  # V is K's first Dv channels (MLA's latent): K alone holds both
+    values_in_keys: bool = False  # V is K's first Dv columns (MLA's latent): K alone holds both
 
     @property
     def kv_values_per_token(self) -> int:
-        """K and V numbers one layer keeps per token as the KV tiers store them apart:
-        Hkv * (Dk + Dv); times the dtype's bytes."""
+        """K and V numbers one layer keeps per token with K and V stored apart (the runner's KV
+        today): Hkv * (Dk + Dv); times the dtype's bytes."""
         return self.n_kv_heads * (self.k_head_dim + self.v_head_dim)
 
     @property
     def latent_values_per_token(self) -> int:
-        """Numbers per token and layer a cache needs that keeps V inside K when it can (MLA:
-        Hkv * Dk = kv_lora_rank + qk_rope_head_dim); otherwise kv_values_per_token."""
-        return self.n_kv_heads * self.k_head_dim if self.value_in_key else self.kv_values_per_token
+        """Numbers per token and layer of a cache that keeps V inside K when it can (attention.KVStore
+        values_in_keys; MLA: Hkv * Dk = kv_lora_rank + qk_rope_head_dim); otherwise kv_values_per_token."""
+        return self.n_kv_heads * self.k_head_dim if self.values_in_keys else self.kv_values_per_token
 
     @property
     def params_total(self) -> int:
@@ -96,4 +96,4 @@ def shape_of(cfg, model: nn.Module | None = None) -> ShapeFacts:
     return ShapeFacts(dim=cfg.dim, vocab=cfg.vocab_size, n_heads=cfg.n_heads, n_kv_heads=Hkv,
                       k_head_dim=first.head_dim, v_head_dim=v_head_dim,
                       end_params=_numel(model) - tied - sum(lay.params for lay in layers), layers=layers,
-                      value_in_key=bool(getattr(first, "value_in_key", False)))
+                      values_in_keys=bool(getattr(first, "values_in_keys", False)))
