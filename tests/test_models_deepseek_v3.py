@@ -277,3 +277,12 @@ def test_streamed_runner_refuses_a_narrower_value_by_name(checkpoints):
     model = load_model(checkpoints("default")[0], device="cpu")
     with pytest.raises(UserError, match="DeepseekV3ForCausalLM: the streamed runner .* value head dim"):
         score(model, [1, 2, 3], [([4], [5])])
+
+
+def test_bfloat16_load_stays_close_to_float32(checkpoints):
+    """bf16 rounds the expert-choice bias too (HF keeps it in float32): near-ties may pick other experts."""
+    path, _ = checkpoints("default")
+    full, half = load_model(path, device="cpu"), load_model(path, device="cpu", dtype="bf16")
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+    a, b = full.logits(prompt()), half.logits(prompt())
+    assert (a - b).abs().mean().item() < 0.05 and (a.argmax(-1) == b.argmax(-1)).float().mean().item() > 0.8
