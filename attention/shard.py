@@ -74,6 +74,19 @@ def piece_offsets(ranges: list[Range]) -> list[int]:
     return offsets
 
 
+def chunk_align(chunk_sizes, seq_len: int, world_size: int) -> int:
+    """The `align` for a model whose layers attend in chunks of `chunk_sizes` (None: not chunked):
+    the one chunk size (Llama 4: 8192) when every zigzag piece can hold at least one whole chunk,
+    so chunked layers need no K/V from other ranks; else 1 (shorter prompts split finer, and ring
+    attention is exact either way)."""
+    chunks = set(chunk_sizes) - {None}
+    if len(chunks) == 1:
+        c = chunks.pop()
+        if seq_len >= 2 * world_size * c:
+            return c
+    return 1
+
+
 def shard_len(seq_len: int, rank: int, world_size: int, layout: str = "zigzag", align: int = 1) -> int:
     return sum(end - start for start, end in shard_ranges(seq_len, rank, world_size, layout, align))
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from ctxprobe.runner.bench import bench_prefill  # noqa: E402
-from ctxprobe.runner.planner import ModelShape, default_budgets, plan_run  # noqa: E402
+from ctxprobe.runner.memory import ModelShape, default_budgets, plan_run  # noqa: E402
 from ctxprobe.runner.presets import build_preset  # noqa: E402
 from ctxprobe.units import parse_tokens  # noqa: E402
 
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
             gpu, host = default_budgets(device)
             if gpu is not None:   # what torch holds (weights, cached blocks of earlier runs) is usable too
                 gpu += torch.cuda.memory_reserved()
-            plan = plan_run(shape, n, device=device, gpu_memory=gpu, host_memory=host, offload_dir=args.offload_dir)
+            plan = plan_run(shape, n, device=device, gpu_budget=gpu, host_budget=host, offload_dir=args.offload_dir)
             settings = plan.settings()
             if kv_tier:
                 settings.kv_tiers = [kv_tier if lay.kind == "global" else t

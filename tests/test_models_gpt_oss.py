@@ -242,7 +242,7 @@ def test_unknown_layer_type_is_named():
 
 
 def test_memory_plan_keeps_windows_to_the_sliding_layers():
-    from ctxprobe.runner.planner import ModelShape
+    from ctxprobe.runner.memory import ModelShape
     from ctxprobe.runner.presets import preset_config
 
     shape = ModelShape.from_config(preset_config("gpt-oss-120b-4l"), 2)

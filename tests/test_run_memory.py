@@ -9,11 +9,11 @@ import json
 import pytest
 from tiny_llama import write_checkpoint
 
-from ctxprobe.backends.memory import MemoryBudgets
+from ctxprobe.backends.options import MemoryBudgets
 from ctxprobe.backends.native import NativeBackend
 from ctxprobe.cli import main
 from ctxprobe.errors import UserError
-from ctxprobe.runner.planner import plan_for_checkpoint
+from ctxprobe.runner.memory import plan_for_checkpoint
 from ctxprobe.store import Store
 from ctxprobe.sweep import Grid, longest_pending
 
@@ -59,9 +59,9 @@ def disk_budget(checkpoint, offload_dir):
                                             extra_tokens=extent.extra_tokens, **kw)
     for budget in range(plan().host_bytes, 0, -1024):
         try:
-            plan(host_memory=budget)
+            plan(host_budget=budget)
         except UserError:
-            plan(host_memory=budget, offload_dir=offload_dir)   # must fit with the disk tier
+            plan(host_budget=budget, offload_dir=offload_dir)   # must fit with the disk tier
             return budget
     raise AssertionError("no host budget needs the disk tier")
 
@@ -178,7 +178,7 @@ def test_torchrun_ranks_plan_their_share_and_stream_kv_from_disk(checkpoint, unb
     extent = longest_extent(NativeBackend(checkpoint, device="cpu", memory=MemoryBudgets()))
     share = -(-extent.prefill_tokens // 2)
     offload = tmp_path / "offload"
-    plan = lambda budget: plan_for_checkpoint(checkpoint, share, device="cpu", host_memory=budget,  # noqa: E731
+    plan = lambda budget: plan_for_checkpoint(checkpoint, share, device="cpu", host_budget=budget,  # noqa: E731
                                               extra_tokens=extent.extra_tokens, offload_dir=str(offload),
                                               sharded=True)
     budget = next(b for b in range(plan(None).host_bytes, 0, -1024) if "disk" in plan(b).kv_tiers)

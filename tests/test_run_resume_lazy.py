@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 from tiny_llama import write_checkpoint
 
-from ctxprobe.backends.memory import MemoryBudgets, RunPlanner
+from ctxprobe.backends.options import MemoryBudgets
+from ctxprobe.runner.memory import RunPlanner
 from ctxprobe.backends.native import NativeBackend
 from ctxprobe.cli import main
 from ctxprobe.store import Store
@@ -160,7 +161,7 @@ def test_a_run_with_other_settings_is_refused_before_any_load(checkpoint, finish
 
 SPY = '''import json, os, sys
 import ctxprobe.runner.load
-from ctxprobe.backends.memory import RunPlanner
+from ctxprobe.runner.memory import RunPlanner
 
 LOG = sys.argv.pop(1)
 real_load, real_plan = ctxprobe.runner.load.load_model, RunPlanner.plan_sweep

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ctxprobe.cli import main
-from ctxprobe.runner.planner import ModelShape, plan_for_checkpoint
+from ctxprobe.runner.memory import ModelShape, plan_for_checkpoint
 from ctxprobe.runner.presets import preset_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,10 +110,10 @@ def test_bench_plans_every_length_with_the_weight_tier_it_loads(runner, tmp_path
     path, _ = save_tiny(tmp_path / "llama4", "llama4")
     budget = None
     for b in range(plan_for_checkpoint(path, 4096, device="cpu").host_bytes, 0, -8192):
-        if plan_for_checkpoint(path, 4096, device="cpu", host_memory=b).weights == "disk":
+        if plan_for_checkpoint(path, 4096, device="cpu", host_budget=b).weights == "disk":
             budget = b
             break
-    assert plan_for_checkpoint(path, 256, device="cpu", host_memory=budget).weights == "resident"
+    assert plan_for_checkpoint(path, 256, device="cpu", host_budget=budget).weights == "resident"
     result = runner.invoke(main, ["bench", str(path), "--length", "256,4k", "--device", "cpu",
                                   "--host-memory", str(budget)])
     assert result.exit_code == 0, result.output

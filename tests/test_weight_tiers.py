@@ -15,7 +15,7 @@ import torch
 from ctxprobe.cli import main
 from ctxprobe.errors import UserError
 from ctxprobe.runner import generate, logits, score
-from ctxprobe.runner.planner import ModelShape, plan_for_checkpoint, plan_run
+from ctxprobe.runner.memory import ModelShape, plan_for_checkpoint, plan_run
 from ctxprobe.runner.prefill import Settings, prefill
 from ctxprobe.runner.presets import build_preset, preset_config
 from ctxprobe.runner.weights import HostArenas, LayerWeights, layer_bytes
@@ -216,33 +216,34 @@ def test_weight_tier_names():
 
 
 # ---- the planner ------------------------------------------------------------------------------
+GiB, TiB = 1 << 30, 1 << 40
 SCOUT_48L = ModelShape.from_config(preset_config("scout-48l"), 2)
 
 
 def test_planner_moves_weights_host_then_disk_as_host_memory_shrinks():
     """Scout (48 layers, bf16, ~203 GiB of blocks) on one 78 GiB GPU at 1M tokens."""
     blocks = sum(lay.weight_bytes for lay in SCOUT_48L.layers)
-    roomy = plan_run(SCOUT_48L, "1M", device="cuda", gpu_memory="78GiB", host_memory="1TiB")
+    roomy = plan_run(SCOUT_48L, 1 << 20, device="cuda", gpu_budget=78 * GiB, host_budget=1 * TiB)
     assert roomy.weights == "host" and roomy.weights_host_bytes == blocks
     assert roomy.host_bytes == blocks + 1_048_576 * 5120 * 2      # arenas + hidden states, nothing rounded
     # 150 GiB of host memory cannot hold the blocks: read them from the checkpoint (no offload dir needed)
-    short = plan_run(SCOUT_48L, "1M", device="cuda", gpu_memory="78GiB", host_memory="150GiB")
+    short = plan_run(SCOUT_48L, 1 << 20, device="cuda", gpu_budget=78 * GiB, host_budget=150 * GiB)
     assert short.weights == "disk" and short.hidden_tier == "host" and short.disk_bytes == 0
     assert short.weights_host_bytes == 2 * max(lay.weight_bytes for lay in SCOUT_48L.layers)
     assert "disk tier: blocks read from the checkpoint's files" in short.describe()
     assert "host tier: blocks in page-locked host memory" in roomy.describe()
     # Even 32 GiB works: weights from disk, two staging layers and the hidden states in host memory.
-    assert plan_run(SCOUT_48L, "1M", device="cuda", gpu_memory="78GiB", host_memory="32GiB").weights == "disk"
+    assert plan_run(SCOUT_48L, 1 << 20, device="cuda", gpu_budget=78 * GiB, host_budget=32 * GiB).weights == "disk"
     with pytest.raises(UserError, match="short by"):
-        plan_run(SCOUT_48L, "1M", device="cuda", gpu_memory="78GiB", host_memory="12GiB")
+        plan_run(SCOUT_48L, 1 << 20, device="cuda", gpu_budget=78 * GiB, host_budget=12 * GiB)
     # A tier fixed by the caller (a model already loaded) is kept, and its shortfall named.
     with pytest.raises(UserError, match="host memory"):
-        plan_run(SCOUT_48L, "1M", device="cuda", gpu_memory="78GiB", host_memory="150GiB", weights="host")
+        plan_run(SCOUT_48L, 1 << 20, device="cuda", gpu_budget=78 * GiB, host_budget=150 * GiB, weights="host")
 
 
 def test_planner_host_estimate_is_the_exact_arena_size(checkpoints, monkeypatch):
     path = checkpoints("llama4")
-    plan = plan_for_checkpoint(path, 200, device="cuda", gpu_memory="1GiB", weights="host")
+    plan = plan_for_checkpoint(path, 200, device="cuda", gpu_budget=1 * GiB, weights="host")
     model = load_model(path, device="cpu", dtype="float32")
     assert plan.weights_host_bytes == HostArenas(model.blocks).nbytes
     assert plan.weights_host_bytes == sum(plan.shape.layers[i].weight_bytes for i in range(4))
@@ -250,10 +251,10 @@ def test_planner_host_estimate_is_the_exact_arena_size(checkpoints, monkeypatch)
 
 def test_planner_on_cpu_goes_from_resident_to_disk(checkpoints):
     path = checkpoints("llama4")
-    roomy = plan_for_checkpoint(path, 200, device="cpu", host_memory="1GiB")
+    roomy = plan_for_checkpoint(path, 200, device="cpu", host_budget=1 * GiB)
     assert roomy.weights == "resident"
     tight = roomy.host_bytes - 1     # one byte short of holding every weight
-    plan = plan_for_checkpoint(path, 200, device="cpu", host_memory=tight)
+    plan = plan_for_checkpoint(path, 200, device="cpu", host_budget=tight)
     assert plan.weights == "disk" and plan.host_bytes <= tight and plan.disk_bytes == 0
 
 
@@ -272,7 +273,7 @@ def test_bench_and_inspect_with_disk_weights(runner, checkpoints):
     assert res.exit_code == 0, res.output
     assert json.loads(res.output.splitlines()[-1])["length"] == 100
     path = str(checkpoints("llama4"))   # 4 layers: reading 2 at a time from disk saves memory
-    tight = plan_for_checkpoint(path, 200, device="cpu", host_memory="1GiB").host_bytes - 1
+    tight = plan_for_checkpoint(path, 200, device="cpu", host_budget=1 * GiB).host_bytes - 1
     res = runner.invoke(main, ["inspect", path, "--length", "200", "--host-memory", str(tight)])
     assert res.exit_code == 0, res.output
     assert "weights:" in res.output and "disk tier" in res.output

@@ -11,7 +11,7 @@ counts its own tokens; the template's tokens come on top and show in `prompt_tok
 
 With memory budgets (`ctxprobe run --gpu-memory/--host-memory/--offload-dir`), `prepare(length,
 samples)` plans for the longest cell still to run (the sweep finds it) before any weight is read
-(ctxprobe/backends/memory.py), loads the weights in the tier that plan chose, and every pass runs
+(ctxprobe/runner/memory.py), loads the weights in the tier that plan chose, and every pass runs
 by the plan for its own length.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctxprobe.backends.base import CellResult
-from ctxprobe.backends.memory import MemoryBudgets, RunPlanner, local_ranks
+from ctxprobe.backends.options import MemoryBudgets
 from ctxprobe.backends.threads import ThreadPlan
 from ctxprobe.errors import UserError
 from ctxprobe.models.chat import render_chat
@@ -96,6 +96,7 @@ class NativeBackend:
         from ctxprobe.models.loader import parse_dtype, read_config, read_template
         from ctxprobe.runner import distributed
         from ctxprobe.runner.load import pick_device
+        from ctxprobe.runner.memory import RunPlanner, local_ranks
 
         self.path = str(path)
         root = Path(path)

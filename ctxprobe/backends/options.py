@@ -6,7 +6,26 @@ Torch-free: an HTTP run imports this module and must never import torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+
+from ctxprobe.units import parse_bytes
+
+
+@dataclass(frozen=True)
+class MemoryBudgets:
+    """--gpu-memory, --host-memory, --offload-dir; the plans they bound: ctxprobe/runner/memory.py."""
+    gpu_memory: str | int | None = None    # e.g. "78GiB"; None = what is free on the device
+    host_memory: str | int | None = None   # None = what is available on this machine
+    offload_dir: str | None = None         # the disk tier; None = a run that needs disk is refused
+
+    def given(self) -> dict:
+        """Provenance for the run row (budgets are not identity: a rerun with others resumes)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def parsed(self) -> tuple[int | None, int | None]:
+        """(GPU bytes, host bytes), None where not given; UserError naming a size it cannot read."""
+        return (None if self.gpu_memory is None else parse_bytes(self.gpu_memory, "--gpu-memory"),
+                None if self.host_memory is None else parse_bytes(self.host_memory, "--host-memory"))
 
 
 @dataclass(frozen=True)
@@ -24,10 +43,8 @@ class NativeOptions:
     # MoE models: record each cell's routing by prompt position (ctxprobe/router_trace.py).
     router_trace: bool = False
 
-    def memory(self):
+    def memory(self) -> MemoryBudgets:
         """The budgets, as the native backend's planner takes them (provenance, not identity)."""
-        from ctxprobe.backends.memory import MemoryBudgets
-
         return MemoryBudgets(self.gpu_memory, self.host_memory, self.offload_dir)
 
     def budgets_given(self) -> bool:

@@ -43,7 +43,7 @@ def _plans(shape, lengths, preset, weights, **budgets):
     planner would read weights from disk it plans them in host memory instead (and says what is short).
     One model serves every length, in the most streamed tier any plan needs (it takes the least
     memory), so every length is planned, described and run with that tier."""
-    from ctxprobe.runner.planner import plan_run
+    from ctxprobe.runner.memory import plan_run
     from ctxprobe.units import parse_tokens
 
     plans = []
@@ -97,7 +97,8 @@ def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload
     from ctxprobe.errors import UserError
     from ctxprobe.models.loader import parse_dtype
     from ctxprobe.runner.bench import bench_prefill
-    from ctxprobe.runner.planner import ModelShape, default_budgets
+    from ctxprobe.backends.options import MemoryBudgets
+    from ctxprobe.runner.memory import ModelShape, default_budgets
     from ctxprobe.units import parse_tokens
 
     if preset is not None and weights == "disk":
@@ -108,11 +109,10 @@ def bench(path, preset, lengths, device, dtype, gpu_memory, host_memory, offload
     cfg = _config(path, preset)
     shape = ModelShape.from_config(cfg, parse_dtype(dtype or cfg.dtype).itemsize)
     free_gpu, free_host = default_budgets(device)
-    gpu_memory = gpu_memory or free_gpu
-    host_memory = host_memory or free_host
+    gpu, host = MemoryBudgets(gpu_memory, host_memory).parsed()
     # Every length is planned before anything is built: a run that cannot fit stops here.
-    plans = _plans(shape, lengths, preset, weights, device=device, gpu_memory=gpu_memory,
-                   host_memory=host_memory, offload_dir=offload_dir)
+    plans = _plans(shape, lengths, preset, weights, device=device, gpu_budget=free_gpu if gpu is None else gpu,
+                   host_budget=free_host if host is None else host, offload_dir=offload_dir)
     chunk = parse_tokens(chunk, "--chunk") if chunk else None
     model = _model(path, preset, device, dtype, plans[0].weights)   # every plan has the same tier
     for plan in plans:

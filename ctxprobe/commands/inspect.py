@@ -34,17 +34,19 @@ def inspect(path, length, dtype, as_json, gpu_memory, host_memory, offload_dir):
     from ctxprobe.models.inspect import describe, format_facts
 
     facts = describe(path, length=tokens, dtype=dtype)
-    if tokens:   # the streaming runner's memory plan (ctxprobe/runner/planner.py)
+    if tokens:   # the streaming runner's memory plan (ctxprobe/runner/memory.py)
         warn_about_budgets(gpu_memory=gpu_memory, host_memory=host_memory, device=None)
-        from ctxprobe.runner.planner import default_budgets, plan_for_checkpoint
-
         import torch
 
-        host_memory = host_memory or default_budgets("cpu")[1]
-        if gpu_memory is None and torch.cuda.is_available():   # plan for what is free, as `run` does
-            gpu_memory = default_budgets("cuda")[0]
-        facts["plan"] = plan_for_checkpoint(path, tokens, dtype=dtype, gpu_memory=gpu_memory,
-                                            host_memory=host_memory, offload_dir=offload_dir).describe()
+        from ctxprobe.backends.options import MemoryBudgets
+        from ctxprobe.runner.memory import default_budgets, plan_for_checkpoint
+
+        gpu, host = MemoryBudgets(gpu_memory, host_memory).parsed()
+        host = default_budgets("cpu")[1] if host is None else host
+        if gpu is None and torch.cuda.is_available():   # plan for what is free, as `run` does
+            gpu = default_budgets("cuda")[0]
+        facts["plan"] = plan_for_checkpoint(path, tokens, dtype=dtype, gpu_budget=gpu, host_budget=host,
+                                            offload_dir=offload_dir).describe()
     click.echo(json.dumps(facts, indent=2) if as_json
                else format_facts(facts) + ("\n" + facts["plan"] if "plan" in facts else ""))
 

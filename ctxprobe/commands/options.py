@@ -31,7 +31,7 @@ dtype_option = click.option("--dtype", default=None,
 
 def memory_options(command):
     """--gpu-memory, --host-memory, --offload-dir: the budgets the native runner's memory plan
-    must fit (ctxprobe/runner/planner.py). Each is passed on as given (a size string or None)."""
+    must fit (ctxprobe/runner/memory.py). Each is passed on as given (a size string or None)."""
     return _apply(command, [
         click.option("--gpu-memory", default=None,
                      help="GPU memory budget per device, e.g. 78GiB [default: what is free]."),

@@ -3,7 +3,8 @@ greedy generation, the plain-forward references, memory plans."""
 
 from ctxprobe.runner.generate import generate
 from ctxprobe.runner.load import load_model
-from ctxprobe.runner.prefill import Prefilled, Settings, prefill
+from ctxprobe.runner.memory import Settings
+from ctxprobe.runner.prefill import Prefilled, prefill
 from ctxprobe.runner.reference import logits, score_reference
 from ctxprobe.runner.score import BranchScore, score
 

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ctxprobe.hardware import bf16_peak_tflops
-from ctxprobe.runner.planner import ModelShape, Plan
-from ctxprobe.runner.prefill import Settings, model_device, model_dtype, prefill
+from ctxprobe.runner.memory import ModelShape, Plan, Settings
+from ctxprobe.runner.prefill import prefill
 from ctxprobe.units import fmt_bytes
 
 
@@ -58,8 +58,8 @@ def bench_prefill(model, length: int, *, settings: Settings | Plan | None = None
     if isinstance(settings, Plan):
         settings = settings.settings()
     settings = settings or Settings()
-    device = model_device(model)
-    shape = ModelShape.from_config(model.config, torch.finfo(model_dtype(model)).bits // 8)
+    device = torch.device(model.device)
+    shape = ModelShape.from_config(model.config, torch.finfo(model.dtype).bits // 8)
     ids = torch.randint(0, model.config.vocab_size, (length,), generator=torch.Generator().manual_seed(seed))
     if warmup:
         prefill(model, ids[:min(warmup, length)], settings=settings)

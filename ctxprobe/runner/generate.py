@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ctxprobe.runner.prefill import FiniteWatch, Settings, check_supported, layer_step, model_device, prefill
+from ctxprobe.runner.memory import Settings, auto_settings
+from ctxprobe.runner.prefill import FiniteWatch, check_supported, layer_step, prefill
 from ctxprobe.runner.weights import LayerWeights
 
 
@@ -28,11 +29,9 @@ def generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *,
         return sharded_generate(model, prompt_ids, max_new_tokens, stop, distributed.active(),
                                 settings=settings)
     if settings is None:
-        from ctxprobe.runner.planner import auto_settings
-
         settings = auto_settings(model, len(prompt_ids), keep_kv=True, extra_tokens=max_new_tokens)
     done = prefill(model, prompt_ids, settings=settings, keep_kv=max_new_tokens > 1)
-    device = model_device(model)
+    device = torch.device(model.device)
     out = [int(done.last_logits.argmax())]
     weights = LayerWeights(model.blocks, device)
     pos = len(prompt_ids)

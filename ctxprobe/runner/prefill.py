@@ -28,6 +28,7 @@ from ctxprobe.errors import UserError
 from ctxprobe.pass_progress import layer_done
 from ctxprobe.runner.hidden import HiddenBuffer
 from ctxprobe.runner.kv import LayerKV
+from ctxprobe.runner.memory import Settings, auto_settings
 from ctxprobe.runner.weights import LayerWeights
 
 
@@ -61,19 +62,6 @@ class FiniteWatch:
 
 
 @dataclass
-class Settings:
-    """How to run: what the planner decides (or a test forces)."""
-    chunk_tokens: int = 4096
-    kv_block_tokens: int = 4096
-    kv_tiers: list[str] | str = "device"     # one tier for every layer, or one per layer
-    hidden_tier: str = "host"
-    offload_dir: str | None = None
-
-    def kv_tier(self, layer: int) -> str:
-        return self.kv_tiers if isinstance(self.kv_tiers, str) else self.kv_tiers[layer]
-
-
-@dataclass
 class Prefilled:
     length: int
     last_logits: torch.Tensor | None = None          # [V] float32, prediction after the last prompt token
@@ -81,22 +69,6 @@ class Prefilled:
     rider_logits: list[torch.Tensor] = field(default_factory=list)   # per rider [Tb, V] float32
     kv: list[LayerKV] | None = None                  # per layer, when kept for generation
     bytes_moved: int = 0                             # host/disk <-> device traffic (hidden states + KV)
-
-
-def model_device(model) -> torch.device:
-    dev = getattr(model, "device", None)
-    if dev is not None:
-        return torch.device(dev)
-    p = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-    return p.device if p is not None else torch.device("cpu")
-
-
-def model_dtype(model) -> torch.dtype:
-    dt = getattr(model, "dtype", None)
-    if isinstance(dt, torch.dtype):
-        return dt
-    p = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-    return p.dtype if p is not None else torch.float32
 
 
 def new_layer_kv(block, settings: Settings, layer: int, device, dtype) -> LayerKV:
@@ -175,10 +147,8 @@ def prefill(model, ids, *, settings: Settings | None = None, riders=(), keep_kv:
         return sharded_prefill(model, ids, distributed.active(), settings=settings, riders=riders,
                                keep_kv=keep_kv, all_logits=all_logits)
     if settings is None:
-        from ctxprobe.runner.planner import auto_settings
-
         settings = auto_settings(model, T, keep_kv=keep_kv, extra_tokens=max((len(r) for r in riders), default=0))
-    device, dtype = model_device(model), model_dtype(model)
+    device, dtype = torch.device(model.device), model.dtype
     C = settings.chunk_tokens
     spans = [(s, min(s + C, T)) for s in range(0, T, C)]
     ids_T = _ids(ids, "cpu")

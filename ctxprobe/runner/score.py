@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ctxprobe.errors import UserError
-from ctxprobe.runner.prefill import NonFiniteLogits, Settings, prefill
+from ctxprobe.runner.memory import Settings
+from ctxprobe.runner.prefill import NonFiniteLogits, prefill
 
 
 @dataclass

@@ -32,13 +32,15 @@ import torch.distributed as dist
 
 from ctxprobe import attention
 from ctxprobe.attention import gather, shard_positions, shard_ranges
+from ctxprobe.attention.shard import chunk_align
 from ctxprobe.attention.masks import Rules, block_visible, visible_key_range
 from ctxprobe.attention.ring import ring_attend
 from ctxprobe.attention.ring_tiers import local_pieces
 from ctxprobe.errors import UserError
 from ctxprobe.pass_progress import layer_done
 from ctxprobe.runner.distributed import World
-from ctxprobe.runner.prefill import Prefilled, Settings, model_device, model_dtype
+from ctxprobe.runner.memory import Settings
+from ctxprobe.runner.prefill import Prefilled
 from ctxprobe.runner.weights import LayerWeights
 
 DEFAULT_CHUNK_TOKENS = 4096
@@ -77,17 +79,7 @@ def check_tiers(settings: Settings, n_layers: int) -> None:
 def shard_align(model, seq_len: int, world_size: int) -> int:
     """Align shards to the local-attention chunk (Llama 4: 8192) when every zigzag piece can
     hold at least one whole chunk; shorter prompts split finer (ring_attend is exact either way)."""
-    return chunk_align([b.mask for b in model.blocks], seq_len, world_size)
-
-
-def chunk_align(masks: list[dict], seq_len: int, world_size: int) -> int:
-    """shard_align from the layers' masks alone (the planner's, before any weight is loaded)."""
-    chunks = {m.get("chunk_size") for m in masks} - {None}
-    if len(chunks) == 1:
-        c = chunks.pop()
-        if seq_len >= 2 * world_size * c:
-            return c
-    return 1
+    return chunk_align([b.mask.get("chunk_size") for b in model.blocks], seq_len, world_size)
 
 
 def _qkv_in_chunks(block, x_TD: torch.Tensor, pos_T: torch.Tensor, chunk: int):
@@ -291,7 +283,7 @@ def sharded_prefill(model, ids, world: World, *, settings: Settings | None = Non
         raise UserError("a branch has no tokens: give each branch at least one question or answer token")
     if settings is not None:
         check_tiers(settings, len(model.blocks))
-    device, dtype = model_device(model), model_dtype(model)
+    device, dtype = torch.device(model.device), model.dtype
     chunk = chunk_tokens or (settings.chunk_tokens if settings is not None else DEFAULT_CHUNK_TOKENS)
     align = shard_align(model, T, world.size)
     ranges = shard_ranges(T, world.rank, world.size, align=align)
@@ -352,7 +344,7 @@ def sharded_generate(model, prompt_ids, max_new_tokens: int, stop_ids, world: Wo
     T = len(prompt_ids)
     done = sharded_prefill(model, prompt_ids, world, settings=settings, keep_kv=max_new_tokens > 1,
                            chunk_tokens=chunk_tokens)
-    device = model_device(model)
+    device = torch.device(model.device)
     out = [int(done.last_logits.argmax())]
     tails = [None] * len(model.blocks)     # per layer: (k, v) [1, Hkv, decoded, Dh] of the decoded tokens
     weights = LayerWeights(model.blocks, device)

@@ -8,9 +8,11 @@ import torch
 
 from ctxprobe.errors import UserError
 from ctxprobe.runner import prefill
-from ctxprobe.runner.planner import ModelShape, plan_for_checkpoint, plan_run
+from ctxprobe.runner.memory import ModelShape, plan_for_checkpoint, plan_run
 from ctxprobe.runner.presets import build_preset, preset_config
 from ctxprobe.units import GiB, fmt_bytes
+
+TiB = 1 << 40
 from tiny_llama import write_checkpoint
 
 SCOUT_4L = ModelShape.from_config(preset_config("scout-4l"), 2)
@@ -29,30 +31,30 @@ def test_scout_shape_matches_published_figures():
 
 
 def test_one_h100_holds_scout_4l_at_10m_with_host_hidden_states():
-    plan = plan_run(SCOUT_4L, "10M", device="cuda", gpu_memory="78GiB", host_memory="120GiB")
+    plan = plan_run(SCOUT_4L, 10 << 20, device="cuda", gpu_budget=78 * GiB, host_budget=120 * GiB)
     assert plan.weights == "resident" and plan.hidden_tier == "host"
     assert plan.kv_tiers == ["device"] * 4 and plan.gpu_bytes <= 78 << 30
     assert "10,485,760 tokens" in plan.describe()
 
 
 def test_short_gpu_moves_kv_to_host_then_refuses():
-    plan = plan_run(SCOUT_4L, "10M", device="cuda", gpu_memory="40GiB", host_memory="1TiB")
+    plan = plan_run(SCOUT_4L, 10 << 20, device="cuda", gpu_budget=40 * GiB, host_budget=1 * TiB)
     assert plan.kv_tiers[3] == "host" and plan.gpu_bytes <= 40 << 30
     with pytest.raises(UserError, match=r"GPU memory: .* short by \d"):
-        plan_run(SCOUT_4L, "1M", device="cuda", gpu_memory="10GiB", host_memory="1TiB")
+        plan_run(SCOUT_4L, 1 << 20, device="cuda", gpu_budget=10 * GiB, host_budget=1 * TiB)
 
 
 def test_big_model_streams_weights():
-    plan = plan_run(SCOUT_48L, "1M", device="cuda", gpu_memory="78GiB", host_memory="1TiB")
+    plan = plan_run(SCOUT_48L, 1 << 20, device="cuda", gpu_budget=78 * GiB, host_budget=1 * TiB)
     assert plan.weights == "host" and plan.gpu_bytes <= 78 << 30
 
 
 def test_short_host_needs_offload_dir_and_names_the_shortfall(tmp_path):
     with pytest.raises(UserError) as err:
-        plan_run(SCOUT_4L, "2M", device="cuda", gpu_memory="78GiB", host_memory="16GiB")
+        plan_run(SCOUT_4L, 2 << 20, device="cuda", gpu_budget=78 * GiB, host_budget=16 * GiB)
     msg = str(err.value)   # the hidden states of 2M tokens x 5120 x bf16 are 20 GiB
     assert msg.startswith("host memory") and "short by 4.0 GiB" in msg and "--offload-dir" in msg
-    plan = plan_run(SCOUT_4L, "2M", device="cuda", gpu_memory="78GiB", host_memory="16GiB",
+    plan = plan_run(SCOUT_4L, 2 << 20, device="cuda", gpu_budget=78 * GiB, host_budget=16 * GiB,
                     offload_dir=str(tmp_path))
     assert plan.hidden_tier == "disk" and plan.disk_bytes == 2 * (1 << 20) * 5120 * 2
 
@@ -72,7 +74,7 @@ def test_plan_settings_reproduce_logits(tmp_path):
     shape = ModelShape.from_config(m.config, 4)
     ids = torch.randint(0, m.config.vocab_size, (300,), generator=torch.Generator().manual_seed(0)).tolist()
     budget = shape.weight_bytes + shape.activation_bytes(512) + 1000
-    plan = plan_run(shape, len(ids), device="cpu", host_memory=budget,   # a preset has no files: no disk weights
+    plan = plan_run(shape, len(ids), device="cpu", host_budget=budget,   # a preset has no files: no disk weights
                     offload_dir=str(tmp_path), kv_block_tokens=64, weights="resident")
     assert plan.hidden_tier == "disk" and set(plan.kv_tiers) == {"disk"}, plan.describe()
     got = prefill(m, ids, settings=plan.settings(), all_logits=True).logits
@@ -81,32 +83,29 @@ def test_plan_settings_reproduce_logits(tmp_path):
 
 
 def test_generation_keeps_every_layer_and_spills_the_rest_to_host():
-    plan = plan_run(SCOUT_48L, "2M", device="cuda", gpu_memory="78GiB", host_memory="1TiB", keep_kv=True,
+    plan = plan_run(SCOUT_48L, 2 << 20, device="cuda", gpu_budget=78 * GiB, host_budget=1 * TiB, keep_kv=True,
                     extra_tokens=64)
     assert plan.keep_kv and plan.weights == "host"
     assert "device" in plan.kv_tiers and "host" in plan.kv_tiers and plan.gpu_bytes <= 78 << 30
-    one = plan_run(SCOUT_48L, "2M", device="cuda", gpu_memory="78GiB", host_memory="1TiB")
+    one = plan_run(SCOUT_48L, 2 << 20, device="cuda", gpu_budget=78 * GiB, host_budget=1 * TiB)
     assert plan.host_bytes > one.host_bytes   # the kept KV lives on the host
 
 
 def test_auto_settings_counts_torchs_cached_gpu_memory_as_usable(monkeypatch):
     """Free memory (cudaMemGetInfo) excludes blocks torch's caching allocator holds, cached ones from
     earlier runs included; the budget is free + reserved, not free + allocated."""
-    import importlib
+    from ctxprobe.runner import memory as planner
 
-    from ctxprobe.runner import planner
-
-    prefill_module = importlib.import_module("ctxprobe.runner.prefill")   # the module, not the function
-
+    model = build_preset("tiny")
     seen = {}
-    monkeypatch.setattr(prefill_module, "model_device", lambda model: torch.device("cuda:0"))
+    monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda:0")))
     monkeypatch.setattr(planner, "default_budgets", lambda device: (10 << 30, 100 << 30))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 << 30)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 20 << 30)
     monkeypatch.setattr(planner, "plan_run", lambda shape, length, **kw: seen.update(kw) or plan_run(
-        shape, length, **{**kw, "device": "cpu", "gpu_memory": None}))
-    planner.auto_settings(build_preset("tiny"), 100)
-    assert seen["device"] == "cuda:0" and seen["gpu_memory"] == 40 << 30
+        shape, length, **{**kw, "device": "cpu", "gpu_budget": None}))
+    planner.auto_settings(model, 100)
+    assert seen["device"] == "cuda:0" and seen["gpu_budget"] == 40 << 30
 
 
 # ---- the disk tier's offload directory is checked when planning
@@ -120,7 +119,7 @@ def tokenized(tmp_path_factory):
 def _short_host_plan(checkpoint, offload_dir, length=4096):
     """A plan on CPU whose host budget is one byte short of keeping everything in memory."""
     full = plan_for_checkpoint(checkpoint, length, device="cpu")
-    return plan_for_checkpoint(checkpoint, length, device="cpu", host_memory=full.host_bytes - 1,
+    return plan_for_checkpoint(checkpoint, length, device="cpu", host_budget=full.host_bytes - 1,
                                offload_dir=offload_dir)
 
 
@@ -131,7 +130,7 @@ def test_an_offload_dir_that_cannot_be_written_is_refused_when_planning(tokenize
     with pytest.raises(UserError, match="--offload-dir .*a-file/sub: cannot write there.*writable directory"):
         _short_host_plan(tokenized, str(a_file / "sub"))
 
-    import ctxprobe.runner.planner as planner
+    import ctxprobe.runner.memory as planner
 
     def read_only(*a, **k):
         raise OSError(30, "Read-only file system")
@@ -146,7 +145,8 @@ def test_ranks_plan_for_the_largest_share_they_hold(tmp_path):
     """Llama 4's local layers align shards to their attention chunk: at these lengths some rank
     holds far more than length / ranks tokens (and their K/V), and must be planned for that."""
     from ctxprobe.attention.shard import shard_len
-    from ctxprobe.backends.memory import MemoryBudgets, RunPlanner
+    from ctxprobe.backends.options import MemoryBudgets
+    from ctxprobe.runner.memory import RunPlanner
 
     pytest.importorskip("transformers")
     from ctxprobe.models.tiny import save_tiny
@@ -167,7 +167,7 @@ def test_a_ranks_plan_counts_the_share_the_sharded_runner_holds_on_the_device():
     holds a peer's K/V share while it receives the next. Scout at 10M tokens on 8 ranks: a lone
     prefill of the share's 1.25M tokens fits 78 GiB, but the rank's pass needs ~85 GiB more."""
     shape = ModelShape.from_config(preset_config("scout-48l"), 2)
-    budgets = dict(device="cuda", gpu_memory="78GiB", host_memory="1500GiB")
+    budgets = dict(device="cuda", gpu_budget=78 * GiB, host_budget=1500 * GiB)
     share = (10 << 20) // 8
     assert plan_run(shape, share, **budgets).gpu_bytes < 78 * GiB
     with pytest.raises(UserError, match="^GPU memory"):
@@ -183,7 +183,8 @@ def test_a_ranks_plan_counts_the_share_the_sharded_runner_holds_on_the_device():
 
 
 def test_run_planner_plans_sharded_only_under_torchrun(tmp_path):
-    from ctxprobe.backends.memory import MemoryBudgets, RunPlanner
+    from ctxprobe.backends.options import MemoryBudgets
+    from ctxprobe.runner.memory import RunPlanner
 
     pytest.importorskip("transformers")
     from ctxprobe.models.tiny import save_tiny
@@ -193,3 +194,12 @@ def test_run_planner_plans_sharded_only_under_torchrun(tmp_path):
     ranked = RunPlanner(str(path), device="cpu", dtype=torch.float32, budgets=MemoryBudgets(), ranks=2)
     assert alone.shard_bytes == 0 and alone.hidden_tier == "host"
     assert ranked.plan_sweep(500).shard_bytes > 0 and ranked.plan(300).hidden_tier == "device"
+
+
+def test_budgets_are_read_once_into_bytes_naming_the_flag_at_fault():
+    from ctxprobe.backends.options import MemoryBudgets
+
+    assert MemoryBudgets("78GiB", "1.5T", "/tmp").parsed() == (78 * GiB, int(1.5 * TiB))
+    assert MemoryBudgets().parsed() == (None, None)
+    with pytest.raises(UserError, match="^--host-memory: cannot read 'lots'"):
+        MemoryBudgets(host_memory="lots").parsed()
