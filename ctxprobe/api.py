@@ -183,7 +183,7 @@ def _run_sharded(config: RunConfig, *, progress: bool, command: str, notify) -> 
             if world.is_main:
                 store = stack.enter_context(Store(config.db))
             native = replace(config.native, device=distributed.rank_device(world, config.native.device))
-            backend = open_backend(config.model, max_new_tokens=config.max_new_tokens, native=native)
+            backend = open_backend(config.model, max_new_tokens=config.max_new_tokens, native=native, world=world)
             stack.callback(backend.close)
             if world.is_main:
                 todo = _pending(store, backend, config)

@@ -3,7 +3,7 @@ the one-process logits, scores and generations; an end-to-end torchrun sweep sto
 as a one-process sweep, each cell once, and resumes; a user error on rank 0 stops every rank
 with exit code 2.
 
-The one-process runner (ctxprobe.runner.prefill, itself tested against transformers) is the
+The one-process runner (ctxprobe.runner.loop, itself tested against transformers) is the
 oracle. One spawned 2-rank world runs every in-process case and reports numbers that the tests
 below assert on.
 """
@@ -35,7 +35,7 @@ BRANCHES = [([5, 6, 7], [8, 9, 10]), ([], [11, 12]), ([13], [14])]
 
 def _compare(model, world, seq_len: int) -> dict:
     """Sharded against one-process: prefill logits (all positions, riders), score, generate."""
-    from ctxprobe.runner import distributed, generate, prefill, score
+    from ctxprobe.runner import generate, prefill, score
 
     g = torch.Generator().manual_seed(seq_len)
     ids = torch.randint(0, model.config.vocab_size, (seq_len,), generator=g).tolist()
@@ -43,24 +43,23 @@ def _compare(model, world, seq_len: int) -> dict:
     one = prefill(model, ids, all_logits=True, riders=riders)
     one_scores = score(model, ids, BRANCHES)
     one_tokens = generate(model, ids, 5)
-    import ctxprobe.runner.sharded as sharded
+    import ctxprobe.runner.context.ring as ring
 
-    ring_tokens, real_ring_attend = [], sharded.ring_attend
+    ring_tokens, real_ring_attend = [], ring.ring_attend
 
     def counting_ring_attend(q, k, v, **kwargs):    # proof that the runner took the sharded path
         ring_tokens.append(q.shape[2])
         return real_ring_attend(q, k, v, **kwargs)
 
-    sharded.ring_attend = counting_ring_attend
+    ring.ring_attend = counting_ring_attend
     try:
-        with distributed.sharded_over(world):
-            many = prefill(model, ids, all_logits=True, riders=riders)
-            first_pass_tokens = ring_tokens[:len(model.blocks)]
-            many_last = prefill(model, ids, riders=riders).last_logits
-            many_scores = score(model, ids, BRANCHES)
-            many_tokens = generate(model, ids, 5)
+        many = prefill(model, ids, all_logits=True, riders=riders, ring=world)
+        first_pass_tokens = ring_tokens[:len(model.blocks)]
+        many_last = prefill(model, ids, riders=riders, ring=world).last_logits
+        many_scores = score(model, ids, BRANCHES, ring=world)
+        many_tokens = generate(model, ids, 5, ring=world)
     finally:
-        sharded.ring_attend = real_ring_attend
+        ring.ring_attend = real_ring_attend
     return dict(
         shard_tokens=sorted(set(first_pass_tokens)),   # one value: every layer ran on this rank's shard
         logits=float((many.logits - one.logits).abs().max()),
@@ -82,8 +81,7 @@ def _worker(rank: int, port: int, out_dir: str, models: dict, builtin_db: str) -
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    world = distributed.init_from_env()
-    distributed.activate(None)      # cases opt in with sharded_over
+    world = distributed.init_from_env()     # the cases pass it on: ring=world
     results = {"world": [world.rank, world.size]}
     try:
         for family, path in models.items():
@@ -219,19 +217,16 @@ def test_one_process_or_a_world_of_one_starts_no_process_group(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert distributed.init_from_env() is None          # torchrun --nproc-per-node 1
-    assert not dist.is_initialized() and distributed.active() is None
+    assert not dist.is_initialized()
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(UserError, match="torchrun"):
         distributed.init_from_env()
 
 
 def test_shards_align_to_the_local_chunk_only_when_every_piece_holds_one():
-    from types import SimpleNamespace
+    from ctxprobe.attention.shard import chunk_align
 
-    from ctxprobe.runner.sharded import shard_align
-
-    block = lambda **mask: SimpleNamespace(mask=dict(causal=True, **mask))   # noqa: E731
-    llama4 = SimpleNamespace(blocks=[block(chunk_size=64), block(chunk_size=64), block()])
-    assert shard_align(llama4, 256, 2) == 64 and shard_align(llama4, 255, 2) == 1
-    assert shard_align(llama4, 1 << 20, 8) == 64
-    assert shard_align(SimpleNamespace(blocks=[block(), block(window=16)]), 1 << 20, 8) == 1
+    llama4 = [64, 64, None]    # each layer's attention chunk (None: global)
+    assert chunk_align(llama4, 256, 2) == 64 and chunk_align(llama4, 255, 2) == 1
+    assert chunk_align(llama4, 1 << 20, 8) == 64
+    assert chunk_align([None, None], 1 << 20, 8) == 1       # a window layer has no chunk to align to

@@ -162,8 +162,9 @@ def test_ranks_plan_for_the_largest_share_they_hold(tmp_path):
 
 
 def test_a_ranks_plan_counts_the_share_the_sharded_runner_holds_on_the_device():
-    """sharded.py keeps a rank's whole share of hidden states (in and out), queries and attention
-    output (with the ring's fp32 accumulators) on the device through each layer, and the ring
+    """The ring strategy (runner/context/ring.py) keeps a rank's whole share of hidden states (in
+    and out), queries and attention output (with the ring's fp32 accumulators) on the device
+    through each layer, and the ring
     holds a peer's K/V share while it receives the next. Scout at 10M tokens on 8 ranks: a lone
     prefill of the share's 1.25M tokens fits 78 GiB, but the rank's pass needs ~85 GiB more."""
     shape = ModelShape.from_config(preset_config("scout-48l"), 2)

@@ -215,7 +215,7 @@ def test_cache_per_token_is_the_latent_plus_the_rope_key():
 # --- the streamed runner ---------------------------------------------------------------------------
 
 NO_DV = pytest.mark.xfail(strict=True, reason="the streamed runner refuses MLA until its KV tiers hold V (the "
-                                              "latent) narrower than K (runner S12; runner/prefill.py check_supported)")
+                                              "latent) narrower than K (runner S12; runner/loop.py check_supported)")
 
 
 @NO_DV
@@ -272,7 +272,7 @@ def test_router_trace_sees_each_prompt_token_once_per_moe_layer(checkpoints):
 
 
 def test_streamed_runner_refuses_a_narrower_value_by_name(checkpoints):
-    """Until the runner's KV tiers hold Dv != Dk (then delete this test, runner/prefill.py
+    """Until the runner's KV tiers hold Dv != Dk (then delete this test, runner/loop.py
     check_supported and the xfail marks above), it refuses by name rather than fail deep inside."""
     model = load_model(checkpoints("default")[0], device="cpu")
     with pytest.raises(UserError, match="DeepseekV3ForCausalLM: the streamed runner .* value head dim"):

@@ -202,11 +202,6 @@ def test_unsupported_quantization_is_refused_by_name(checkpoints, tmp_path):
 
 # --- the streamed runner ---------------------------------------------------------------------------
 
-NO_SINKS = pytest.mark.xfail(strict=True, reason="the streamed runner refuses sinks until its layer loop passes "
-                                                 "block.sinks to attention (runner/prefill.py check_supported)")
-
-
-@NO_SINKS
 @pytest.mark.parametrize("kv_tier", ["device", "host", "disk"])
 def test_streamed_prefill_equals_logits(checkpoints, kv_tier, tmp_path):
     model = load_model(checkpoints("default")[0], device="cpu")
@@ -216,7 +211,6 @@ def test_streamed_prefill_equals_logits(checkpoints, kv_tier, tmp_path):
     assert (got - model.logits(ids)).abs().max().item() <= 1e-4
 
 
-@NO_SINKS
 def test_score_and_generate_equal_the_plain_forward(checkpoints):
     model = load_model(checkpoints("default")[0], device="cpu")
     ctx = prompt(120).tolist()
@@ -264,15 +258,6 @@ def test_router_trace_sees_each_prompt_token_once_per_layer(checkpoints):
         model.logits(prompt(40))
     assert layers == [0, 1, 2]
     assert seen == [(layer, list(range(40)), (40, 4), (40, 2)) for layer in (0, 1, 2)]
-
-
-def test_streamed_runner_refuses_sinks_by_name(checkpoints):
-    """Until the runner passes sinks (then delete this test, runner/prefill.py check_supported and the
-    xfail marks above), it refuses rather than give logits without them."""
-    model = load_model(checkpoints("default")[0], device="cpu")
-    for run in (lambda: prefill(model, [1, 2, 3]), lambda: generate(model, [1, 2, 3], 2)):
-        with pytest.raises(UserError, match="GptOssForCausalLM: the streamed runner .* attention sinks"):
-            run()
 
 
 def test_bfloat16_load_stays_close_to_float32(checkpoints):

@@ -63,7 +63,7 @@ def test_the_clean_checkpoint_scores_every_cell(clean, runner, tmp_path):
 
 def test_free_generation_refuses_non_finite_logits_too(clean, tmp_path):
     from ctxprobe.runner import generate, load_model, score
-    from ctxprobe.runner.prefill import NonFiniteLogits
+    from ctxprobe.runner.loop import NonFiniteLogits
 
     model = load_model(poisoned(clean, tmp_path, "model.layers.1.mlp.down_proj.weight", float("inf")),
                        device="cpu", dtype="float32")

@@ -255,8 +255,7 @@ def one_rank_group(request):
 def test_one_rank_group_sharded_prefill_equals_the_plain_prefill(reference, device, one_rank_group, tmp_path):
     import torch.distributed as dist
 
-    from ctxprobe.runner.distributed import World, sharded_over
-    from ctxprobe.runner.sharded import sharded_prefill
+    from ctxprobe.runner.distributed import World
 
     assert dist.get_backend() == one_rank_group and dist.get_world_size() == 1
     ref = reference("llama4")
@@ -267,13 +266,13 @@ def test_one_rank_group_sharded_prefill_equals_the_plain_prefill(reference, devi
     plain = prefill(m, prompt, settings=s, all_logits=True)
     assert (plain.logits - ref.logits(prompt)).abs().max().item() <= 1e-4
     start = allocated(device)
-    sharded = sharded_prefill(m, prompt, world, settings=s, all_logits=True)
+    sharded = prefill(m, prompt, settings=s, all_logits=True, ring=world)
     assert (sharded.logits - plain.logits).abs().max().item() <= 1e-4
     branches = [(prompt[:3], prompt[3:7]), ([], prompt[7:9])]
-    with sharded_over(world):          # the path `prefill`, `score` and `generate` take under torchrun
-        assert (prefill(m, prompt, settings=s).last_logits - plain.last_logits).abs().max().item() <= 1e-4
-        got = score(m, prompt, branches, settings=s)
-        tokens = generate(m, prompt, 5, settings=s)
+    # the path `prefill`, `score` and `generate` take under torchrun
+    assert (prefill(m, prompt, settings=s, ring=world).last_logits - plain.last_logits).abs().max().item() <= 1e-4
+    got = score(m, prompt, branches, settings=s, ring=world)
+    tokens = generate(m, prompt, 5, settings=s, ring=world)
     for g, w in zip(got, score(m, prompt, branches, settings=s)):
         assert (g.greedy, g.first_rank) == (w.greedy, w.first_rank) and abs(g.logprob - w.logprob) <= 1e-4
     assert tokens == generate(m, prompt, 5, settings=s)

@@ -53,10 +53,10 @@ def test_toy_masks_every_chunking(chunk, block, tmp_path):
 
 def test_local_layers_keep_only_their_span():
     """Chunked-local and window layers drop whole blocks no later query can see; global layers keep all."""
-    from ctxprobe.runner.kv import LayerKV
+    from ctxprobe.runner.context.local import LocalKV
 
     def fill(mask):
-        kv = LayerKV(tier="device", device="cpu", dtype=torch.float32, n_kv_heads=1, head_dim=2,
+        kv = LocalKV(tier="device", device="cpu", dtype=torch.float32, n_kv_heads=1, head_dim=2,
                      block_tokens=4, mask=mask, scale=1.0)
         for start in range(0, 100, 10):
             kv.trim(start)

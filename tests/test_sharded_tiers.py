@@ -35,7 +35,7 @@ def lengths(family: str, world_size: int) -> tuple[int, ...]:
 
 
 def _settings(tier: str, offload_dir: str):
-    from ctxprobe.runner.prefill import Settings
+    from ctxprobe.runner import Settings
 
     return Settings(chunk_tokens=CHUNK, kv_block_tokens=BLOCK, kv_tiers=tier, offload_dir=offload_dir)
 
@@ -46,24 +46,22 @@ def _error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _compare(model, world, seq_len: int, tier: str, offload_dir: str, seen: dict) -> dict:
     """Sharded with K/V in `tier` against one process: all logits, rider logits, scores (through
-    `score`, which shards inside `sharded_over`), generated tokens."""
-    from ctxprobe.runner import distributed, generate, prefill, score
-    from ctxprobe.runner.sharded import sharded_generate, sharded_prefill
+    `score`), generated tokens."""
+    from ctxprobe.runner import generate, prefill, score
 
     g = torch.Generator().manual_seed(seq_len)
     ids = torch.randint(0, model.config.vocab_size, (seq_len,), generator=g).tolist()
     one = prefill(model, ids, all_logits=True, riders=RIDERS)
     one_last = prefill(model, ids, riders=RIDERS).last_logits
     seen.update(stores=0, files=0)
-    many = sharded_prefill(model, ids, world, settings=_settings(tier, offload_dir), all_logits=True, riders=RIDERS)
-    many_last = sharded_prefill(model, ids, world, settings=_settings(tier, offload_dir)).last_logits
+    many = prefill(model, ids, settings=_settings(tier, offload_dir), all_logits=True, riders=RIDERS, ring=world)
+    many_last = prefill(model, ids, settings=_settings(tier, offload_dir), ring=world).last_logits
     stores_per_pass = seen["stores"] // 2
     one_tokens = generate(model, ids, 5)
-    many_tokens = sharded_generate(model, ids, 5, None, world, settings=_settings(tier, offload_dir))
+    many_tokens = generate(model, ids, 5, settings=_settings(tier, offload_dir), ring=world)
     one_scores = score(model, ids, BRANCHES)
     before = seen["stores"]
-    with distributed.sharded_over(world):
-        many_scores = score(model, ids, BRANCHES, settings=_settings(tier, offload_dir))
+    many_scores = score(model, ids, BRANCHES, settings=_settings(tier, offload_dir), ring=world)
     score_stores = seen["stores"] - before
     return dict(logits=_error(many.logits, one.logits), last=_error(many_last, one_last),
                 riders=max(_error(a, b) for a, b in zip(many.rider_logits, one.rider_logits)),
@@ -92,7 +90,7 @@ def open_disk_stores() -> int:
 def _fail_mid_pass(model, world, offload_dir: str) -> dict:
     """The last rank raises in layer 1 with layer 0's K/V kept on disk; the others see the
     failure as an error in a collective. Every rank reports what its offload directory holds."""
-    from ctxprobe.runner.sharded import sharded_prefill
+    from ctxprobe.runner import prefill
 
     failing = world.rank == world.size - 1
     files_when_failing = []
@@ -107,7 +105,7 @@ def _fail_mid_pass(model, world, offload_dir: str) -> dict:
         block.finish = finish_then_fail
     try:
         ids = [(7 * i) % model.config.vocab_size for i in range(2 * world.size * 64 + 13)]
-        sharded_prefill(model, ids, world, keep_kv=True, riders=RIDERS, settings=_settings("disk", offload_dir))
+        prefill(model, ids, keep_kv=True, riders=RIDERS, settings=_settings("disk", offload_dir), ring=world)
         error = None
     except RuntimeError as e:
         error = str(e)
@@ -223,10 +221,8 @@ def one_thread():
 @pytest.mark.parametrize("tier", TIERS)
 def test_a_world_of_one_with_kv_in_a_tier_equals_the_runner(models, tier, tmp_path, one_thread):
     """The sharded code without a process group, K/V in a tier: every step but the collectives."""
-    from ctxprobe.runner import load_model
+    from ctxprobe.runner import load_model, prefill
     from ctxprobe.runner.distributed import World
-
-    from ctxprobe.runner.sharded import sharded_prefill
 
     model = load_model(models["llama4"])
     # 126 tokens: the 5 generated tokens cross into the next 64-token chunk of the local layers.
@@ -234,8 +230,8 @@ def test_a_world_of_one_with_kv_in_a_tier_equals_the_runner(models, tier, tmp_pa
     assert got["logits"] <= TOL and got["last"] <= TOL and got["riders"] <= TOL, got
     assert got["generated_equal"] and all(got["scores_equal"]) and got["left"] == [], got
     # Kept for decoding, the chunked-local layers (0-2) hold only the prompt's last chunk [64, 126).
-    done = sharded_prefill(model, list(range(1, 127)), World(rank=0, size=1), keep_kv=True,
-                           settings=_settings(tier, str(tmp_path)))
+    done = prefill(model, list(range(1, 127)), keep_kv=True, settings=_settings(tier, str(tmp_path)),
+                   ring=World(rank=0, size=1))
     assert [len(kv.store) for kv in done.kv] == [62, 62, 62, 126]
     assert [kv.ranges for kv in done.kv] == [[(64, 126)]] * 3 + [[(0, 126)]]
     for kv in done.kv:
@@ -245,15 +241,14 @@ def test_a_world_of_one_with_kv_in_a_tier_equals_the_runner(models, tier, tmp_pa
 
 def test_bad_tiers_are_refused_before_any_work(models):
     from ctxprobe.errors import UserError
-    from ctxprobe.runner import load_model
+    from ctxprobe.runner import Settings, load_model, prefill
     from ctxprobe.runner.distributed import World
-    from ctxprobe.runner.prefill import Settings
-    from ctxprobe.runner.sharded import sharded_prefill
 
     model = load_model(models["llama"])
-    with pytest.raises(UserError, match="offload"):
-        sharded_prefill(model, [1, 2, 3], World(0, 1), settings=Settings(kv_tiers="disk"))
-    with pytest.raises(UserError, match="layer 1"):
-        sharded_prefill(model, [1, 2, 3], World(0, 1), settings=Settings(kv_tiers=["host", "gpu"]))
-    with pytest.raises(UserError, match="for 3 layers but the model has 2"):
-        sharded_prefill(model, [1, 2, 3], World(0, 1), settings=Settings(kv_tiers=["host"] * 3))
+    for ring in (World(0, 1), None):     # checked once, for either K/V strategy
+        with pytest.raises(UserError, match="offload"):
+            prefill(model, [1, 2, 3], settings=Settings(kv_tiers="disk"), ring=ring)
+        with pytest.raises(UserError, match="layer 1"):
+            prefill(model, [1, 2, 3], settings=Settings(kv_tiers=["host", "gpu"]), ring=ring)
+        with pytest.raises(UserError, match="for 3 layers but the model has 2"):
+            prefill(model, [1, 2, 3], settings=Settings(kv_tiers=["host"] * 3), ring=ring)

@@ -16,7 +16,7 @@ from ctxprobe.cli import main
 from ctxprobe.errors import UserError
 from ctxprobe.runner import generate, logits, score
 from ctxprobe.runner.memory import ModelShape, plan_for_checkpoint, plan_run
-from ctxprobe.runner.prefill import Settings, prefill
+from ctxprobe.runner import Settings, prefill
 from ctxprobe.runner.presets import build_preset, preset_config
 from ctxprobe.runner.weights import HostArenas, LayerWeights, layer_bytes
 

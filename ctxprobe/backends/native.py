@@ -79,7 +79,7 @@ class NativeBackend:
     def __init__(self, path: str, *, chat_template: bool = True, max_new_tokens: int = 32,
                  device: str | None = None, dtype: str | None = None, memory: MemoryBudgets | None = None,
                  threads: int | None = None,
-                 generate_failing: int = 0, router_trace: bool = False):
+                 generate_failing: int = 0, router_trace: bool = False, world=None):
         """memory=None loads the weights now and plans each pass from the free memory then (as
         `prefill` does alone); with budgets, nothing of the weights is read until `prepare` (or the
         first pass) has planned where they go.
@@ -92,9 +92,11 @@ class NativeBackend:
         (None) for a pass whose kept KV cannot fit the memory budgets.
 
         router_trace: record each cell's router trace over its prompt's prefill (CellResult.router_trace,
-        ctxprobe/router_trace.py); UserError for a model without MoE layers."""
+        ctxprobe/router_trace.py); UserError for a model without MoE layers.
+
+        world: under torchrun, the World every pass is sharded over (ctxprobe.runner.distributed);
+        None: this process alone."""
         from ctxprobe.models.loader import parse_dtype, read_config, read_template
-        from ctxprobe.runner import distributed
         from ctxprobe.runner.load import pick_device
         from ctxprobe.runner.memory import RunPlanner, local_ranks
 
@@ -145,7 +147,7 @@ class NativeBackend:
                          "generate_failing": self.generate_failing}   # provenance, not identity
         if router_trace:   # provenance too: a run resumed with or without it keeps its cells
             self.settings["router_trace"] = True
-        world = distributed.active()
+        self.world = world
         if world is not None:  # provenance only: a sharded run resumes a one-process run
             self.settings["ranks"] = world.size
         if memory is not None:
@@ -333,7 +335,8 @@ class NativeBackend:
         settings = self._settings(len(prompt), max_new_tokens, keep_kv=max_new_tokens > 1)
         from ctxprobe.runner import generate
 
-        ids = generate(self.model, prompt, max_new_tokens, stop_ids=self._stop_ids, settings=settings)
+        ids = generate(self.model, prompt, max_new_tokens, stop_ids=self._stop_ids, settings=settings,
+                       ring=self.world)
         if self._stop_ids and ids and ids[-1] in self._stop_ids:
             ids = ids[:-1]
         return self.tokenizer.decode(ids)
@@ -344,7 +347,8 @@ class NativeBackend:
         settings = self._settings(len(context), riders, keep_kv=False)
         from ctxprobe.runner import score
 
-        return self._traced(len(context), lambda: score(self.model, context, branches, settings=settings))
+        return self._traced(len(context), lambda: score(self.model, context, branches, settings=settings,
+                                                        ring=self.world))
 
     def _traced(self, prompt_tokens: int, run):
         """run() (one pass over a prompt of prompt_tokens) -> (its result, the prompt's RouterTrace,
@@ -352,7 +356,6 @@ class NativeBackend:
         if self.recorder is None:
             return run(), None
         from ctxprobe.models.router_tap import observe_routers
-        from ctxprobe.runner import distributed
 
         with observe_routers(self.model, self.recorder) as layers:
             self.recorder.start(prompt_tokens, layers, self.model.config.n_experts, self.model.device)
@@ -360,7 +363,7 @@ class NativeBackend:
                 raise UserError(f"--router-trace: the MoE blocks of {self.path} do not report their routing "
                                 "(models/router_tap.py); drop --router-trace")
             result = run()
-        return result, self.recorder.trace(distributed.active())
+        return result, self.recorder.trace(self.world)
 
     def close(self) -> None:
         self.model = None

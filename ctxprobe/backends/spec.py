@@ -33,7 +33,7 @@ def check_router_trace(spec: str) -> None:
 
 
 def open_backend(spec: str, *, max_new_tokens: int = 32, native=None, server=None,
-                 list_models: bool = True):
+                 list_models: bool = True, world=None):
     """The backend a --model spec names.
 
     native: NativeOptions (ctxprobe/backends/options.py) for a checkpoint; None: the backend's own
@@ -41,7 +41,7 @@ def open_backend(spec: str, *, max_new_tokens: int = 32, native=None, server=Non
     for failing cells). With NativeOptions the weights load only once `prepare` has planned the
     sweep's longest cell under its budgets. server: ServerOptions for openai:URL (None: defaults).
     list_models=False (a dry run that names the served model): no request to the server but
-    /tokenize."""
+    /tokenize. world: under torchrun, the World a checkpoint's passes are sharded over."""
     from ctxprobe.backends.options import ServerOptions
 
     if native is not None and native.router_trace:
@@ -74,11 +74,11 @@ def open_backend(spec: str, *, max_new_tokens: int = 32, native=None, server=Non
         from ctxprobe.backends.native import NativeBackend
 
         if native is None:
-            return NativeBackend(str(path), max_new_tokens=max_new_tokens)
+            return NativeBackend(str(path), max_new_tokens=max_new_tokens, world=world)
         return NativeBackend(str(path), chat_template=native.chat_template, max_new_tokens=max_new_tokens,
                              device=native.device, dtype=native.dtype, memory=native.memory(),
                              threads=native.threads, generate_failing=native.generate_failing,
-                             router_trace=native.router_trace)
+                             router_trace=native.router_trace, world=world)
     if path.is_dir():
         raise UserError(f"model directory {spec} has no config.json; pass an HF-format checkpoint "
                         "directory or openai:BASE_URL")

@@ -15,7 +15,7 @@ import torch
 
 from ctxprobe.hardware import bf16_peak_tflops
 from ctxprobe.runner.memory import ModelShape, Plan, Settings
-from ctxprobe.runner.prefill import prefill
+from ctxprobe.runner.loop import prefill
 from ctxprobe.units import fmt_bytes
 
 

@@ -4,10 +4,11 @@
     (multi-node: torchrun --nnodes 2 --node-rank R --rdzv-endpoint HOST:PORT ... the same)
 
 `init_from_env()` reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK, starts the process group
-(NCCL with device cuda:LOCAL_RANK when CUDA is there, gloo otherwise) and makes the World
-active: from then on the runner's `prefill` and `generate` shard each prompt across the ranks
-(ctxprobe/runner/sharded.py) and every rank returns the same result. A world of one is no
-world at all: no process group, the single-process path unchanged.
+(NCCL with device cuda:LOCAL_RANK when CUDA is there, gloo otherwise) and returns the World.
+Callers pass it on: `prefill(..., ring=world)`, `score`, `generate` and the native backend
+(`world=`) shard each prompt across the ranks (ctxprobe/runner/context/ring.py), and every rank
+returns the same result. A world of one is no world at all: no process group, the
+single-process path unchanged.
 
 Control messages (which cells to run, "did anyone fail?") are Python objects sent over a gloo
 group, so they never need a CUDA device of their own.
@@ -15,7 +16,6 @@ group, so they never need a CUDA device of their own.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 
@@ -23,9 +23,6 @@ import torch
 import torch.distributed as dist
 
 from ctxprobe.errors import UserError
-
-_ACTIVE: "World | None" = None
-
 
 @dataclass
 class World:
@@ -76,9 +73,6 @@ class World:
     def close(self) -> None:
         """Leave in step with the other ranks (call it only where every rank does): a rank that
         tore down its gloo group while a peer still talked to it could abort the peer."""
-        global _ACTIVE
-        if _ACTIVE is self:
-            _ACTIVE = None
         if self.owns_group and dist.is_initialized():
             dist.barrier(group=self.control)
             dist.destroy_process_group()
@@ -98,7 +92,7 @@ def torchrun_env() -> tuple[int, int, int] | None:
 
 
 def init_from_env(device: str | None = None) -> World | None:
-    """Join the torchrun process group and make it active; None outside torchrun (or a world of 1).
+    """Join the torchrun process group; None outside torchrun (or a world of 1).
 
     device: the --device the user asked for; NCCL is used when it is CUDA (or unset and CUDA is
     available), each rank on cuda:LOCAL_RANK.
@@ -117,9 +111,7 @@ def init_from_env(device: str | None = None) -> World | None:
         raise UserError(f"the process group (rank {dist.get_rank()} of {dist.get_world_size()}) does not "
                         f"match RANK={rank} WORLD_SIZE={size}; launch with torchrun")
     control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
-    world = World(rank=rank, size=size, local_rank=local_rank, control=control, owns_group=owns)
-    activate(world)
-    return world
+    return World(rank=rank, size=size, local_rank=local_rank, control=control, owns_group=owns)
 
 
 def rank_device(world: World | None, device: str | None) -> str | None:
@@ -129,24 +121,3 @@ def rank_device(world: World | None, device: str | None) -> str | None:
     if device is None or device == "cuda":
         return f"cuda:{world.local_rank}"
     return device
-
-
-def activate(world: World | None) -> None:
-    global _ACTIVE
-    _ACTIVE = world
-
-
-def active() -> World | None:
-    """The World the runner shards over, or None (single process)."""
-    return _ACTIVE
-
-
-@contextlib.contextmanager
-def sharded_over(world: World):
-    """Within the block, the runner shards prompts over `world` (for tests and library users)."""
-    previous = _ACTIVE
-    activate(world)
-    try:
-        yield world
-    finally:
-        activate(previous)

@@ -49,6 +49,21 @@ class Settings:
     def kv_tier(self, layer: int) -> str:
         return self.kv_tiers if isinstance(self.kv_tiers, str) else self.kv_tiers[layer]
 
+    def check(self, n_layers: int) -> None:
+        """Refuse bad tiers before any work (under torchrun: on every rank alike, settings are the
+        same everywhere, rather than on one rank in the middle of a collective)."""
+        from ctxprobe.attention import TIERS
+
+        if not isinstance(self.kv_tiers, str) and len(self.kv_tiers) != n_layers:
+            raise UserError(f"settings give KV tiers for {len(self.kv_tiers)} layers but the model has "
+                            f"{n_layers}: plan for this model, or give one tier for every layer")
+        for layer in range(n_layers):
+            tier = self.kv_tier(layer)
+            if tier not in TIERS:
+                raise UserError(f"unknown KV tier {tier!r} for layer {layer}; choose one of {', '.join(TIERS)}")
+            if tier == "disk" and self.offload_dir is None:
+                raise UserError("the disk KV tier needs an offload directory: pass --offload-dir")
+
 
 # ---- the model's shape ------------------------------------------------------------------------
 @dataclass

@@ -16,7 +16,7 @@ import torch
 
 from ctxprobe.errors import UserError
 from ctxprobe.runner.memory import Settings
-from ctxprobe.runner.prefill import NonFiniteLogits, prefill
+from ctxprobe.runner.loop import NonFiniteLogits, prefill
 
 
 @dataclass
@@ -53,14 +53,15 @@ def _check(context_ids, branches):
             raise UserError(f"score: branch {i} has no answer tokens; each branch needs a gold answer")
 
 
-def score(model, context_ids, branches, *, settings: Settings | None = None) -> list[BranchScore]:
-    """Prefill context_ids once; score each (question_ids, answer_ids) branch against it."""
+def score(model, context_ids, branches, *, settings: Settings | None = None, ring=None) -> list[BranchScore]:
+    """Prefill context_ids once; score each (question_ids, answer_ids) branch against it.
+    ring: a World to shard the context over (None: this process)."""
     branches = [(list(q), list(a)) for q, a in branches]
     _check(context_ids, branches)
     # The last answer token predicts nothing that is scored, so it need not be run.
     riders = [q + a[:-1] for q, a in branches]
     with_tokens = [i for i, r in enumerate(riders) if r]
-    done = prefill(model, context_ids, settings=settings, riders=[riders[i] for i in with_tokens])
+    done = prefill(model, context_ids, settings=settings, riders=[riders[i] for i in with_tokens], ring=ring)
     rows_of = dict(zip(with_tokens, done.rider_logits))
     results = []
     for i, (q, a) in enumerate(branches):
