@@ -85,7 +85,7 @@ class NativeBackend:
         first pass) has planned where they go.
 
         generate_failing: for a teacher-forced cell that fails, also generate up to this many tokens
-        greedily (one more pass) and keep it as the cell's `generation`: the teacher-forced
+        greedily, decoding on from the scored pass's K/V, and keep it as the cell's `generation`: the teacher-forced
         `response` is the argmax at each gold position with the gold answer fed in, which is not what
         the model writes once its first wrong token is its own. 0: off. Under torchrun every rank
         reads the same logits, so all agree on which cells failed and generate together. Left out
@@ -264,9 +264,6 @@ class NativeBackend:
         start = time.perf_counter()
         forced = [p for p in probes if getattr(p, "answer_text", None)]
         results = {id(p): r for p, r in zip(forced, self._teacher_force(forced))} if forced else {}
-        for p in forced:
-            if self.generate_failing and not results[id(p)].exact:
-                results[id(p)].generation = self._generation_of_failing(p)
         for p in probes:
             if id(p) not in results:
                 results[id(p)] = self._generate(p)
@@ -300,7 +297,8 @@ class NativeBackend:
                            exact=bool(s.exact), router_trace=trace,
                            logprob=float(s.logprob), first_rank=int(s.first_rank),
                            informative_rank=self._informative_rank(s, a),
-                           prompt_tokens=len(context) + len(q))
+                           prompt_tokens=len(context) + len(q),
+                           generation=None if s.generated is None else self._text(s.generated))
                 for s, (q, a) in zip(scores, branches)]
 
     def _informative_rank(self, score, answer_ids) -> int | None:
@@ -322,31 +320,37 @@ class NativeBackend:
         return CellResult(response=text, prompt_tokens=len(prompt), latency=time.perf_counter() - start,
                           router_trace=trace)
 
-    def _generation_of_failing(self, probe) -> str | None:
-        """What the model writes after the prompt, up to `generate_failing` tokens; None when that
-        pass (it keeps every layer's KV) cannot fit the memory budgets."""
-        context, question = self.render(probe)
-        try:
-            return self._greedy_text(context + question, self.generate_failing)
-        except UserError:
-            return None
-
     def _greedy_text(self, prompt: list[int], max_new_tokens: int) -> str:
         settings = self._settings(len(prompt), max_new_tokens, keep_kv=max_new_tokens > 1)
         from ctxprobe.runner import generate
 
-        ids = generate(self.model, prompt, max_new_tokens, stop_ids=self._stop_ids, settings=settings,
-                       ring=self.world)
+        return self._text(generate(self.model, prompt, max_new_tokens, stop_ids=self._stop_ids, settings=settings,
+                                   ring=self.world))
+
+    def _text(self, ids: list[int]) -> str:
+        """Generated ids as text, without the stop token that ended them."""
         if self._stop_ids and ids and ids[-1] in self._stop_ids:
             ids = ids[:-1]
         return self.tokenizer.decode(ids)
 
     def _score(self, context, branches):
-        # The runner does not run a branch's last answer token (it predicts nothing scored).
-        riders = max(len(q) + len(a) - 1 for q, a in branches)
-        settings = self._settings(len(context), riders, keep_kv=False)
+        """-> (a BranchScore per branch, the context's RouterTrace or None)."""
         from ctxprobe.runner import score
 
+        # The runner does not run a branch's last answer token (it predicts nothing scored).
+        riders = max(len(q) + len(a) - 1 for q, a in branches)
+        if self.generate_failing:
+            # Failing branches decode on from this pass: it keeps every layer's K/V. When that
+            # cannot fit the memory budgets, the cells are scored without their generation.
+            extra = max(riders, max(len(q) for q, _ in branches) + self.generate_failing)
+            try:
+                settings = self._settings(len(context), extra, keep_kv=True)
+                return self._traced(len(context), lambda: score(
+                    self.model, context, branches, settings=settings, ring=self.world,
+                    continue_failing=self.generate_failing, stop_ids=self._stop_ids))
+            except UserError:
+                pass
+        settings = self._settings(len(context), riders, keep_kv=False)
         return self._traced(len(context), lambda: score(self.model, context, branches, settings=settings,
                                                         ring=self.world))
 
