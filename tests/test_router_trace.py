@@ -125,14 +125,13 @@ def test_generation_counts_the_prompt_only(tiny_models):
 
 def test_ring_runner_with_a_world_of_one(tiny_models):
     from ctxprobe.runner.distributed import World
-    from ctxprobe.runner.sharded import sharded_prefill
 
     m = tiny_models("llama4")
     prompt = ids(PROMPT_LEN, m.config.vocab_size, seed=6)
     recorder = PromptRecorder()
     recorder.start(len(prompt))
     with observe_routers(m, recorder):
-        sharded_prefill(m, prompt, World(rank=0, size=1), riders=[[1, 2, 3]], chunk_tokens=29)
+        prefill(m, prompt, riders=[[1, 2, 3]], settings=Settings(chunk_tokens=29), ring=World(rank=0, size=1))
     assert_same(recorder.trace(World(rank=0, size=1)), reference(m, prompt))
 
 
@@ -142,8 +141,8 @@ def _ring_worker(rank, world_size, port, out_dir, path):
     from processes import finish_rank
 
     from ctxprobe.runner import load_model
+    from ctxprobe.runner import prefill
     from ctxprobe.runner.distributed import World
-    from ctxprobe.runner.sharded import sharded_prefill
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
@@ -154,14 +153,14 @@ def _ring_worker(rank, world_size, port, out_dir, path):
         recorder = PromptRecorder()
         recorder.start(len(prompt))
         with observe_routers(m, recorder):
-            sharded_prefill(m, prompt, World(rank=rank, size=world_size), riders=[[4, 5]], chunk_tokens=23,
-                            settings=Settings(chunk_tokens=23, kv_block_tokens=8, kv_tiers="host"))
+            prefill(m, prompt, riders=[[4, 5]], ring=World(rank=rank, size=world_size),
+                    settings=Settings(chunk_tokens=23, kv_block_tokens=8, kv_tiers="host"))
         meta, blob = recorder.trace(World(rank=rank, size=world_size)).encode()
         results = {"meta": meta, "blob": blob.hex()}
         # A one-token prompt leaves one rank without tokens: it still takes part in adding the sums.
         with observe_routers(m, recorder) as layers:
             recorder.start(1, layers, m.config.n_experts)
-            sharded_prefill(m, prompt[:1], World(rank=rank, size=world_size))
+            prefill(m, prompt[:1], ring=World(rank=rank, size=world_size))
         one = recorder.trace(World(rank=rank, size=world_size))
         results["one_token"] = [one.tokens_LB.tolist(), one.load_LBE.sum(-1).tolist()]
     finally:
