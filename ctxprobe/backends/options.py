@@ -38,7 +38,7 @@ class NativeOptions:
     offload_dir: str | None = None        # the disk tier; None: a run that needs it is refused
     threads: int | None = None            # torch's CPU threads per pass; None: the free cores
     # For a teacher-forced cell that fails, also generate greedily up to this many tokens (what
-    # the model really writes; one more prefill per failing cell); 0: off.
+    # the model really writes, decoded on from the scored pass's K/V); 0: off.
     generate_failing: int = 32
     # MoE models: record each cell's routing by prompt position (ctxprobe/router_trace.py).
     router_trace: bool = False

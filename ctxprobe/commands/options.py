@@ -148,7 +148,7 @@ def native_options(command):
         click.option("--generate-failing", default=32, show_default=True, type=click.IntRange(min=0),
                      help="Native: for a teacher-forced cell that fails, also generate greedily up to "
                           "this many tokens and store it as the cell's `generation` (what the model "
-                          "really writes; costs one more prefill per failing cell); 0: off."),
+                          "really writes, decoded on from the scored pass); 0: off."),
         threads_option,
         memory_options,
         click.option("--router-trace", is_flag=True,
