@@ -20,6 +20,7 @@ class ToyConfig:
     head_dim: int = 8
     vocab_size: int = 61
     n_layers: int = 3
+    v_head_dim: int | None = None     # Dv of the values (None: head_dim)
 
 
 def _rope(x_HTD, pos_T):
@@ -34,10 +35,11 @@ def _rope(x_HTD, pos_T):
 class ToyBlock:
     def __init__(self, cfg: ToyConfig, g: torch.Generator, mask: dict):
         D, Hq, Hkv, Dh = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        Dv = cfg.v_head_dim or Dh
         w = lambda *s: torch.randn(*s, generator=g) / s[-1] ** 0.5  # noqa: E731
-        self.wq, self.wk, self.wv, self.wo = w(Hq * Dh, D), w(Hkv * Dh, D), w(Hkv * Dh, D), w(D, Hq * Dh)
+        self.wq, self.wk, self.wv, self.wo = w(Hq * Dh, D), w(Hkv * Dh, D), w(Hkv * Dv, D), w(D, Hq * Dv)
         self.w1, self.w2 = w(4 * D, D), w(D, 4 * D)
-        self.n_heads, self.n_kv_heads, self.head_dim = Hq, Hkv, Dh
+        self.n_heads, self.n_kv_heads, self.head_dim, self.v_head_dim = Hq, Hkv, Dh, Dv
         self.mask = {"causal": True, "chunk_size": None, "window": None, **mask}
         self.scale = Dh ** -0.5
 
@@ -46,7 +48,7 @@ class ToyBlock:
         h = torch.nn.functional.rms_norm(x_TD, (x_TD.shape[-1],))
         q = (h @ self.wq.T).view(T, self.n_heads, self.head_dim).transpose(0, 1)
         k = (h @ self.wk.T).view(T, self.n_kv_heads, self.head_dim).transpose(0, 1)
-        v = (h @ self.wv.T).view(T, self.n_kv_heads, self.head_dim).transpose(0, 1)
+        v = (h @ self.wv.T).view(T, self.n_kv_heads, self.v_head_dim).transpose(0, 1)
         return _rope(q, pos_T)[None], _rope(k, pos_T)[None], v[None]
 
     def finish(self, x_TD, attn_1HTD):

@@ -214,11 +214,6 @@ def test_cache_per_token_is_the_latent_plus_the_rope_key():
 
 # --- the streamed runner ---------------------------------------------------------------------------
 
-NO_DV = pytest.mark.xfail(strict=True, reason="the streamed runner refuses MLA until its KV tiers hold V (the "
-                                              "latent) narrower than K (runner S12; runner/loop.py check_supported)")
-
-
-@NO_DV
 @pytest.mark.parametrize("kv_tier", ["device", "host", "disk"])
 def test_streamed_prefill_equals_logits(checkpoints, kv_tier, tmp_path):
     model = load_model(checkpoints("default")[0], device="cpu")
@@ -228,7 +223,6 @@ def test_streamed_prefill_equals_logits(checkpoints, kv_tier, tmp_path):
     assert (got - model.logits(ids)).abs().max().item() <= 1e-4
 
 
-@NO_DV
 def test_score_and_generate_equal_the_plain_forward(checkpoints):
     model = load_model(checkpoints("default")[0], device="cpu")
     ctx = prompt(120).tolist()
@@ -269,14 +263,6 @@ def test_router_trace_sees_each_prompt_token_once_per_moe_layer(checkpoints):
         model.logits(prompt(40))
     assert layers == [1, 2]
     assert seen == [(layer, list(range(40)), (40, 8), (40, 2)) for layer in (1, 2)]
-
-
-def test_streamed_runner_refuses_a_narrower_value_by_name(checkpoints):
-    """Until the runner's KV tiers hold Dv != Dk (then delete this test, runner/loop.py
-    check_supported and the xfail marks above), it refuses by name rather than fail deep inside."""
-    model = load_model(checkpoints("default")[0], device="cpu")
-    with pytest.raises(UserError, match="DeepseekV3ForCausalLM: the streamed runner .* value head dim"):
-        score(model, [1, 2, 3], [([4], [5])])
 
 
 def test_bfloat16_load_stays_close_to_float32(checkpoints):

@@ -80,17 +80,6 @@ class Prefilled:
         self.kv = self.rider_kv = None
 
 
-def check_supported(model) -> None:
-    """Refuse, by name, blocks whose attention this loop cannot run yet rather than give wrong logits:
-    MLA's values narrower than its keys (the KV tiers hold one head dim). Their plain forward is
-    Model.logits. (Attention sinks are passed on: context/base.py.)"""
-    for block in model.blocks:
-        if getattr(block, "v_head_dim", None) not in (None, getattr(block, "head_dim", None)):
-            raise UserError(f"{model.config.arch}: the streamed runner (prefill, score, generate, run) does not "
-                            "support a value head dim unlike the key's (multi-head latent attention) yet; "
-                            "use model.logits(ids) for its plain forward")
-
-
 def _ids(ids, device) -> torch.Tensor:
     return torch.as_tensor(list(ids) if not torch.is_tensor(ids) else ids, dtype=torch.long, device=device)
 
@@ -109,7 +98,6 @@ def prefill(model, ids, *, settings: Settings | None = None, riders=(), keep_kv:
     """Run the prompt `ids` layer by layer; riders are token lists placed after it, one per branch.
     keep_kv: every layer's K/V (and the riders') stays for decoding; the caller closes it
     (`Prefilled.close`). ring: a World to shard the prompt over (None: this process)."""
-    check_supported(model)
     T = len(ids)
     if T == 0:
         raise UserError("the prompt is empty: prefill needs at least one token")
@@ -196,7 +184,6 @@ def generate(model, prompt_ids, max_new_tokens: int, stop_ids=None, *, settings:
              ring=None) -> list[int]:
     """Greedy continuation of prompt_ids: up to max_new_tokens ids, stopping after any of stop_ids.
     Each decoded token's K/V joins the prompt's (kept per layer in the tier the plan chose)."""
-    check_supported(model)
     if max_new_tokens <= 0:
         return []
     if settings is None and ring is None:

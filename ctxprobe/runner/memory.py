@@ -86,10 +86,15 @@ class ModelShape:
     layers: list[LayerShape] = field(default_factory=list)
     embed_bytes: int = 0
     head_bytes: int = 0
+    v_head_dim: int | None = None     # Dv of the values (None: head_dim, which is Dk)
+    values_in_keys: bool = False      # V is K's first Dv columns (MLA): the KV tiers keep K alone
+
+    def __post_init__(self):
+        self.v_head_dim = self.v_head_dim or self.head_dim
 
     @property
-    def kv_bytes_per_token(self) -> int:          # one layer, K and V
-        return 2 * self.n_kv_heads * self.head_dim * self.dtype_bytes
+    def kv_bytes_per_token(self) -> int:          # one layer, K and V: Hkv * (Dk + Dv) (K alone: values_in_keys)
+        return self.n_kv_heads * (self.head_dim + (0 if self.values_in_keys else self.v_head_dim)) * self.dtype_bytes
 
     @property
     def weight_bytes(self) -> int:
@@ -100,8 +105,8 @@ class ModelShape:
         """Device bytes per token of a torchrun rank's share that the ring strategy holds through a
         whole layer: hidden states in and out, queries and attention output in the model's dtype,
         and the ring's fp32 accumulators (output and log-sum-exp)."""
-        return (self.dtype_bytes * (2 * self.dim + 2 * self.n_heads * self.head_dim)
-                + 4 * self.n_heads * (self.head_dim + 1))
+        return (self.dtype_bytes * (2 * self.dim + self.n_heads * (self.head_dim + self.v_head_dim))
+                + 4 * self.n_heads * (self.v_head_dim + 1))
 
     def live_kv_tokens(self, layer: LayerShape, length: int, chunk: int, block: int) -> int:
         """Keys a layer holds at once: all of them for global layers, a chunk/window plus slack otherwise."""
@@ -111,8 +116,9 @@ class ModelShape:
 
     def activation_bytes(self, chunk: int) -> int:
         """Device scratch for one chunk: hidden in/out, q/k/v, feed-forward, fp32 attention accumulators."""
-        per_token = self.dtype_bytes * (6 * self.dim + 2 * (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
-                                        + 3 * self.ffn_width) + 4 * 3 * self.n_heads * (self.head_dim + 1)
+        qkv = (self.n_heads + self.n_kv_heads) * self.head_dim + self.n_kv_heads * self.v_head_dim
+        per_token = (self.dtype_bytes * (6 * self.dim + 2 * qkv + 3 * self.ffn_width)
+                     + 4 * 3 * self.n_heads * (self.v_head_dim + 1))
         return chunk * per_token
 
     @classmethod
@@ -129,12 +135,13 @@ class ModelShape:
         # The config's dense width counts even where every layer is MoE (Scout): an upper bound.
         ffn_width = max(facts.ffn_width, cfg.ffn_dim)
         return cls(dim=facts.dim, vocab=facts.vocab, n_heads=facts.n_heads, n_kv_heads=facts.n_kv_heads,
-                   head_dim=facts.k_head_dim, ffn_width=ffn_width, dtype_bytes=dtype_bytes, layers=layers,
+                   head_dim=facts.k_head_dim, v_head_dim=facts.v_head_dim, values_in_keys=facts.values_in_keys,
+                   ffn_width=ffn_width, dtype_bytes=dtype_bytes, layers=layers,
                    embed_bytes=emb, head_bytes=0 if cfg.tie_embeddings else emb)
 
     def flops(self, length: int) -> float:
         """Model FLOPs of a prefill of `length` tokens: 2 x active params per token plus causal attention
-        (QK^T and PV: 4 * Hq * Dh per visible (query, key) pair), head excluded (it runs on one row)."""
+        (QK^T and PV: 2 * Hq * (Dk + Dv) per visible (query, key) pair), head excluded (it runs on one row)."""
         total = 0.0
         for lay in self.layers:
             total += 2.0 * lay.active_params * length
@@ -146,7 +153,7 @@ class ModelShape:
             else:
                 W = min(lay.span, length)
                 pairs = W * (W + 1) / 2 + (length - W) * W
-            total += 4.0 * self.n_heads * self.head_dim * pairs
+            total += 2.0 * self.n_heads * (self.head_dim + self.v_head_dim) * pairs
         return total
 
 

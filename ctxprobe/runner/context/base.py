@@ -14,6 +14,19 @@ import torch
 from ctxprobe import attention
 
 
+def kv_dims(block) -> dict:
+    """The value head dim Dv (None: the key's, Dk) and whether V lives inside K (MLA's latent), as
+    attention.KVStore takes them."""
+    return dict(v_head_dim=getattr(block, "v_head_dim", None),
+                values_in_keys=bool(getattr(block, "values_in_keys", False)))
+
+
+def append_kv(store, k: torch.Tensor, v: torch.Tensor) -> None:
+    """K and V into an attention.KVStore; with values_in_keys (MLA) V is K's leading columns, so
+    K goes in alone."""
+    store.append(k, None if store.values_in_keys else v)
+
+
 def sinks_of(block):
     """The block's per-head sink logits [Hq] (gpt-oss), or None."""
     return getattr(block, "sinks", None)

@@ -18,7 +18,7 @@ exact attention is `attention.chunked_attention`). What it adds:
   (the chunk rule is only translation-invariant by multiples of C, so offsets stay C-aligned);
 - traffic accounting (bytes copied from host or disk to the compute device).
 
-Shapes: T prompt tokens, D hidden, Hkv key/value heads, Dh head dim, Hq query heads.
+Shapes: T prompt tokens, D hidden, Hkv key/value heads, Dk/Dv key/value head dims, Hq query heads.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from ctxprobe import attention
 from ctxprobe.attention.chunked import visible_blocks
 from ctxprobe.attention.masks import Rules, visible_key_range
-from ctxprobe.runner.context.base import tail_step, whole_attention_args
+from ctxprobe.runner.context.base import append_kv, kv_dims, tail_step, whole_attention_args
 from ctxprobe.runner.hidden import HiddenBuffer
 from ctxprobe.runner.memory import Settings
 
@@ -37,9 +37,11 @@ class LocalKV:
     """K/V of one attention layer, keys at absolute positions [offset, end)."""
 
     def __init__(self, *, tier: str, device, dtype, n_kv_heads: int, head_dim: int, block_tokens: int,
-                 mask: dict, scale: float, offload_dir: str | None = None):
+                 mask: dict, scale: float, offload_dir: str | None = None, v_head_dim: int | None = None,
+                 values_in_keys: bool = False):
         self.tier, self.device, self.dtype = tier, torch.device(device), dtype
         self.n_kv_heads, self.head_dim, self.block_tokens = n_kv_heads, head_dim, block_tokens
+        self.v_head_dim, self.values_in_keys = v_head_dim, values_in_keys   # Dv (None: Dk); V inside K (MLA)
         self.mask, self.scale, self.offload_dir = dict(mask), scale, offload_dir
         self.rules = Rules(self.mask.get("causal", True), self.mask.get("chunk_size"), self.mask.get("window"))
         self.attention_args = self.mask   # for a pass over every visible key (for_block adds sinks)
@@ -51,13 +53,14 @@ class LocalKV:
     def for_block(cls, block, settings: Settings, layer: int, device, dtype) -> "LocalKV":
         kv = cls(tier=settings.kv_tier(layer), device=device, dtype=dtype, n_kv_heads=block.n_kv_heads,
                  head_dim=block.head_dim, block_tokens=settings.kv_block_tokens, mask=block.mask,
-                 scale=block.scale, offload_dir=settings.offload_dir)
+                 scale=block.scale, offload_dir=settings.offload_dir, **kv_dims(block))
         kv.attention_args = whole_attention_args(block)
         return kv
 
     def _new_store(self):
         return attention.KVStore(self.n_kv_heads, self.head_dim, tier=self.tier, block_size=self.block_tokens,
-                                 dtype=self.dtype, device=self.device, path=self.offload_dir)
+                                 dtype=self.dtype, device=self.device, path=self.offload_dir,
+                                 v_head_dim=self.v_head_dim, values_in_keys=self.values_in_keys)
 
     @property
     def end(self) -> int:
@@ -68,7 +71,7 @@ class LocalKV:
 
     def append(self, k_1HTD: torch.Tensor, v_1HTD: torch.Tensor):
         """Keys and values for positions [end, end + T)."""
-        self.store.append(k_1HTD, v_1HTD)
+        append_kv(self.store, k_1HTD, v_1HTD)
 
     def trim(self, first_query: int):
         """Forget keys that no query at position >= first_query can see, a whole block at a time."""
@@ -89,7 +92,7 @@ class LocalKV:
             if lo >= hi:
                 continue
             k, v, _, _ = old.raw_block(i)
-            self.store.append(k[:, lo - b0:hi - b0].to(self.dtype), v[:, lo - b0:hi - b0].to(self.dtype))
+            append_kv(self.store, k[:, lo - b0:hi - b0].to(self.dtype), v[:, lo - b0:hi - b0].to(self.dtype))
         old.close()
 
     def attend(self, q_1HTD: torch.Tensor, q_start: int, **args):

@@ -36,14 +36,14 @@ from ctxprobe.attention.masks import Rules, block_visible, visible_key_range
 from ctxprobe.attention.ring import ring_attend
 from ctxprobe.attention.ring_tiers import local_pieces
 from ctxprobe.attention.shard import chunk_align
-from ctxprobe.runner.context.base import tail_step, whole_attention_args
+from ctxprobe.runner.context.base import append_kv, kv_dims, tail_step, whole_attention_args
 from ctxprobe.runner.distributed import World
 from ctxprobe.runner.memory import Settings
 
 
 @dataclass
 class RingKV:
-    """One layer's K/V for this rank's share of the prompt: k/v [1, Hkv, Ts, Dh] on the device,
+    """One layer's K/V for this rank's share of the prompt: k [1, Hkv, Ts, Dk] and v [.., Dv] on the device,
     or `store` (a host or disk KVStore holding the same Ts tokens in the same order)."""
     ranges: list[tuple[int, int]]      # absolute [start, end) of the pieces, in k/v order
     k: torch.Tensor | None = None
@@ -71,14 +71,14 @@ def _qkv_into_store(block, x_TD: torch.Tensor, pos_T: torch.Tensor, chunk: int, 
     qs = []
     for s in range(0, max(x_TD.shape[0], 1), chunk):
         q, k, v = block.qkv(x_TD[s:s + chunk], pos_T[s:s + chunk])
-        store.append(k, v)
+        append_kv(store, k, v)
         qs.append(q)
     return qs[0] if len(qs) == 1 else torch.cat(qs, dim=2)
 
 
 def _new_store(block, tier: str, settings: Settings, dtype, device) -> attention.KVStore:
     return attention.KVStore(block.n_kv_heads, block.head_dim, tier=tier, block_size=settings.kv_block_tokens,
-                             dtype=dtype, device=device, path=settings.offload_dir)
+                             dtype=dtype, device=device, path=settings.offload_dir, **kv_dims(block))
 
 
 def _layer_kv(block, layer: int, x_TD, pos_T, settings: Settings, ranges, dtype):
@@ -124,7 +124,7 @@ def keep_for_decode(block, kv: RingKV, seq_len: int, settings: Settings) -> Ring
             for lo, hi in wanted:
                 a, b = max(lo, start), min(hi, end)
                 if a < b:
-                    trimmed.store.append(k.narrow(2, a - start, b - a), v.narrow(2, a - start, b - a))
+                    append_kv(trimmed.store, k.narrow(2, a - start, b - a), v.narrow(2, a - start, b - a))
     except BaseException:
         trimmed.close()
         raise
@@ -132,9 +132,9 @@ def keep_for_decode(block, kv: RingKV, seq_len: int, settings: Settings) -> Ring
     return trimmed
 
 
-def _empty_part(q_1HTD: torch.Tensor):
-    B, H, T, D = q_1HTD.shape
-    return (q_1HTD.new_zeros(B, H, T, D, dtype=torch.float32),
+def _empty_part(q_1HTD: torch.Tensor, v_head_dim: int):
+    B, H, T, _ = q_1HTD.shape
+    return (q_1HTD.new_zeros(B, H, T, v_head_dim, dtype=torch.float32),
             torch.full((B, H, T), float("-inf"), dtype=torch.float32, device=q_1HTD.device))
 
 
@@ -142,7 +142,7 @@ def context_part(block, kv: RingKV, q_1HTD: torch.Tensor, q_start: int):
     """Queries at [q_start, q_start + Tb) over this rank's pieces of the prompt -> (out, lse) fp32."""
     if kv.store is not None:
         return _store_part(block, kv, q_1HTD, q_start)
-    acc = _empty_part(q_1HTD)
+    acc = _empty_part(q_1HTD, kv.v.shape[-1])
     offset, q_range = 0, (q_start, q_start + q_1HTD.shape[2])
     for s, e in kv.ranges:
         if block_visible(q_range, (s, e), **block.mask):
@@ -157,7 +157,7 @@ def _store_part(block, kv: RingKV, q_1HTD: torch.Tensor, q_start: int):
     """context_part over a store: the blocks holding some visible key stream onto the device
     (BlockStream, next block copied while this one computes); a block that straddles the two
     zigzag pieces is attended part by part, each with its absolute k_start."""
-    acc = _empty_part(q_1HTD)
+    acc = _empty_part(q_1HTD, kv.store.v_head_dim)
     q_range, store = (q_start, q_start + q_1HTD.shape[2]), kv.store
     visible = {}    # block start (shard-local) -> [(local offset, absolute start, length)]
     for i in range(store.n_blocks):
