@@ -17,7 +17,7 @@ def tiny_models(tmp_path_factory):
     """family -> a tiny random checkpoint (written by transformers), loaded in float32; built once."""
     pytest.importorskip("transformers")
     from ctxprobe.runner import load_model
-    from ctxprobe.models.tiny import save_tiny
+    from tiny_models import save_tiny
 
     built = {}
 

@@ -10,7 +10,7 @@ from ctxprobe.models.inspect import describe_config
 
 pytest.importorskip("transformers")
 
-from ctxprobe.models.tiny import save_tiny  # noqa: E402
+from tiny_models import save_tiny  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -102,7 +102,7 @@ def _worker(rank: int, port: int, out_dir: str, models: dict, builtin_db: str) -
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, str]:
-    from ctxprobe.models.tiny import save_tiny
+    from tiny_models import save_tiny
 
     return {family: str(save_tiny(tmp_path_factory.mktemp(family), family)[0]) for family in LENGTHS}
 

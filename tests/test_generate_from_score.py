@@ -57,7 +57,7 @@ def test_a_world_of_one_decodes_on_from_its_shards(tier, tmp_path):
 @pytest.fixture(scope="module")
 def families(tmp_path_factory):
     pytest.importorskip("transformers")
-    from ctxprobe.models.tiny import save_tiny
+    from tiny_models import save_tiny
     from ctxprobe.runner import load_model
 
     return {f: load_model(save_tiny(tmp_path_factory.mktemp(f), f)[0]) for f in ("llama", "llama4", "mixtral",

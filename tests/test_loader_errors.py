@@ -14,7 +14,7 @@ from ctxprobe.errors import UserError
 pytest.importorskip("transformers")
 
 from ctxprobe.runner import load_model  # noqa: E402
-from ctxprobe.models.tiny import save_tiny  # noqa: E402
+from tiny_models import save_tiny  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -149,7 +149,7 @@ def test_ranks_plan_for_the_largest_share_they_hold(tmp_path):
     from ctxprobe.runner.memory import RunPlanner
 
     pytest.importorskip("transformers")
-    from ctxprobe.models.tiny import save_tiny
+    from tiny_models import save_tiny
 
     path, _ = save_tiny(tmp_path / "llama4", "llama4")     # attention chunk of 64 tokens
     for ranks, length in ((8, 1093), (3, 500), (2, 70)):
@@ -188,7 +188,7 @@ def test_run_planner_plans_sharded_only_under_torchrun(tmp_path):
     from ctxprobe.runner.memory import RunPlanner
 
     pytest.importorskip("transformers")
-    from ctxprobe.models.tiny import save_tiny
+    from tiny_models import save_tiny
 
     path, _ = save_tiny(tmp_path / "llama", "llama")
     alone = RunPlanner(str(path), device="cpu", dtype=torch.float32, budgets=MemoryBudgets()).plan_sweep(500)

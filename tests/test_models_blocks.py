@@ -9,7 +9,7 @@ from ctxprobe.models import blocks, rope
 pytest.importorskip("transformers")
 
 from ctxprobe.runner import load_model  # noqa: E402
-from ctxprobe.models.tiny import save_tiny  # noqa: E402
+from tiny_models import save_tiny  # noqa: E402
 
 
 @pytest.fixture(scope="module")

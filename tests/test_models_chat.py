@@ -13,7 +13,7 @@ from ctxprobe.models.loader import read_template
 pytest.importorskip("transformers")
 
 from ctxprobe.runner import load_model  # noqa: E402
-from ctxprobe.models.tiny import save_tiny  # noqa: E402
+from tiny_models import save_tiny  # noqa: E402
 
 LLAMA3_STYLE = (
     "{{ bos_token }}{% for message in messages %}"

@@ -16,7 +16,7 @@ from ctxprobe.errors import UserError  # noqa: E402
 from ctxprobe.models import quantized  # noqa: E402
 from ctxprobe.models.config import from_hf  # noqa: E402
 from ctxprobe.models.shape import shape_of  # noqa: E402
-from ctxprobe.models.tiny import save_tiny  # noqa: E402
+from tiny_models import save_tiny  # noqa: E402
 from ctxprobe.runner import Settings, generate, load_model, prefill, score, score_reference  # noqa: E402
 
 PROMPT_LEN = 230
@@ -238,7 +238,7 @@ def test_score_and_generate_equal_the_plain_forward(checkpoints):
 
 
 def test_impossible_routing_is_named():
-    from ctxprobe.models.tiny import PRESETS
+    from tiny_models import PRESETS
 
     base = dict(PRESETS["deepseek_v3"], architectures=["DeepseekV3ForCausalLM"])
     with pytest.raises(UserError, match="8 routed experts must split into n_group=8 groups of at least 2"):

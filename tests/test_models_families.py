@@ -20,7 +20,7 @@ from ctxprobe.models.config import from_hf
 from ctxprobe.models.keymap import compile_keys, map_key, stored_key
 from ctxprobe.models.loader import build_empty, key_map
 from ctxprobe.models.shape import shape_of
-from ctxprobe.models.tiny import PRESETS
+from tiny_models import PRESETS
 
 MODELS = Path(ctxprobe.models.__file__).parent
 ARCH_OF = {"llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",

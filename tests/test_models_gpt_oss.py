@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from ctxprobe.errors import UserError  # noqa: E402
 from ctxprobe.models import quantized  # noqa: E402
-from ctxprobe.models.tiny import save_tiny  # noqa: E402
+from tiny_models import save_tiny  # noqa: E402
 from ctxprobe.runner import Settings, generate, load_model, prefill, score, score_reference  # noqa: E402
 
 PROMPT_LEN = 230
@@ -98,7 +98,7 @@ def test_yarn_frequencies_equal_transformers():
 
     from ctxprobe.models import rope
     from ctxprobe.models.config import from_hf
-    from ctxprobe.models.tiny import PRESETS
+    from tiny_models import PRESETS
 
     for truncate in (True, False):
         params = dict(PRESETS["gpt_oss"]["rope_parameters"], truncate=truncate, factor=32.0)
@@ -227,7 +227,7 @@ def test_score_and_generate_equal_the_plain_forward(checkpoints):
 
 def test_unknown_layer_type_is_named():
     from ctxprobe.models.config import from_hf
-    from ctxprobe.models.tiny import PRESETS
+    from tiny_models import PRESETS
 
     bad = dict(PRESETS["gpt_oss"], architectures=["GptOssForCausalLM"],
                layer_types=["sliding_attention", "chunked_attention", "full_attention"])

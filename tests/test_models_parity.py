@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("transformers")
 
 from ctxprobe.runner import load_model  # noqa: E402
-from ctxprobe.models.tiny import save_tiny  # noqa: E402
+from tiny_models import save_tiny  # noqa: E402
 
 PROMPT_LEN = 230
 CASES = {

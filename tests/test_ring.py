@@ -271,7 +271,7 @@ def world(request, tmp_path_factory):
     def model_dir():   # a tiny Llama 4 checkpoint for the worlds that also run the model's prefill
         if world_size not in MODEL_WORLD_SIZES:
             return (None,)
-        from ctxprobe.models.tiny import save_tiny
+        from tiny_models import save_tiny
 
         return (str(save_tiny(tmp_path_factory.mktemp("tiny_llama4"), "llama4")[0]),)
 

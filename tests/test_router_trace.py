@@ -171,7 +171,7 @@ def _ring_worker(rank, world_size, port, out_dir, path):
 def test_ring_runner_over_two_gloo_ranks_adds_the_shards(tiny_models, tmp_path_factory, tmp_path):
     from processes import spawn_world
 
-    from ctxprobe.models.tiny import save_tiny
+    from tiny_models import save_tiny
 
     path, _ = save_tiny(tmp_path_factory.mktemp("mixtral-ring"), "mixtral", max_shard_size="2MB")
     per_rank = spawn_world(_ring_worker, 2, str(tmp_path), str(path))

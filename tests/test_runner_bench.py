@@ -56,7 +56,7 @@ def test_bench_cli_cuda_without_a_gpu_is_a_one_line_error(runner, monkeypatch):
 
 def test_bench_cli_checkpoint_with_streamed_weights(runner, tmp_path):
     pytest.importorskip("transformers")
-    from ctxprobe.models.tiny import save_tiny
+    from tiny_models import save_tiny
 
     path, _ = save_tiny(tmp_path / "llama", "llama")
     res = runner.invoke(main, ["bench", str(path), "--length", "100", "--device", "cpu", "--weights", "host",
@@ -67,7 +67,7 @@ def test_bench_cli_checkpoint_with_streamed_weights(runner, tmp_path):
 
 def test_inspect_shows_the_plan(runner, tmp_path):
     pytest.importorskip("transformers")
-    from ctxprobe.models.tiny import save_tiny
+    from tiny_models import save_tiny
 
     path, _ = save_tiny(tmp_path / "llama4", "llama4", max_shard_size="2MB")
     res = runner.invoke(main, ["inspect", str(path), "--length", "1M", "--gpu-memory", "1GiB",
@@ -105,7 +105,7 @@ def test_bench_plans_every_length_with_the_weight_tier_it_loads(runner, tmp_path
     """One model serves every --length: a length whose own plan keeps the weights resident runs
     (and is described, and sized) with the tier the longest length needed."""
     pytest.importorskip("transformers")
-    from ctxprobe.models.tiny import save_tiny
+    from tiny_models import save_tiny
 
     path, _ = save_tiny(tmp_path / "llama4", "llama4")
     budget = None

@@ -159,7 +159,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, models: dict) -
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, str]:
-    from ctxprobe.models.tiny import save_tiny
+    from tiny_models import save_tiny
 
     return {family: str(save_tiny(tmp_path_factory.mktemp(family), family)[0]) for family in ("llama4", "llama")}
 

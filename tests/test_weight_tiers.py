@@ -23,7 +23,7 @@ from ctxprobe.runner.weights import HostArenas, LayerWeights, layer_bytes
 pytest.importorskip("transformers")
 
 from ctxprobe.runner import load_model  # noqa: E402
-from ctxprobe.models.tiny import save_tiny  # noqa: E402
+from tiny_models import save_tiny  # noqa: E402
 
 FAMILIES = ["llama", "mixtral", "qwen3_moe", "llama4", "llama4_multimodal"]
 SETTINGS = Settings(chunk_tokens=37, kv_block_tokens=16)   # chunks that do not divide the prompt

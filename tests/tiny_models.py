@@ -1,4 +1,4 @@
-"""Tiny random HF checkpoints for tests (needs transformers, a test-only dependency).
+"""Tiny random HF checkpoints for the tests (needs transformers, a test-only dependency; not installed).
 
     path, hf_model = save_tiny(tmp_path / "llama", "llama")
 
