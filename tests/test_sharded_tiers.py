@@ -26,6 +26,9 @@ BRANCHES = [([5, 6, 7], [8, 9, 10]), ([], [11, 12]), ([13], [14])]
 RIDERS = [q + a[:-1] for q, a in BRANCHES if q + a[:-1]]
 # Chunks of 37 tokens and K/V blocks of 16 divide no shard; zigzag pieces straddle blocks.
 CHUNK, BLOCK = 37, 16
+# gpt-oss: sinks and windows of 50 that cross the shards of a 97-token prompt; DeepSeek-V3: latent
+# attention whose V lives inside K (a value head unlike the key's) on every rank's tier.
+FAMILIES = ("llama4", "llama", "gpt_oss", "deepseek_v3")
 
 
 def lengths(family: str, world_size: int) -> tuple[int, ...]:
@@ -161,7 +164,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, models: dict) -
 def models(tmp_path_factory) -> dict[str, str]:
     from tiny_models import save_tiny
 
-    return {family: str(save_tiny(tmp_path_factory.mktemp(family), family)[0]) for family in ("llama4", "llama")}
+    return {family: str(save_tiny(tmp_path_factory.mktemp(family), family)[0]) for family in FAMILIES}
 
 
 @pytest.fixture
@@ -171,7 +174,7 @@ def world(request, tmp_path_factory, models):
 
 
 def _cases(world_size: int) -> list[str]:
-    return [f"{family}-{n}-{tier}" for family in ("llama4", "llama") for n in lengths(family, world_size)
+    return [f"{family}-{n}-{tier}" for family in FAMILIES for n in lengths(family, world_size)
             for tier in TIERS]
 
 
@@ -179,7 +182,7 @@ def _cases(world_size: int) -> list[str]:
 @pytest.mark.parametrize("world", WORLD_SIZES, indirect=True)
 def test_sharded_runner_with_kv_in_a_tier_equals_one_process(world):
     world_size = len(world)
-    n_layers = {"llama4": 4, "llama": 2}
+    n_layers = {"llama4": 4, "llama": 2, "gpt_oss": 3, "deepseek_v3": 3}
     assert [r.get("worker_error") for r in world] == [None] * world_size, world
     for case in _cases(world_size):
         for rank, results in enumerate(world):
