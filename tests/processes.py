@@ -17,12 +17,33 @@ def free_port() -> int:
 
 
 def finish_rank(out_dir: str, rank: int, results: dict) -> None:
-    """A worker's last step, also after a failure: hand its results to spawn_world, leave the group."""
+    """A worker's last step, also after a failure (call it in `finally`): hand its results to
+    spawn_world, leave the group, and end the process.
+
+    The process ends with os._exit, skipping the interpreter's C++ teardown: gloo sometimes
+    aborts there ("terminate called without an active exception", SIGABRT) after every result
+    is written, which made spawn_world fail at random on a loaded machine. An exception on its
+    way out is kept: its traceback goes into the results and the exit status is 1."""
+    import sys
+    import traceback
+
     import torch.distributed as dist
 
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump(results, f)
-    dist.destroy_process_group()
+    failed = sys.exc_info()[1] is not None
+    if failed:
+        results = dict(results, worker_error=results.get("worker_error") or traceback.format_exc())
+    status = 1 if failed else 0
+    try:
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(results, f)
+        dist.destroy_process_group()
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
 
 def spawn_world(worker, world_size: int, out_dir: str, *args) -> list[dict]:

@@ -153,11 +153,8 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, models: dict) -
     except BaseException:
         results["worker_error"] = traceback.format_exc()
     finally:
-        finish_rank(out_dir, rank, results)
-        # After the failure case the group is broken (a peer left mid-collective), and gloo then
-        # sometimes aborts the process at interpreter exit ("terminate called without an active
-        # exception"), after every result is written. Leave without the C++ teardown.
-        os._exit(0)
+        finish_rank(out_dir, rank, results)     # leaves the process (after the failure case the
+        # group is broken: a peer left mid-collective, which is when gloo's teardown aborts most)
 
 
 @pytest.fixture(scope="module")
