@@ -30,6 +30,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from loopback import LoopbackServer
+
 
 def answers_for(families, lengths, depths, samples, seed=0) -> dict[str, str]:
     """{prompt: the gold answer text} for every cell, built as the sweep builds them (bytes)."""
@@ -55,7 +57,9 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
+    server_class = _QuietServer
+
     def __init__(self, answers: dict[str, str] | None = None, *, model: str = "fake-model",
                  delay: float = 0.0, faults: list | None = None, tokenize: str | None = "vllm",
                  hang_seconds: float = 2.0, retry_after: str = "0", unknown_answer: str = "I don't know",
@@ -73,13 +77,7 @@ class FakeOpenAI:
         self.log: list[dict] = []   # every request: path, headers, body
         self.connections = 0        # TCP connections accepted
         self.lock = threading.Lock()
-        self.server = _QuietServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        super().__init__()
 
     @property
     def closed(self) -> int:
@@ -89,14 +87,6 @@ class FakeOpenAI:
     @property
     def origin(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
     def completions_served(self) -> int:
         return sum(1 for r in self.log if r["path"].endswith("completions"))

@@ -9,10 +9,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class LoopbackServer:
-    """Subclasses build their handler class in `_handler()`."""
+    """Subclasses build their handler class in `_handler()` (and may name another server_class)."""
+
+    server_class = ThreadingHTTPServer
 
     def __init__(self):
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = self.server_class(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

@@ -16,10 +16,9 @@ from ctxprobe.errors import UserError  # noqa: E402
 from ctxprobe.models import quantized  # noqa: E402
 from ctxprobe.models.config import from_hf  # noqa: E402
 from ctxprobe.models.shape import shape_of  # noqa: E402
-from tiny_models import save_tiny  # noqa: E402
+from tiny_models import checkpoint_cache, hf_logits, prompt  # noqa: E402
 from ctxprobe.runner import Settings, generate, load_model, prefill, score, score_reference  # noqa: E402
 
-PROMPT_LEN = 230
 CASES = {
     # q_lora_rank 48, 4 groups of 2 experts with 2 kept, layer 0 dense, interleaved rope, YaRN + mscale
     "default": {},
@@ -29,25 +28,9 @@ CASES = {
 }
 
 
-def prompt(n=PROMPT_LEN, vocab=300, seed=1):
-    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    built = {}
-
-    def get(case):
-        if case not in built:
-            built[case] = save_tiny(tmp_path_factory.mktemp(case), "deepseek_v3", **CASES[case])
-        return built[case]
-
-    return get
-
-
-def hf_logits(hf, ids):
-    with torch.no_grad():
-        return hf(ids[None]).logits[0]
+    return checkpoint_cache(tmp_path_factory, lambda case: ("deepseek_v3", CASES[case]))
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -7,9 +7,8 @@ import torch
 pytest.importorskip("transformers")
 
 from ctxprobe.runner import load_model  # noqa: E402
-from tiny_models import save_tiny  # noqa: E402
+from tiny_models import PROMPT_LEN, checkpoint_cache, hf_logits, prompt  # noqa: E402
 
-PROMPT_LEN = 230
 CASES = {
     # llama3 rope scaling (original_max_position_embeddings 64 < prompt), GQA
     "llama": ("llama", {}),
@@ -27,28 +26,9 @@ CASES = {
 }
 
 
-def prompt(n=PROMPT_LEN, vocab=300, seed=1):
-    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
-
-
-def hf_logits(hf, ids):
-    with torch.no_grad():
-        if hasattr(hf, "language_model"):   # Llama4ForConditionalGeneration: its text model
-            return hf.language_model(ids[None]).logits[0]
-        return hf(ids[None]).logits[0]
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    built = {}
-
-    def get(case):
-        if case not in built:
-            family, overrides = CASES[case]
-            built[case] = save_tiny(tmp_path_factory.mktemp(case), family, **overrides)
-        return built[case]
-
-    return get
+    return checkpoint_cache(tmp_path_factory, CASES.__getitem__)
 
 
 @pytest.mark.parametrize("case", list(CASES))

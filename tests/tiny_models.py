@@ -107,3 +107,34 @@ def save_tiny(path: str | Path, family: str, *, seed: int = 0, max_shard_size: s
     path = Path(path)
     model.save_pretrained(path, max_shard_size=max_shard_size)
     return path, model
+
+
+# --- shared by the parity tests (tests/test_models_*.py) ---
+
+PROMPT_LEN = 230    # longer than every preset's window, chunk and original rope context
+
+
+def prompt(n=PROMPT_LEN, vocab=300, seed=1):
+    """A seeded random prompt: token ids [n]."""
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def hf_logits(hf, ids):
+    """transformers' float32 logits [T, V] for ids [T] (a Llama 4 image+text model: its text model)."""
+    with torch.no_grad():
+        if hasattr(hf, "language_model"):
+            return hf.language_model(ids[None]).logits[0]
+        return hf(ids[None]).logits[0]
+
+
+def checkpoint_cache(tmp_path_factory, case_args):
+    """get(case) -> save_tiny's (path, hf model), built once per case; case_args(case) -> (family, overrides)."""
+    built = {}
+
+    def get(case):
+        if case not in built:
+            family, overrides = case_args(case)
+            built[case] = save_tiny(tmp_path_factory.mktemp(case), family, **overrides)
+        return built[case]
+
+    return get
